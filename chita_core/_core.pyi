@@ -1,0 +1,81 @@
+"""Kernel contract shared by every backend (``_core``, numba, later ``_cuda``).
+
+Each backend module exposes these functions with the same names and semantics, so tests and
+the solver driver can swap one for another. Conventions for every function:
+
+- ``A``: 2-D ``(n, p)`` float32 or float64, C-contiguous (rows are gradients) or F-contiguous
+  (columns contiguous). Never copied.
+- Vectors (``b``, ``r``, ``w``, ``w_bar``, ``g``, ``x``, ``out``) are 1-D C-contiguous float64:
+  all accumulation is in float64 whatever the dtype of ``A``.
+- Index arrays (``idx``, ``support``) are 1-D C-contiguous int64, sorted, unique, in ``[0, p)``.
+- ``out`` arrays are written, never read. The Python layer validates everything first; the
+  kernels re-check shapes and raise ``ValueError``/``TypeError`` as a second line of defence.
+"""
+
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Mat = npt.NDArray[np.float32] | npt.NDArray[np.float64]
+
+def support_matvec(A: Mat, idx: I64, x: F64, out: F64) -> None:
+    """out[i] = sum_j A[i, idx[j]] * x[j]   # A [n, p], idx [m], x [m], out [n]
+
+    F order reads only the m columns in ``idx``. C order reads whole rows (a row is
+    contiguous, so a gather would touch nearly every cache line anyway)."""
+
+def gradient(A: Mat, r: F64, w: F64, w_bar: F64, ridge: float, out: F64) -> None:
+    """out = A^T r + ridge * (w - w_bar)   # A [n, p], r [n], w [p], w_bar [p], out [p]
+
+    One pass over A; multithreaded."""
+
+def topk(v: F64, k: int, out: I64) -> None:
+    """out = sorted indices of the k largest |v|; ties go to the lower index.
+
+    v [p], out [k], 1 <= k <= p. O(p) selection (radix select on the bit pattern of |v|),
+    no sort of p elements. Deterministic."""
+
+def chita_step(
+    A: Mat, b: F64, w_bar: F64, ridge: float, g: F64, w: F64, r: F64, support: I64, f: float
+) -> tuple[float, float, int, bool]:
+    """One CHITA line-search step from the state (w, r, support) with gradient g.
+
+    A [n, p], b [n], w_bar [p], g [p] (= A^T r + ridge (w - w_bar)), w [p] (zero off the
+    support), r [n] (= A w - b), support [k] (sorted), f = objective at w.
+    Updates w, r, support in place. Returns (f_new, tau, n_candidates, support_changed):
+    f_new <= f is the objective at the new w, tau the accepted step (0.0 if none), and
+    n_candidates the number of hard-thresholded candidates evaluated.
+
+    Algorithm (must be identical in every backend):
+      m = max_{j not in S} |g_j|                      (no complement when k == p)
+      tau_chg = min over i in S of |w_i| / denom_i    (+inf if no term; k == p -> +inf) with
+          denom_i = |g_i| + m   if w_i * g_i > 0 (moving toward zero)
+          denom_i = m - |g_i|   elif |g_i| < m (moving away, overtaken by an outsider)
+          no term otherwise, and no term when denom_i <= 0
+      d = g on S; Ad = A_S d; dd = ||d||^2
+      tau_star = dd / (||Ad||^2 + ridge * dd)   (0 if dd == 0)
+      if 0 < tau_star < tau_chg:                # support kept, exact line minimum
+          w_S -= tau_star d; r -= tau_star Ad; f_new = objective(w, r)
+      else:                                     # forward doubling over hard-thresholded steps
+          base = tau_chg / (1 + 1e-4)   (if tau_chg is +inf: base = tau_star)
+          for j in 0..4: tau = base * 2^j; skip all if tau <= 0
+              cand = H_k(w - tau g) (topk on w - tau g), r_c = A_cand x - b, f_c = objective
+              accept if f_c < f_best (best so far), else stop
+          if none accepted and tau_star > 0:   # backtracking fallback
+              for j in 0..4: tau = tau_star / 2^j; same candidate; accept the first f_c < f; stop
+      objective(w, r) = 0.5 ||r||^2 + 0.5 ridge ||w - w_bar||^2, in float64.
+    """
+
+def backsolve(A: Mat, b: F64, idx: I64, w_bar_s: F64, ridge: float, out: F64) -> float:
+    """Exact minimiser of f on the support idx, written to out [m] (values on idx).
+
+    With c = b - A_S w_bar_s and z = x - w_bar_s:
+      m <= n: (A_S^T A_S + ridge I) z = A_S^T c          (m x m Cholesky)
+      m >  n: z = A_S^T (A_S A_S^T + ridge I)^{-1} c     (Woodbury, n x n Cholesky)
+    Gram matrices accumulate in float64. If the Cholesky meets a non-positive pivot (ridge == 0
+    and a rank-deficient A_S), it retries with a diagonal jitter of 1e-12 * mean diagonal,
+    growing 100x per retry; returns the jitter used (0.0 normally)."""
+
+def num_threads() -> int:
+    """Threads the kernels use (OpenMP max threads; 1 without OpenMP)."""

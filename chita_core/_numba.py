@@ -1,0 +1,898 @@
+"""Numba CPU-fallback backend: the kernel contract of ``chita_core/_core.pyi`` in pure Python.
+
+Used when the compiled ``_core`` module is missing, or on request. Every public function here has
+the name, argument order and in-place semantics of its ``_core`` counterpart, so tests and the
+solver driver can swap one backend for the other.
+
+Layout handling: ``A`` is never copied. A C-contiguous ``A`` (n, p) goes to the row kernels as is;
+an F-contiguous ``A`` is passed as ``A.T``, a C-contiguous (p, n) view whose rows are the columns
+of ``A``, to the column kernels. All accumulation is in float64 whatever the dtype of ``A``.
+
+Determinism: every reduction has a fixed summation order that does not depend on the thread
+count (parallel loops only split independent outputs, or fixed chunks reduced in a fixed order),
+so results are bit-identical from run to run on one machine.
+
+Kernels compile on first use (``cache=True`` keeps them on disk afterwards).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numba
+import numpy as np
+from numba import prange
+
+__all__ = ["support_matvec", "gradient", "topk", "chita_step", "backsolve", "num_threads"]
+
+# fastmath for the dot-product loops only: reassociation lets LLVM vectorise float64 reductions
+# (the order is fixed at compile time, so still deterministic). No nnan/ninf: the step logic
+# compares against +inf.
+_FM = {"reassoc", "contract"}
+_JIT = dict(cache=True, nogil=True)
+
+# Below this many multiply-adds a kernel runs serially (same idea as the C++ kParallelWork).
+_PAR_WORK = 1 << 15
+# Fixed chunking constants (they fix summation orders, so changing them changes the last bits).
+_SMV_COLS_PER_CHUNK = 256  # F-order support mat-vec: columns per partial accumulator
+_SMV_MAX_CHUNKS = 32
+_SMV_ROWBLOCK = 512  # F-order support mat-vec with large n: rows per block
+_SMV_ROWBLOCK_MIN_N = 4096
+_GRAD_COLBLOCK = 2048  # C-order gradient: max columns per block
+_RMV_CHUNK = 1024  # C-order transposed support mat-vec: support entries per chunk
+_GRAM_COLBLOCK = 1024  # Woodbury Gram (m > n): support columns gathered per block
+_GRAM_BUF = 1 << 19  # Normal-equations Gram (m <= n): float64 entries in the gathered block
+_JITTER_TRIES = 12  # 1e-12 * mean(diag) * 100**t, t = 0..11 (up to 1e10 * mean diag)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------
+
+
+@numba.njit(fastmath=_FM, **_JIT)
+def _dot_row_vec(a, x):
+    """sum_i float64(a[i]) * x[i] for two 1-D contiguous arrays of equal length."""
+    s = 0.0
+    for i in range(a.shape[0]):
+        s += np.float64(a[i]) * x[i]
+    return s
+
+
+@numba.njit(fastmath=_FM, **_JIT)
+def _sumsq(x):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += x[i] * x[i]
+    return s
+
+
+@numba.njit(**_JIT)
+def _check_idx(idx, p):
+    """0: ok, 1: out of range, 2: not strictly increasing."""
+    prev = -1
+    for t in range(idx.shape[0]):
+        j = idx[t]
+        if j < 0 or j >= p:
+            return 1
+        if j <= prev:
+            return 2
+        prev = j
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# support_matvec: out = A[:, idx] @ x
+# ----------------------------------------------------------------------------------------------
+
+
+@numba.njit(fastmath=_FM, parallel=True, **_JIT)
+def _smv_cols(At, idx, x, out):
+    """F order (At = A.T, (p, n) C-contiguous): reads only the rows idx of At."""
+    n = At.shape[1]
+    m = idx.shape[0]
+    if m == 0:
+        for i in range(n):
+            out[i] = 0.0
+        return
+    if n >= _SMV_ROWBLOCK_MIN_N:
+        # Parallel over row blocks; each output sums over the support in order.
+        nb = (n + _SMV_ROWBLOCK - 1) // _SMV_ROWBLOCK
+        for blk in prange(nb):
+            i0 = blk * _SMV_ROWBLOCK
+            i1 = min(n, i0 + _SMV_ROWBLOCK)
+            acc = np.zeros(i1 - i0)
+            for s in range(m):
+                c = At[idx[s]]
+                xs = x[s]
+                for i in range(i0, i1):
+                    acc[i - i0] += np.float64(c[i]) * xs
+            for i in range(i0, i1):
+                out[i] = acc[i - i0]
+        return
+    # Small n: fixed chunks of the support, each with its own length-n accumulator, summed in
+    # chunk order. The chunk count depends on m only, not on the thread count.
+    nch = m // _SMV_COLS_PER_CHUNK
+    if nch > _SMV_MAX_CHUNKS:
+        nch = _SMV_MAX_CHUNKS
+    if nch < 1 or m * n < _PAR_WORK:
+        nch = 1
+    if nch == 1:
+        for i in range(n):
+            out[i] = 0.0
+        for s in range(m):
+            c = At[idx[s]]
+            xs = x[s]
+            for i in range(n):
+                out[i] += np.float64(c[i]) * xs
+        return
+    part = np.zeros((nch, n))
+    for ch in prange(nch):
+        s0 = (ch * m) // nch
+        s1 = ((ch + 1) * m) // nch
+        acc = part[ch]
+        for s in range(s0, s1):
+            c = At[idx[s]]
+            xs = x[s]
+            for i in range(n):
+                acc[i] += np.float64(c[i]) * xs
+    for i in range(n):
+        sm = 0.0
+        for ch in range(nch):
+            sm += part[ch, i]
+        out[i] = sm
+
+
+@numba.njit(fastmath=_FM, parallel=True, **_JIT)
+def _smv_rows(A, idx, x, out, xd):
+    """C order. Dense support (m >= p/16): scatter x into xd (length p, float64) and stream whole
+    rows; sparse support: gather the support entries of each row."""
+    n = A.shape[0]
+    p = A.shape[1]
+    m = idx.shape[0]
+    if m * 16 >= p:
+        for j in range(p):
+            xd[j] = 0.0
+        for s in range(m):
+            xd[idx[s]] = x[s]
+        for i in prange(n):
+            out[i] = _dot_row_vec(A[i], xd)
+    else:
+        for i in prange(n):
+            row = A[i]
+            sm = 0.0
+            for s in range(m):
+                sm += np.float64(row[idx[s]]) * x[s]
+            out[i] = sm
+
+
+@numba.njit(**_JIT)
+def _smv(M, fmode, idx, x, out, xd):
+    if fmode:
+        _smv_cols(M, idx, x, out)
+    else:
+        _smv_rows(M, idx, x, out, xd)
+
+
+# ----------------------------------------------------------------------------------------------
+# support_rmatvec: out = A[:, idx]^T @ y   (used by backsolve)
+# ----------------------------------------------------------------------------------------------
+
+
+@numba.njit(fastmath=_FM, parallel=True, **_JIT)
+def _srmv_cols(At, idx, y, out):
+    m = idx.shape[0]
+    for s in prange(m):
+        out[s] = _dot_row_vec(At[idx[s]], y)
+
+
+@numba.njit(fastmath=_FM, parallel=True, **_JIT)
+def _srmv_rows(A, idx, y, out):
+    n = A.shape[0]
+    m = idx.shape[0]
+    nch = (m + _RMV_CHUNK - 1) // _RMV_CHUNK
+    for ch in prange(nch):
+        s0 = ch * _RMV_CHUNK
+        s1 = min(m, s0 + _RMV_CHUNK)
+        acc = np.zeros(s1 - s0)
+        for i in range(n):
+            row = A[i]
+            yi = y[i]
+            for s in range(s0, s1):
+                acc[s - s0] += np.float64(row[idx[s]]) * yi
+        for s in range(s0, s1):
+            out[s] = acc[s - s0]
+
+
+@numba.njit(**_JIT)
+def _srmv(M, fmode, idx, y, out):
+    if fmode:
+        _srmv_cols(M, idx, y, out)
+    else:
+        _srmv_rows(M, idx, y, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# gradient: out = A^T r + ridge (w - w_bar)
+# ----------------------------------------------------------------------------------------------
+
+
+@numba.njit(fastmath=_FM, parallel=True, **_JIT)
+def _grad_cols(At, r, w, w_bar, ridge, out):
+    p = At.shape[0]
+    for j in prange(p):
+        out[j] = _dot_row_vec(At[j], r) + ridge * (w[j] - w_bar[j])
+
+
+@numba.njit(fastmath=_FM, parallel=True, **_JIT)
+def _grad_rows(A, r, w, w_bar, ridge, out):
+    n = A.shape[0]
+    p = A.shape[1]
+    # Column blocks: every column sums over the rows in the same order whatever the block size,
+    # so the block size only balances the threads.
+    nt = numba.get_num_threads()
+    bs = _GRAD_COLBLOCK
+    want = (p + 4 * nt - 1) // (4 * nt)
+    if want < bs:
+        bs = max(64, ((want + 63) // 64) * 64)
+    nb = (p + bs - 1) // bs
+    for blk in prange(nb):
+        j0 = blk * bs
+        ln = min(bs, p - j0)
+        acc = np.zeros(ln)
+        i = 0
+        while i + 4 <= n:
+            r0 = A[i, j0 : j0 + ln]
+            r1 = A[i + 1, j0 : j0 + ln]
+            r2 = A[i + 2, j0 : j0 + ln]
+            r3 = A[i + 3, j0 : j0 + ln]
+            y0 = r[i]
+            y1 = r[i + 1]
+            y2 = r[i + 2]
+            y3 = r[i + 3]
+            for t in range(ln):
+                acc[t] += (np.float64(r0[t]) * y0 + np.float64(r1[t]) * y1) + (
+                    np.float64(r2[t]) * y2 + np.float64(r3[t]) * y3
+                )
+            i += 4
+        while i < n:
+            r0 = A[i, j0 : j0 + ln]
+            y0 = r[i]
+            for t in range(ln):
+                acc[t] += np.float64(r0[t]) * y0
+            i += 1
+        for t in range(ln):
+            out[j0 + t] = acc[t] + ridge * (w[j0 + t] - w_bar[j0 + t])
+
+
+# ----------------------------------------------------------------------------------------------
+# topk: radix select on the bit pattern of |v|
+# ----------------------------------------------------------------------------------------------
+
+_DIGIT_BITS = 16
+_NBINS = 1 << _DIGIT_BITS
+
+
+@numba.njit(**_JIT)
+def _pick_digit(hist, need):
+    """Digit d holding the need-th largest key; returns (d, keys above d)."""
+    above = 0
+    d = _NBINS - 1
+    while d > 0:
+        h = hist[d]
+        if above + h >= need:
+            return d, above
+        above += h
+        d -= 1
+    return 0, above
+
+
+@numba.njit(**_JIT)
+def _topk_impl(v, k, out, absbuf, cand, hist):
+    """out[:k] = ascending indices of the k largest |v| (ties to the lower index).
+
+    absbuf: float64 [p] scratch, cand: uint64 [p] scratch, hist: int64 [2**16] scratch."""
+    p = v.shape[0]
+    if k >= p:
+        for i in range(p):
+            out[i] = i
+        return
+    for i in range(p):
+        absbuf[i] = abs(v[i])
+    keys = absbuf.view(np.uint64)
+
+    shift = np.uint64(64 - _DIGIT_BITS)
+    dmask = np.uint64(_NBINS - 1)
+    # Pass 1: top digit over all p keys.
+    for d in range(_NBINS):
+        hist[d] = 0
+    for i in range(p):
+        hist[np.int64(keys[i] >> shift)] += 1
+    need = np.int64(k)
+    d, above = _pick_digit(hist, need)
+    need -= above
+    prefix = np.uint64(d) << shift
+    mask = ~np.uint64(0) << shift
+    # Keep only keys sharing the prefix, then refine one digit at a time.
+    nc = 0
+    for i in range(p):
+        key = keys[i]
+        if (key & mask) == prefix:
+            cand[nc] = key
+            nc += 1
+    for _ in range(64 // _DIGIT_BITS - 1):
+        shift = shift - np.uint64(_DIGIT_BITS)
+        for d in range(_NBINS):
+            hist[d] = 0
+        for t in range(nc):
+            hist[np.int64((cand[t] >> shift) & dmask)] += 1
+        d, above = _pick_digit(hist, need)
+        need -= above
+        prefix = prefix | (np.uint64(d) << shift)
+        mask = ~np.uint64(0) << shift
+        kept = 0
+        for t in range(nc):
+            key = cand[t]
+            if (key & mask) == prefix:
+                cand[kept] = key
+                kept += 1
+        nc = kept
+    # prefix is the threshold key T: all keys > T are in, plus the `need` lowest-index keys == T.
+    thresh = prefix
+    pos = 0
+    eq_left = need
+    for i in range(p):
+        key = keys[i]
+        if key > thresh:
+            out[pos] = i
+            pos += 1
+        elif key == thresh and eq_left > 0:
+            out[pos] = i
+            pos += 1
+            eq_left -= 1
+
+
+@numba.njit(**_JIT)
+def _topk_entry(v, k, out):
+    p = v.shape[0]
+    _topk_impl(v, k, out, np.empty(p), np.empty(p, dtype=np.uint64), np.empty(_NBINS, dtype=np.int64))
+
+
+# ----------------------------------------------------------------------------------------------
+# chita_step
+# ----------------------------------------------------------------------------------------------
+
+
+@numba.njit(**_JIT)
+def _ridge_term(idx, x, w_bar):
+    """||wc - w_bar||^2 over all p, where wc is x on idx and zero elsewhere (idx sorted)."""
+    p = w_bar.shape[0]
+    m = idx.shape[0]
+    s = 0.0
+    t = 0
+    for j in range(p):
+        if t < m and idx[t] == j:
+            dlt = x[t] - w_bar[j]
+            t += 1
+        else:
+            dlt = -w_bar[j]
+        s += dlt * dlt
+    return s
+
+
+@numba.njit(**_JIT)
+def _objective(r, w, w_bar, ridge):
+    f = 0.5 * _sumsq(r)
+    if ridge != 0.0:
+        s = 0.0
+        for j in range(w.shape[0]):
+            dlt = w[j] - w_bar[j]
+            s += dlt * dlt
+        f += 0.5 * ridge * s
+    return f
+
+
+@numba.njit(**_JIT)
+def _eval_candidate(M, fmode, b, w_bar, ridge, g, w, tau, v, cidx, cx, cr, xd, absbuf, cand, hist):
+    """Candidate H_k(w - tau g): support cidx, values cx, residual cr; returns its objective."""
+    p = w.shape[0]
+    k = cidx.shape[0]
+    for j in range(p):
+        v[j] = w[j] - tau * g[j]
+    _topk_impl(v, k, cidx, absbuf, cand, hist)
+    for t in range(k):
+        cx[t] = v[cidx[t]]
+    _smv(M, fmode, cidx, cx, cr, xd)
+    for i in range(b.shape[0]):
+        cr[i] -= b[i]
+    fc = 0.5 * _sumsq(cr)
+    if ridge != 0.0:
+        fc += 0.5 * ridge * _ridge_term(cidx, cx, w_bar)
+    return fc
+
+
+@numba.njit(**_JIT)
+def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f):
+    n = b.shape[0]
+    p = w.shape[0]
+    k = support.shape[0]
+    inf = np.inf
+    xd = np.empty(p) if not fmode else np.empty(0)
+
+    # m = max |g_j| off the support; tau_chg = support-preserving bound.
+    tau_chg = inf
+    if k < p:
+        mx = 0.0
+        t = 0
+        for j in range(p):
+            if t < k and support[t] == j:
+                t += 1
+                continue
+            a = abs(g[j])
+            if a > mx:
+                mx = a
+        for t in range(k):
+            i = support[t]
+            wi = w[i]
+            gi = g[i]
+            agi = abs(gi)
+            if wi * gi > 0.0:
+                denom = agi + mx
+            elif agi < mx:
+                denom = mx - agi
+            else:
+                continue
+            if denom <= 0.0:
+                continue
+            term = abs(wi) / denom
+            if term < tau_chg:
+                tau_chg = term
+
+    # Exact step on the support.
+    d = np.empty(k)
+    for t in range(k):
+        d[t] = g[support[t]]
+    Ad = np.empty(n)
+    _smv(M, fmode, support, d, Ad, xd)
+    dd = _sumsq(d)
+    if dd == 0.0:
+        tau_star = 0.0
+    else:
+        tau_star = dd / (_sumsq(Ad) + ridge * dd)
+
+    if tau_star > 0.0 and tau_star < tau_chg:
+        for t in range(k):
+            i = support[t]
+            w[i] = w[i] - tau_star * d[t]
+        for i in range(n):
+            r[i] = r[i] - tau_star * Ad[i]
+        return _objective(r, w, w_bar, ridge), tau_star, 0, False
+
+    # Hard-thresholded candidates.
+    v = np.empty(p)
+    absbuf = np.empty(p)
+    cand = np.empty(p, dtype=np.uint64)
+    hist = np.empty(_NBINS, dtype=np.int64)
+    cidx = np.empty(k, dtype=np.int64)
+    cx = np.empty(k)
+    cr = np.empty(n)
+    bidx = np.empty(k, dtype=np.int64)
+    bx = np.empty(k)
+    br = np.empty(n)
+
+    n_cand = 0
+    accepted = False
+    tau_acc = 0.0
+    f_best = f
+    if tau_chg < inf:
+        base = tau_chg / (1.0 + 1e-4)
+    else:
+        base = tau_star
+    if base > 0.0:
+        for j in range(5):
+            tau = base * (2.0**j)
+            fc = _eval_candidate(M, fmode, b, w_bar, ridge, g, w, tau, v, cidx, cx, cr, xd, absbuf, cand, hist)
+            n_cand += 1
+            if fc < f_best:
+                f_best = fc
+                tau_acc = tau
+                accepted = True
+                cidx, bidx = bidx, cidx
+                cx, bx = bx, cx
+                cr, br = br, cr
+            else:
+                break
+    if not accepted and tau_star > 0.0:
+        for j in range(5):
+            tau = tau_star / (2.0**j)
+            fc = _eval_candidate(M, fmode, b, w_bar, ridge, g, w, tau, v, cidx, cx, cr, xd, absbuf, cand, hist)
+            n_cand += 1
+            if fc < f:
+                f_best = fc
+                tau_acc = tau
+                accepted = True
+                cidx, bidx = bidx, cidx
+                cx, bx = bx, cx
+                cr, br = br, cr
+                break
+    if not accepted:
+        return f, 0.0, n_cand, False
+
+    changed = False
+    for t in range(k):
+        if bidx[t] != support[t]:
+            changed = True
+            break
+    for j in range(p):
+        w[j] = 0.0
+    for t in range(k):
+        w[bidx[t]] = bx[t]
+        support[t] = bidx[t]
+    for i in range(n):
+        r[i] = br[i]
+    return f_best, tau_acc, n_cand, changed
+
+
+# ----------------------------------------------------------------------------------------------
+# backsolve
+# ----------------------------------------------------------------------------------------------
+
+
+@numba.njit(fastmath=_FM, parallel=True, **_JIT)
+def _gram_normal(M, fmode, idx, G):
+    """G[a, b] = sum_i A[i, idx[a]] A[i, idx[b]] (full symmetric, m x m), m <= n.
+
+    Row blocks of A are gathered into a float64 (m, rb) buffer; each entry sums the blocks in
+    order, so the result does not depend on the thread count."""
+    m = idx.shape[0]
+    n = M.shape[1] if fmode else M.shape[0]
+    for a in range(m):
+        for c in range(m):
+            G[a, c] = 0.0
+    if m == 0:
+        return
+    rb = _GRAM_BUF // m
+    if rb < 16:
+        rb = 16
+    if rb > n:
+        rb = n
+    buf = np.empty((m, rb))
+    i0 = 0
+    while i0 < n:
+        ln = min(rb, n - i0)
+        if fmode:
+            for a in prange(m):
+                col = M[idx[a]]
+                for t in range(ln):
+                    buf[a, t] = np.float64(col[i0 + t])
+        else:
+            for a in prange(m):
+                ja = idx[a]
+                for t in range(ln):
+                    buf[a, t] = np.float64(M[i0 + t, ja])
+        for a in prange(m):
+            ba = buf[a, :ln]
+            for c in range(a + 1):
+                G[a, c] += _dot_row_vec(ba, buf[c, :ln])
+        i0 += ln
+    for a in range(m):
+        for c in range(a):
+            G[c, a] = G[a, c]
+
+
+@numba.njit(fastmath=_FM, parallel=True, **_JIT)
+def _gram_woodbury(M, fmode, idx, K):
+    """K[i, l] = sum_j A[i, idx[j]] A[l, idx[j]] (full symmetric, n x n), m > n.
+
+    Support columns are gathered in blocks of at most 1024 into a float64 (n, cb) buffer."""
+    m = idx.shape[0]
+    n = K.shape[0]
+    for i in range(n):
+        for l in range(n):
+            K[i, l] = 0.0
+    cb = _GRAM_COLBLOCK
+    if cb > m:
+        cb = m
+    if cb == 0:
+        return
+    buf = np.empty((n, cb))
+    s0 = 0
+    while s0 < m:
+        ln = min(cb, m - s0)
+        if fmode:
+            for i in prange(n):
+                for t in range(ln):
+                    buf[i, t] = np.float64(M[idx[s0 + t], i])
+        else:
+            for i in prange(n):
+                row = M[i]
+                for t in range(ln):
+                    buf[i, t] = np.float64(row[idx[s0 + t]])
+        for i in prange(n):
+            bi = buf[i, :ln]
+            for l in range(i + 1):
+                K[i, l] += _dot_row_vec(bi, buf[l, :ln])
+        s0 += ln
+    for i in range(n):
+        for l in range(i):
+            K[l, i] = K[i, l]
+
+
+@numba.njit(fastmath=_FM, parallel=True, **_JIT)
+def _cholesky_shifted(S, shift, L):
+    """Lower Cholesky factor of S + shift*I into L (S read-only). False on a non-positive pivot."""
+    N = S.shape[0]
+    for j in range(N):
+        Lj = L[j]
+        s = S[j, j] + shift
+        for q in range(j):
+            s -= Lj[q] * Lj[q]
+        if not (s > 0.0):
+            return False
+        ljj = math.sqrt(s)
+        Lj[j] = ljj
+        for q in range(j + 1, N):
+            Lj[q] = 0.0
+        for i in prange(j + 1, N):
+            Li = L[i]
+            acc = S[i, j]
+            for q in range(j):
+                acc -= Li[q] * Lj[q]
+            Li[j] = acc / ljj
+    return True
+
+
+@numba.njit(**_JIT)
+def _chol_solve(L, rhs, out):
+    """out = (L L^T)^{-1} rhs."""
+    N = L.shape[0]
+    y = np.empty(N)
+    for i in range(N):
+        s = rhs[i]
+        Li = L[i]
+        for q in range(i):
+            s -= Li[q] * y[q]
+        y[i] = s / Li[i]
+    # Backward with L^T, column-oriented so that L is read by rows.
+    for i in range(N - 1, -1, -1):
+        zi = y[i] / L[i, i]
+        out[i] = zi
+        Li = L[i]
+        for q in range(i):
+            y[q] -= Li[q] * zi
+
+
+@numba.njit(**_JIT)
+def _factor_with_jitter(S, ridge, L):
+    """Factor S + ridge I, retrying with jitter 1e-12 * mean(diag) * 100**t. Returns
+    (ok, jitter)."""
+    N = S.shape[0]
+    if _cholesky_shifted(S, ridge, L):
+        return True, 0.0
+    md = 0.0
+    for i in range(N):
+        md += S[i, i] + ridge
+    md /= N
+    if not (md > 0.0) or not np.isfinite(md):
+        md = 1.0
+    jit = 1e-12 * md
+    for _ in range(_JITTER_TRIES):
+        if _cholesky_shifted(S, ridge + jit, L):
+            return True, jit
+        jit *= 100.0
+    return False, jit
+
+
+@numba.njit(**_JIT)
+def _backsolve_impl(M, fmode, b, idx, w_bar_s, ridge, out):
+    """Returns (status, jitter): status 0 ok, 1 singular."""
+    n = b.shape[0]
+    m = idx.shape[0]
+    if m == 0:
+        return 0, 0.0
+    p = M.shape[0] if fmode else M.shape[1]
+    xd = np.empty(p) if not fmode else np.empty(0)
+    # c = b - A_S w_bar_s
+    c = np.empty(n)
+    _smv(M, fmode, idx, w_bar_s, c, xd)
+    for i in range(n):
+        c[i] = b[i] - c[i]
+    if m <= n:
+        G = np.empty((m, m))
+        _gram_normal(M, fmode, idx, G)
+        rhs = np.empty(m)
+        _srmv(M, fmode, idx, c, rhs)
+        L = np.empty((m, m))
+        ok, jit = _factor_with_jitter(G, ridge, L)
+        if not ok:
+            return 1, jit
+        z = np.empty(m)
+        _chol_solve(L, rhs, z)
+    else:
+        K = np.empty((n, n))
+        _gram_woodbury(M, fmode, idx, K)
+        L = np.empty((n, n))
+        ok, jit = _factor_with_jitter(K, ridge, L)
+        if not ok:
+            return 1, jit
+        y = np.empty(n)
+        _chol_solve(L, c, y)
+        z = np.empty(m)
+        _srmv(M, fmode, idx, y, z)
+    for t in range(m):
+        out[t] = w_bar_s[t] + z[t]
+    return 0, jit
+
+
+# ----------------------------------------------------------------------------------------------
+# Python wrappers: cheap validation, then the kernels
+# ----------------------------------------------------------------------------------------------
+
+
+def _mat(A, name="A"):
+    """(M, fmode): M is A (C order) or A.T (F order), a C-contiguous 2-D view. Never copies."""
+    if not isinstance(A, np.ndarray):
+        raise TypeError(f"`{name}` must be a numpy.ndarray, got {type(A).__name__}")
+    if A.dtype != np.float32 and A.dtype != np.float64:
+        raise TypeError(f"`{name}` must have dtype float32 or float64, got {A.dtype}")
+    if A.ndim != 2:
+        raise ValueError(f"`{name}` must be 2-D (n, p), got {A.ndim}-D with shape {A.shape}")
+    if A.flags.c_contiguous:
+        return A, False
+    if A.flags.f_contiguous:
+        return A.T, True
+    raise ValueError(f"`{name}` must be C- or F-contiguous (it is never copied); got strides {A.strides}")
+
+
+def _vec(x, name, length, what="", writable=False):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"`{name}` must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype != np.float64:
+        raise TypeError(f"`{name}` must have dtype float64, got {x.dtype}")
+    if x.ndim != 1:
+        raise ValueError(f"`{name}` must be 1-D, got shape {x.shape}")
+    if x.shape[0] != length:
+        raise ValueError(f"`{name}` has length {x.shape[0]} but {what} is {length}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"`{name}` must be C-contiguous")
+    if writable and not x.flags.writeable:
+        raise ValueError(f"`{name}` must be writeable")
+    return x
+
+
+def _index(x, name, p, length=None, what="", writable=False):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"`{name}` must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype != np.int64:
+        raise TypeError(f"`{name}` must have dtype int64, got {x.dtype}")
+    if x.ndim != 1:
+        raise ValueError(f"`{name}` must be 1-D, got shape {x.shape}")
+    if length is not None and x.shape[0] != length:
+        raise ValueError(f"`{name}` has length {x.shape[0]} but {what} is {length}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"`{name}` must be C-contiguous")
+    if writable and not x.flags.writeable:
+        raise ValueError(f"`{name}` must be writeable")
+    code = _check_idx(x, p)
+    if code == 1:
+        raise ValueError(f"`{name}` has entries outside [0, {p})")
+    if code == 2:
+        raise ValueError(f"`{name}` must be sorted ascending with unique entries")
+    return x
+
+
+def _scalar(x, name):
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a real number, got bool")
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a real number, got {type(x).__name__}") from None
+
+
+def _shape(A):
+    return A.shape[0], A.shape[1]
+
+
+def support_matvec(A, idx, x, out):
+    """out[i] = sum_j A[i, idx[j]] * x[j]   # A [n, p], idx [m], x [m], out [n]"""
+    M, fmode = _mat(A)
+    n, p = _shape(A)
+    _index(idx, "idx", p)
+    m = idx.shape[0]
+    _vec(x, "x", m, "the length of `idx`")
+    _vec(out, "out", n, "the number of rows of `A`", writable=True)
+    if fmode:
+        _smv_cols(M, idx, x, out)
+    else:
+        _smv_rows(M, idx, x, out, np.empty(p) if m * 16 >= p else np.empty(0))
+
+
+def gradient(A, r, w, w_bar, ridge, out):
+    """out = A^T r + ridge * (w - w_bar)   # A [n, p], r [n], w [p], w_bar [p], out [p]"""
+    M, fmode = _mat(A)
+    n, p = _shape(A)
+    _vec(r, "r", n, "the number of rows of `A`")
+    _vec(w, "w", p, "the number of columns of `A`")
+    _vec(w_bar, "w_bar", p, "the number of columns of `A`")
+    ridge = _scalar(ridge, "ridge")
+    _vec(out, "out", p, "the number of columns of `A`", writable=True)
+    if fmode:
+        _grad_cols(M, r, w, w_bar, ridge, out)
+    else:
+        _grad_rows(M, r, w, w_bar, ridge, out)
+
+
+def topk(v, k, out):
+    """out = sorted indices of the k largest |v|; ties go to the lower index. 1 <= k <= p."""
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"`v` must be a numpy.ndarray, got {type(v).__name__}")
+    if v.dtype != np.float64:
+        raise TypeError(f"`v` must have dtype float64, got {v.dtype}")
+    if v.ndim != 1:
+        raise ValueError(f"`v` must be 1-D, got shape {v.shape}")
+    if not v.flags.c_contiguous:
+        raise ValueError("`v` must be C-contiguous")
+    p = v.shape[0]
+    if isinstance(k, (bool, np.bool_)):
+        raise TypeError("`k` must be an integer, got bool")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"`k` must be an integer, got {type(k).__name__}") from None
+    if not 1 <= k <= p:
+        raise ValueError(f"`k` must be in 1..{p} (the length of `v`), got {k}")
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"`out` must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != np.int64:
+        raise TypeError(f"`out` must have dtype int64, got {out.dtype}")
+    if out.ndim != 1 or out.shape[0] != k:
+        raise ValueError(f"`out` must have shape ({k},) (k), got {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("`out` must be C-contiguous and writeable")
+    _topk_entry(v, k, out)
+
+
+def chita_step(A, b, w_bar, ridge, g, w, r, support, f):
+    """One CHITA line-search step; updates w, r, support in place.
+
+    Returns (f_new, tau, n_candidates, support_changed)."""
+    M, fmode = _mat(A)
+    n, p = _shape(A)
+    _vec(b, "b", n, "the number of rows of `A`")
+    _vec(w_bar, "w_bar", p, "the number of columns of `A`")
+    ridge = _scalar(ridge, "ridge")
+    _vec(g, "g", p, "the number of columns of `A`")
+    _vec(w, "w", p, "the number of columns of `A`", writable=True)
+    _vec(r, "r", n, "the number of rows of `A`", writable=True)
+    _index(support, "support", p, writable=True)
+    if support.shape[0] < 1:
+        raise ValueError(f"`support` must have length k in 1..{p}, got 0")
+    f = _scalar(f, "f")
+    f_new, tau, n_cand, changed = _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f)
+    return float(f_new), float(tau), int(n_cand), bool(changed)
+
+
+def backsolve(A, b, idx, w_bar_s, ridge, out):
+    """Exact minimiser of f on the support idx, written to out [m]; returns the jitter used."""
+    M, fmode = _mat(A)
+    n, p = _shape(A)
+    _vec(b, "b", n, "the number of rows of `A`")
+    _index(idx, "idx", p)
+    m = idx.shape[0]
+    _vec(w_bar_s, "w_bar_s", m, "the length of `idx`")
+    ridge = _scalar(ridge, "ridge")
+    _vec(out, "out", m, "the length of `idx`", writable=True)
+    status, jitter = _backsolve_impl(M, fmode, b, idx, w_bar_s, ridge, out)
+    if status != 0:
+        raise np.linalg.LinAlgError(
+            f"backsolve: the system stays singular after diagonal jitter up to {jitter:.3g} "
+            f"(support of size {m}, ridge {ridge})"
+        )
+    return float(jitter)
+
+
+def num_threads():
+    """Threads the kernels use (numba's current thread count)."""
+    return int(numba.get_num_threads())

@@ -1,0 +1,188 @@
+// The _core extension module: CPU kernels. Every binding takes strict NumPy arrays (exact dtype,
+// contiguous, no silent conversion), re-checks shapes as a second line of defence behind the
+// Python validation, and releases the GIL while the kernel runs.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "chita/backsolve.hpp"
+#include "chita/gradient.hpp"
+#include "chita/matvec.hpp"
+#include "chita/step.hpp"
+#include "chita/topk.hpp"
+
+#ifdef CHITA_HAVE_BUILD_INFO
+#include "chita_build_info.hpp"
+#endif
+
+namespace py = pybind11;
+using chita::MatView;
+using std::int64_t;
+
+namespace {
+
+struct Matrix {
+  const void* data;
+  int64_t n, p;
+  bool col_major;
+  bool is_f32;
+};
+
+Matrix as_matrix(const py::array& a, const char* name) {
+  if (a.ndim() != 2)
+    throw py::value_error(std::string("`") + name + "` must be 2-D, got " +
+                          std::to_string(a.ndim()) + "-D");
+  const bool f32 = a.dtype().is(py::dtype::of<float>());
+  const bool f64 = a.dtype().is(py::dtype::of<double>());
+  if (!f32 && !f64)
+    throw py::type_error(std::string("`") + name + "` must be float32 or float64, got " +
+                         std::string(py::str(a.dtype())));
+  const bool c = a.flags() & py::array::c_style;
+  const bool f = a.flags() & py::array::f_style;
+  if (!c && !f)
+    throw py::value_error(std::string("`") + name + "` must be C- or F-contiguous");
+  // A matrix with one row or column is both; treat it as F order when it has one row (columns
+  // of length 1 are contiguous) and C order otherwise.
+  const bool col_major = f && !(c && a.shape(0) != 1);
+  return {a.data(), a.shape(0), a.shape(1), col_major, f32};
+}
+
+template <class T>
+MatView<T> view(const Matrix& m) {
+  return {static_cast<const T*>(m.data), m.n, m.p, m.col_major};
+}
+
+template <class T>
+T* vec(py::array& a, const char* name, int64_t len, bool writable) {
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string("`") + name + "` must have dtype " +
+                         std::string(py::str(py::dtype::of<T>())) + ", got " +
+                         std::string(py::str(a.dtype())));
+  if (a.ndim() != 1 || (len >= 0 && a.shape(0) != len))
+    throw py::value_error(std::string("`") + name + "` must be 1-D of length " +
+                          std::to_string(len) + ", got shape " +
+                          std::string(py::str(py::tuple(py::cast(std::vector<int64_t>(
+                              a.shape(), a.shape() + a.ndim()))))));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string("`") + name + "` must be contiguous");
+  if (writable && !a.writeable())
+    throw py::value_error(std::string("`") + name + "` must be writable");
+  return static_cast<T*>(a.mutable_data());
+}
+
+// Runs f(MatView<float>) or f(MatView<double>) without the GIL.
+template <class F>
+auto dispatch(const Matrix& m, F&& f) {
+  py::gil_scoped_release release;
+  if (m.is_f32) return f(view<float>(m));
+  return f(view<double>(m));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, mod) {
+  mod.doc() = "chita_core CPU kernels (C++17, OpenMP). See chita_core/_core.pyi for the contract.";
+
+  mod.def(
+      "support_matvec",
+      [](py::array A, py::array idx, py::array x, py::array out) {
+        const Matrix M = as_matrix(A, "A");
+        const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
+        const int64_t* ip = vec<int64_t>(idx, "idx", m, false);
+        const double* xp = vec<double>(x, "x", m, false);
+        double* op = vec<double>(out, "out", M.n, true);
+        dispatch(M, [&](auto Av) { chita::support_matvec(Av, ip, m, xp, op); });
+      },
+      py::arg("A"), py::arg("idx"), py::arg("x"), py::arg("out"));
+
+  mod.def(
+      "support_rmatvec",
+      [](py::array A, py::array idx, py::array y, py::array out) {
+        const Matrix M = as_matrix(A, "A");
+        const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
+        const int64_t* ip = vec<int64_t>(idx, "idx", m, false);
+        const double* yp = vec<double>(y, "y", M.n, false);
+        double* op = vec<double>(out, "out", m, true);
+        dispatch(M, [&](auto Av) { chita::support_rmatvec(Av, ip, m, yp, op); });
+      },
+      py::arg("A"), py::arg("idx"), py::arg("y"), py::arg("out"));
+
+  mod.def(
+      "gradient",
+      [](py::array A, py::array r, py::array w, py::array w_bar, double ridge, py::array out) {
+        const Matrix M = as_matrix(A, "A");
+        const double* rp = vec<double>(r, "r", M.n, false);
+        const double* wp = vec<double>(w, "w", M.p, false);
+        const double* bp = vec<double>(w_bar, "w_bar", M.p, false);
+        double* op = vec<double>(out, "out", M.p, true);
+        dispatch(M, [&](auto Av) { chita::gradient(Av, rp, wp, bp, ridge, op); });
+      },
+      py::arg("A"), py::arg("r"), py::arg("w"), py::arg("w_bar"), py::arg("ridge"),
+      py::arg("out"));
+
+  mod.def(
+      "topk",
+      [](py::array v, int64_t k, py::array out) {
+        const int64_t p = v.ndim() == 1 ? v.shape(0) : -1;
+        const double* vp = vec<double>(v, "v", p, false);
+        if (k < 1 || k > p)
+          throw py::value_error("`k` must be in [1, " + std::to_string(p) + "], got " +
+                                std::to_string(k));
+        int64_t* op = vec<int64_t>(out, "out", k, true);
+        py::gil_scoped_release release;
+        chita::topk(vp, p, k, op);
+      },
+      py::arg("v"), py::arg("k"), py::arg("out"));
+
+  mod.def(
+      "chita_step",
+      [](py::array A, py::array b, py::array w_bar, double ridge, py::array g, py::array w,
+         py::array r, py::array support, double f) {
+        const Matrix M = as_matrix(A, "A");
+        const double* bp = vec<double>(b, "b", M.n, false);
+        const double* wbp = vec<double>(w_bar, "w_bar", M.p, false);
+        const double* gp = vec<double>(g, "g", M.p, false);
+        double* wp = vec<double>(w, "w", M.p, true);
+        double* rp = vec<double>(r, "r", M.n, true);
+        const int64_t k = support.ndim() == 1 ? support.shape(0) : -1;
+        int64_t* sp = vec<int64_t>(support, "support", k, true);
+        if (k < 1 || k > M.p)
+          throw py::value_error("`support` must have length in [1, p]");
+        const chita::StepResult res = dispatch(M, [&](auto Av) {
+          return chita::chita_step(Av, bp, wbp, ridge, gp, wp, rp, sp, k, f);
+        });
+        return py::make_tuple(res.f, res.tau, res.n_candidates, res.support_changed);
+      },
+      py::arg("A"), py::arg("b"), py::arg("w_bar"), py::arg("ridge"), py::arg("g"), py::arg("w"),
+      py::arg("r"), py::arg("support"), py::arg("f"));
+
+  mod.def(
+      "backsolve",
+      [](py::array A, py::array b, py::array idx, py::array w_bar_s, double ridge,
+         py::array out) {
+        const Matrix M = as_matrix(A, "A");
+        const double* bp = vec<double>(b, "b", M.n, false);
+        const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
+        const int64_t* ip = vec<int64_t>(idx, "idx", m, false);
+        const double* wp = vec<double>(w_bar_s, "w_bar_s", m, false);
+        double* op = vec<double>(out, "out", m, true);
+        if (m < 1) throw py::value_error("`idx` must not be empty");
+        return dispatch(M, [&](auto Av) { return chita::backsolve(Av, bp, ip, m, wp, ridge, op); });
+      },
+      py::arg("A"), py::arg("b"), py::arg("idx"), py::arg("w_bar_s"), py::arg("ridge"),
+      py::arg("out"));
+
+  mod.def("num_threads", &chita::max_threads, "Threads the kernels use (OpenMP max threads).");
+
+#ifdef _OPENMP
+  mod.attr("openmp") = true;
+#else
+  mod.attr("openmp") = false;
+#endif
+#ifdef CHITA_HAVE_BUILD_INFO
+  mod.attr("build_info") = CHITA_BUILD_INFO;
+#else
+  mod.attr("build_info") = "";
+#endif
+}

@@ -1,0 +1,164 @@
+#include "chita/matvec.hpp"
+
+#include <algorithm>
+#include <vector>
+
+namespace chita {
+
+namespace {
+
+// F order: out = sum_s x[s] * A[:, idx[s]]. Each thread owns a contiguous slice of the support
+// and a private length-n accumulator; the partials are summed in thread order, so the result is
+// bit-identical from run to run for a given thread count.
+template <class T>
+void support_matvec_cols(const MatView<T>& A, const std::int64_t* idx, std::int64_t m,
+                         const double* x, double* out) {
+  const std::int64_t n = A.n;
+  const int want = (m * n >= kParallelWork) ? std::max(1, std::min<int>(max_threads(), m)) : 1;
+  std::vector<double> partial(static_cast<std::size_t>(want) * n, 0.0);
+#pragma omp parallel num_threads(want) if (want > 1)
+  {
+    int nth = 1;
+#ifdef _OPENMP
+    nth = omp_get_num_threads();
+#endif
+    std::int64_t begin, end;
+    split_range(m, nth, thread_id(), begin, end);
+    double* acc = partial.data() + static_cast<std::size_t>(thread_id()) * n;
+    std::int64_t s = begin;
+    // Four columns per sweep: one read-modify-write of the accumulator per four columns of A.
+    for (; s + 4 <= end; s += 4) {
+      const T* c0 = A.col(idx[s]);
+      const T* c1 = A.col(idx[s + 1]);
+      const T* c2 = A.col(idx[s + 2]);
+      const T* c3 = A.col(idx[s + 3]);
+      const double x0 = x[s], x1 = x[s + 1], x2 = x[s + 2], x3 = x[s + 3];
+#pragma omp simd
+      for (std::int64_t i = 0; i < n; ++i)
+        acc[i] += (double(c0[i]) * x0 + double(c1[i]) * x1) + (double(c2[i]) * x2 + double(c3[i]) * x3);
+    }
+    for (; s < end; ++s) {
+      const T* c0 = A.col(idx[s]);
+      const double x0 = x[s];
+#pragma omp simd
+      for (std::int64_t i = 0; i < n; ++i) acc[i] += double(c0[i]) * x0;
+    }
+  }
+  for (std::int64_t i = 0; i < n; ++i) {
+    double sum = 0.0;
+    for (int t = 0; t < want; ++t) sum += partial[static_cast<std::size_t>(t) * n + i];
+    out[i] = sum;
+  }
+}
+
+// C order, dense support: scatter x into a length-p vector and stream whole rows, four rows per
+// sweep so each load of the dense vector serves four rows.
+template <class T>
+void support_matvec_rows_dense(const MatView<T>& A, const std::int64_t* idx, std::int64_t m,
+                               const double* x, double* out) {
+  const std::int64_t n = A.n, p = A.p;
+  std::vector<double> xd(static_cast<std::size_t>(p), 0.0);
+  for (std::int64_t s = 0; s < m; ++s) xd[idx[s]] = x[s];
+  const double* xv = xd.data();
+  const std::int64_t nblocks = (n + 3) / 4;
+#pragma omp parallel for schedule(static) if (n * p >= kParallelWork)
+  for (std::int64_t blk = 0; blk < nblocks; ++blk) {
+    const std::int64_t i = blk * 4;
+    if (i + 4 <= n) {
+      const T* r0 = A.row(i);
+      const T* r1 = A.row(i + 1);
+      const T* r2 = A.row(i + 2);
+      const T* r3 = A.row(i + 3);
+      double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+      for (std::int64_t j = 0; j < p; ++j) {
+        const double xj = xv[j];
+        s0 += double(r0[j]) * xj;
+        s1 += double(r1[j]) * xj;
+        s2 += double(r2[j]) * xj;
+        s3 += double(r3[j]) * xj;
+      }
+      out[i] = s0;
+      out[i + 1] = s1;
+      out[i + 2] = s2;
+      out[i + 3] = s3;
+    } else {
+      for (std::int64_t ii = i; ii < n; ++ii) {
+        const T* r0 = A.row(ii);
+        double s0 = 0;
+#pragma omp simd reduction(+ : s0)
+        for (std::int64_t j = 0; j < p; ++j) s0 += double(r0[j]) * xv[j];
+        out[ii] = s0;
+      }
+    }
+  }
+}
+
+// C order, sparse support: gather the support entries of each row.
+template <class T>
+void support_matvec_rows_gather(const MatView<T>& A, const std::int64_t* idx, std::int64_t m,
+                                const double* x, double* out) {
+  const std::int64_t n = A.n;
+#pragma omp parallel for schedule(static) if (n * m >= kParallelWork)
+  for (std::int64_t i = 0; i < n; ++i) {
+    const T* row = A.row(i);
+    double s = 0.0;
+    for (std::int64_t t = 0; t < m; ++t) s += double(row[idx[t]]) * x[t];
+    out[i] = s;
+  }
+}
+
+}  // namespace
+
+template <class T>
+void support_matvec(const MatView<T>& A, const std::int64_t* idx, std::int64_t m, const double* x,
+                    double* out) {
+  if (A.col_major)
+    support_matvec_cols(A, idx, m, x, out);
+  else if (m * 16 >= A.p)
+    support_matvec_rows_dense(A, idx, m, x, out);
+  else
+    support_matvec_rows_gather(A, idx, m, x, out);
+}
+
+template <class T>
+void support_rmatvec(const MatView<T>& A, const std::int64_t* idx, std::int64_t m, const double* y,
+                     double* out) {
+  const std::int64_t n = A.n;
+  if (A.col_major) {
+#pragma omp parallel for schedule(static) if (n * m >= kParallelWork)
+    for (std::int64_t s = 0; s < m; ++s) {
+      const T* c = A.col(idx[s]);
+      double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+      for (std::int64_t i = 0; i < n; ++i) acc += double(c[i]) * y[i];
+      out[s] = acc;
+    }
+    return;
+  }
+  // C order: each thread owns a slice of the support and sweeps all rows over it.
+  constexpr std::int64_t kChunk = 1024;
+  const std::int64_t nchunks = (m + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (n * m >= kParallelWork)
+  for (std::int64_t c = 0; c < nchunks; ++c) {
+    const std::int64_t s0 = c * kChunk, s1 = std::min(m, s0 + kChunk);
+    double acc[kChunk] = {};
+    for (std::int64_t i = 0; i < n; ++i) {
+      const T* row = A.row(i);
+      const double yi = y[i];
+      for (std::int64_t s = s0; s < s1; ++s) acc[s - s0] += double(row[idx[s]]) * yi;
+    }
+    for (std::int64_t s = s0; s < s1; ++s) out[s] = acc[s - s0];
+  }
+}
+
+template void support_matvec<float>(const MatView<float>&, const std::int64_t*, std::int64_t,
+                                    const double*, double*);
+template void support_matvec<double>(const MatView<double>&, const std::int64_t*, std::int64_t,
+                                     const double*, double*);
+template void support_rmatvec<float>(const MatView<float>&, const std::int64_t*, std::int64_t,
+                                     const double*, double*);
+template void support_rmatvec<double>(const MatView<double>&, const std::int64_t*, std::int64_t,
+                                      const double*, double*);
+
+}  // namespace chita

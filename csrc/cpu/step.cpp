@@ -1,0 +1,246 @@
+#include "chita/step.hpp"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "chita/matvec.hpp"
+#include "chita/topk.hpp"
+
+namespace chita {
+
+double objective_from_residual(const double* r, std::int64_t n, const double* w,
+                               const double* w_bar, std::int64_t p, double ridge) {
+  double rr = 0.0;
+  for (std::int64_t i = 0; i < n; ++i) rr += r[i] * r[i];
+  double reg = 0.0;
+  if (ridge != 0.0) {
+#pragma omp parallel for reduction(+ : reg) schedule(static) if (p >= kParallelWork)
+    for (std::int64_t j = 0; j < p; ++j) {
+      const double dj = w[j] - w_bar[j];
+      reg += dj * dj;
+    }
+  }
+  return 0.5 * rr + 0.5 * ridge * reg;
+}
+
+namespace {
+
+// max |g_j| over j not in the (sorted) support.
+double max_off_support(const double* g, std::int64_t p, const std::int64_t* support,
+                       std::int64_t k) {
+  double m = 0.0;
+  std::int64_t s = 0;
+  for (std::int64_t j = 0; j < p; ++j) {
+    if (s < k && support[s] == j) {
+      ++s;
+      continue;
+    }
+    const double a = std::fabs(g[j]);
+    if (a > m) m = a;
+  }
+  return m;
+}
+
+// Largest tau for which H_k(w - tau g) keeps the support: every coordinate of S that shrinks
+// towards zero, or grows more slowly than the strongest outsider, is overtaken at
+// |w_i| / denom_i.
+double support_preserving_bound(const double* g, const double* w, const std::int64_t* support,
+                                std::int64_t k, std::int64_t p, double m) {
+  double tau = std::numeric_limits<double>::infinity();
+  if (k >= p) return tau;  // no outsider can enter
+  for (std::int64_t s = 0; s < k; ++s) {
+    const std::int64_t i = support[s];
+    const double gi = g[i], wi = w[i], ag = std::fabs(gi);
+    double denom;
+    if (wi * gi > 0.0)
+      denom = ag + m;  // moving towards zero
+    else if (ag < m)
+      denom = m - ag;  // moving away, but slower than the outsider grows
+    else
+      continue;
+    if (denom > 0.0) {
+      const double t = std::fabs(wi) / denom;
+      if (t < tau) tau = t;
+    }
+  }
+  return tau;
+}
+
+// Evaluates hard-thresholded candidates H_k(w - tau g) against the current state, reusing A d:
+// for a candidate support C, A_C x_C - b = r - tau A d + A_in v_in - A_out v_out with
+// v = w - tau g, so only the columns entering or leaving are read.
+template <class T>
+struct CandidateSearch {
+  const MatView<T>& A;
+  const double* b;
+  const double* w_bar;
+  double ridge;
+  const double* g;
+  const double* w;
+  const double* r;
+  const std::int64_t* support;
+  std::int64_t k;
+  const std::vector<double>& Ad;
+  double wbar_sq;
+
+  std::vector<double> v;                 // [p]
+  std::vector<std::int64_t> cand;        // [k]
+  std::vector<double> cand_r;            // [n]
+  std::vector<std::int64_t> diff_idx;    // [<= 2k]
+  std::vector<double> diff_val;          // [<= 2k]
+  std::vector<double> delta;             // [n]
+  bool changed = false;
+
+  CandidateSearch(const MatView<T>& A_, const double* b_, const double* w_bar_, double ridge_,
+                  const double* g_, const double* w_, const double* r_,
+                  const std::int64_t* support_, std::int64_t k_, const std::vector<double>& Ad_)
+      : A(A_), b(b_), w_bar(w_bar_), ridge(ridge_), g(g_), w(w_), r(r_), support(support_), k(k_),
+        Ad(Ad_), wbar_sq(0.0), v(A_.p), cand(k_), cand_r(A_.n), delta(A_.n) {
+    if (ridge != 0.0)
+      for (std::int64_t j = 0; j < A.p; ++j) wbar_sq += w_bar[j] * w_bar[j];
+  }
+
+  // Objective of H_k(w - tau g); leaves the candidate in cand / v / cand_r.
+  double evaluate(double tau) {
+    const std::int64_t n = A.n, p = A.p;
+    for (std::int64_t j = 0; j < p; ++j) v[j] = w[j] - tau * g[j];
+    topk(v.data(), p, k, cand.data());
+
+    // Merge the two sorted supports into the sorted list of entering (+v) and leaving (-v)
+    // coordinates.
+    diff_idx.clear();
+    diff_val.clear();
+    std::int64_t a = 0, c = 0;
+    while (a < k || c < k) {
+      if (c == k || (a < k && support[a] < cand[c])) {
+        diff_idx.push_back(support[a]);
+        diff_val.push_back(-v[support[a]]);
+        ++a;
+      } else if (a == k || cand[c] < support[a]) {
+        diff_idx.push_back(cand[c]);
+        diff_val.push_back(v[cand[c]]);
+        ++c;
+      } else {
+        ++a;
+        ++c;
+      }
+    }
+    changed = !diff_idx.empty();
+    const std::int64_t nd = static_cast<std::int64_t>(diff_idx.size());
+    if (nd == 0) {
+      for (std::int64_t i = 0; i < n; ++i) cand_r[i] = r[i] - tau * Ad[i];
+    } else if (nd < k) {
+      support_matvec(A, diff_idx.data(), nd, diff_val.data(), delta.data());
+      for (std::int64_t i = 0; i < n; ++i) cand_r[i] = r[i] - tau * Ad[i] + delta[i];
+    } else {  // most of the support moved: recompute the residual from scratch
+      std::vector<double> x(k);
+      for (std::int64_t s = 0; s < k; ++s) x[s] = v[cand[s]];
+      support_matvec(A, cand.data(), k, x.data(), cand_r.data());
+      for (std::int64_t i = 0; i < n; ++i) cand_r[i] -= b[i];
+    }
+    double rr = 0.0;
+    for (std::int64_t i = 0; i < n; ++i) rr += cand_r[i] * cand_r[i];
+    double reg = 0.0;
+    if (ridge != 0.0) {
+      // ||x - w_bar||^2 over all p: w_bar^2 off the candidate support, (v - w_bar)^2 on it.
+      reg = wbar_sq;
+      for (std::int64_t s = 0; s < k; ++s) {
+        const std::int64_t j = cand[s];
+        const double dj = v[j] - w_bar[j];
+        reg += dj * dj - w_bar[j] * w_bar[j];
+      }
+    }
+    return 0.5 * rr + 0.5 * ridge * reg;
+  }
+};
+
+}  // namespace
+
+template <class T>
+StepResult chita_step(const MatView<T>& A, const double* b, const double* w_bar, double ridge,
+                      const double* g, double* w, double* r, std::int64_t* support,
+                      std::int64_t k, double f) {
+  const std::int64_t n = A.n, p = A.p;
+  const double m = (k < p) ? max_off_support(g, p, support, k) : 0.0;
+  const double tau_chg = support_preserving_bound(g, w, support, k, p, m);
+
+  // Exact minimiser along d = g restricted to S.
+  std::vector<double> d(k), Ad(n);
+  double dd = 0.0;
+  for (std::int64_t s = 0; s < k; ++s) {
+    d[s] = g[support[s]];
+    dd += d[s] * d[s];
+  }
+  support_matvec(A, support, k, d.data(), Ad.data());
+  double adad = 0.0;
+  for (std::int64_t i = 0; i < n; ++i) adad += Ad[i] * Ad[i];
+  const double curv = adad + ridge * dd;
+  const double tau_star = (dd > 0.0 && curv > 0.0) ? dd / curv : 0.0;
+
+  if (tau_star > 0.0 && tau_star < tau_chg) {
+    for (std::int64_t s = 0; s < k; ++s) w[support[s]] -= tau_star * d[s];
+    for (std::int64_t i = 0; i < n; ++i) r[i] -= tau_star * Ad[i];
+    return {objective_from_residual(r, n, w, w_bar, p, ridge), tau_star, 0, false};
+  }
+
+  CandidateSearch<T> search(A, b, w_bar, ridge, g, w, r, support, k, Ad);
+  double f_best = f, tau_best = 0.0;
+  bool accepted = false, best_changed = false;
+  int n_cand = 0;
+  std::vector<std::int64_t> best_support(k);
+  std::vector<double> best_x(k), best_r(n);
+  auto keep = [&](double tau, double fc) {
+    f_best = fc;
+    tau_best = tau;
+    accepted = true;
+    best_changed = search.changed;
+    best_support = search.cand;
+    for (std::int64_t s = 0; s < k; ++s) best_x[s] = search.v[search.cand[s]];
+    best_r = search.cand_r;
+  };
+
+  // Forward doubling from just below the support-changing step: keep improving, stop at the
+  // first candidate that does not.
+  const double base = std::isinf(tau_chg) ? tau_star : tau_chg / (1.0 + 1e-4);
+  if (base > 0.0) {
+    double tau = base;
+    for (int j = 0; j < 5; ++j, tau *= 2.0) {
+      const double fc = search.evaluate(tau);
+      ++n_cand;
+      if (!(fc < f_best)) break;
+      keep(tau, fc);
+    }
+  }
+  // Nothing improved (e.g. tau_chg == 0 because the support holds zeros): backtrack from
+  // tau_star and take the first improvement.
+  if (!accepted && tau_star > 0.0) {
+    double tau = tau_star;
+    for (int j = 0; j < 5; ++j, tau *= 0.5) {
+      const double fc = search.evaluate(tau);
+      ++n_cand;
+      if (fc < f_best) {
+        keep(tau, fc);
+        break;
+      }
+    }
+  }
+  if (!accepted) return {f, 0.0, n_cand, false};
+
+  for (std::int64_t s = 0; s < k; ++s) w[support[s]] = 0.0;
+  for (std::int64_t s = 0; s < k; ++s) {
+    support[s] = best_support[s];
+    w[support[s]] = best_x[s];
+  }
+  for (std::int64_t i = 0; i < n; ++i) r[i] = best_r[i];
+  return {f_best, tau_best, n_cand, best_changed};
+}
+
+template StepResult chita_step<float>(const MatView<float>&, const double*, const double*, double,
+                                      const double*, double*, double*, std::int64_t*, std::int64_t,
+                                      double);
+template StepResult chita_step<double>(const MatView<double>&, const double*, const double*,
+                                       double, const double*, double*, double*, std::int64_t*,
+                                       std::int64_t, double);
+
+}  // namespace chita

@@ -1,0 +1,36 @@
+// The CHITA line-search step (DESIGN.md section 2, steps 2-5).
+#pragma once
+
+#include "chita/common.hpp"
+
+namespace chita {
+
+struct StepResult {
+  double f;             // objective after the step (never above the one before)
+  double tau;           // accepted step size, 0 if none
+  int n_candidates;     // hard-thresholded candidates evaluated (one support mat-vec each)
+  bool support_changed;
+};
+
+// One step from the state (w, r, support) along the gradient g.
+//   A       [n, p]
+//   b       [n]
+//   w_bar   [p]
+//   g       [p]   A^T r + ridge (w - w_bar), at w
+//   w       [p]   in/out, zero off the support
+//   r       [n]   in/out, A w - b
+//   support [k]   in/out, sorted
+//   f              objective at w
+// Support-preserving bound tau_chg, exact step tau_star on the support; if tau_star < tau_chg
+// the support is kept and r is updated from A d (no extra pass); otherwise forward doubling over
+// H_k(w - tau g) from just below tau_chg, with a backtracking fallback from tau_star.
+template <class T>
+StepResult chita_step(const MatView<T>& A, const double* b, const double* w_bar, double ridge,
+                      const double* g, double* w, double* r, std::int64_t* support,
+                      std::int64_t k, double f);
+
+// 0.5 ||r||^2 + 0.5 ridge ||w - w_bar||^2 in float64.
+double objective_from_residual(const double* r, std::int64_t n, const double* w,
+                               const double* w_bar, std::int64_t p, double ridge);
+
+}  // namespace chita
