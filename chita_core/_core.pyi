@@ -25,6 +25,9 @@ def support_matvec(A: Mat, idx: I64, x: F64, out: F64) -> None:
     F order reads only the m columns in ``idx``. C order reads whole rows (a row is
     contiguous, so a gather would touch nearly every cache line anyway)."""
 
+def support_rmatvec(A: Mat, idx: I64, y: F64, out: F64) -> None:
+    """out[j] = sum_i A[i, idx[j]] * y[i]   # A [n, p], idx [m], y [n], out [m]"""
+
 def gradient(A: Mat, r: F64, w: F64, w_bar: F64, ridge: float, out: F64) -> None:
     """out = A^T r + ridge * (w - w_bar)   # A [n, p], r [n], w [p], w_bar [p], out [p]
 
@@ -61,6 +64,8 @@ def chita_step(
           base = tau_chg / (1 + 1e-4)   (if tau_chg is +inf: base = tau_star)
           for j in 0..4: tau = base * 2^j; skip all if tau <= 0
               cand = H_k(w - tau g) (topk on w - tau g), r_c = A_cand x - b, f_c = objective
+              (r_c may be formed as r - tau A d + A_in v_in - A_out v_out over the coordinates
+              entering/leaving, v = w - tau g: same value up to rounding, far fewer columns)
               accept if f_c < f_best (best so far), else stop
           if none accepted and tau_star > 0:   # backtracking fallback
               for j in 0..4: tau = tau_star / 2^j; same candidate; accept the first f_c < f; stop

@@ -1,0 +1,80 @@
+"""Array interchange: turn any framework's host array into a NumPy view, and back.
+
+This is the one module that knows about array protocols. Nothing here copies ``A``: a NumPy
+view is taken through DLPack (torch, JAX, ...), ``__array_interface__`` or the buffer protocol.
+Small vectors are converted to float64 by the caller (a copy of O(n + p), never of A).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["as_host_array", "library_of", "to_library"]
+
+
+def library_of(x: Any) -> str:
+    """Name of the top-level package an array comes from (``"numpy"``, ``"torch"``, ...)."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    return type(x).__module__.split(".", 1)[0]
+
+
+def _device_error(name: str, where: str) -> ValueError:
+    return ValueError(
+        f"`{name}` lives on {where}, but only the CPU backends (cpp, numba) are available for "
+        "it: the CUDA backend is not built in this installation. Move it to the host "
+        "explicitly (e.g. `.cpu()`) if a host copy is what you want."
+    )
+
+
+def as_host_array(x: Any, name: str) -> np.ndarray:
+    """A NumPy view of ``x`` without copying; raises if ``x`` is not on the host.
+
+    Accepts NumPy arrays, torch CPU tensors and JAX CPU arrays (DLPack), objects with
+    ``__array_interface__`` or the buffer protocol, and Python sequences (converted).
+    """
+    if isinstance(x, np.ndarray):
+        return x
+    lib = library_of(x)
+    if lib == "torch":
+        if x.device.type != "cpu":
+            raise _device_error(name, f"torch device {x.device}")
+        if x.dtype.is_complex:
+            raise TypeError(f"`{name}` must be real floating point, got torch {x.dtype}")
+        try:
+            return np.from_dlpack(x.detach())
+        except (TypeError, RuntimeError, BufferError) as exc:
+            raise TypeError(f"`{name}` (torch {x.dtype}) cannot be viewed from NumPy: {exc}") from exc
+    if hasattr(x, "__cuda_array_interface__"):
+        raise _device_error(name, "a CUDA device")
+    if hasattr(x, "__array_interface__") or isinstance(x, (memoryview, bytearray)):
+        return np.asarray(x)
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (TypeError, RuntimeError, BufferError, ValueError) as exc:
+            raise TypeError(
+                f"`{name}` ({type(x).__module__}.{type(x).__name__}) could not be read through "
+                f"DLPack on the host: {exc}"
+            ) from exc
+    if isinstance(x, (list, tuple)) or np.isscalar(x):
+        return np.asarray(x)
+    raise TypeError(
+        f"`{name}` must be an array (NumPy, torch, JAX, or anything with __array_interface__ "
+        f"or __dlpack__), got {type(x).__module__}.{type(x).__name__}"
+    )
+
+
+def to_library(arr: np.ndarray, lib: str) -> Any:
+    """Returns ``arr`` as an array of library ``lib`` (no copy for torch; NumPy otherwise)."""
+    if lib == "torch":
+        import torch
+
+        return torch.from_numpy(arr)
+    if lib in ("jax", "jaxlib"):
+        import jax.numpy as jnp
+
+        return jnp.asarray(arr)
+    return arr
