@@ -24,7 +24,15 @@ import numba
 import numpy as np
 from numba import prange
 
-__all__ = ["support_matvec", "gradient", "topk", "chita_step", "backsolve", "num_threads"]
+__all__ = [
+    "backsolve",
+    "chita_step",
+    "gradient",
+    "num_threads",
+    "support_matvec",
+    "support_rmatvec",
+    "topk",
+]
 
 # fastmath for the dot-product loops only: reassociation lets LLVM vectorise float64 reductions
 # (the order is fixed at compile time, so still deterministic). No nnan/ninf: the step logic
@@ -43,7 +51,7 @@ _GRAD_COLBLOCK = 2048  # C-order gradient: max columns per block
 _RMV_CHUNK = 1024  # C-order transposed support mat-vec: support entries per chunk
 _GRAM_COLBLOCK = 1024  # Woodbury Gram (m > n): support columns gathered per block
 _GRAM_BUF = 1 << 19  # Normal-equations Gram (m <= n): float64 entries in the gathered block
-_JITTER_TRIES = 12  # 1e-12 * mean(diag) * 100**t, t = 0..11 (up to 1e10 * mean diag)
+_JITTER_TRIES = 7  # retries with jitter 1e-12 * mean(diag) * 100**t, t = 0..6 (as the C++)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,16 +234,11 @@ def _grad_cols(At, r, w, w_bar, ridge, out):
 
 
 @numba.njit(fastmath=_FM, parallel=True, **_JIT)
-def _grad_rows(A, r, w, w_bar, ridge, out):
+def _grad_rows(A, r, w, w_bar, ridge, out, bs):
+    """C order. Column blocks of bs columns: every column sums over the rows in the same order
+    whatever the block size, so bs only balances the threads."""
     n = A.shape[0]
     p = A.shape[1]
-    # Column blocks: every column sums over the rows in the same order whatever the block size,
-    # so the block size only balances the threads.
-    nt = numba.get_num_threads()
-    bs = _GRAD_COLBLOCK
-    want = (p + 4 * nt - 1) // (4 * nt)
-    if want < bs:
-        bs = max(64, ((want + 63) // 64) * 64)
     nb = (p + bs - 1) // bs
     for blk in prange(nb):
         j0 = blk * bs
@@ -356,7 +359,9 @@ def _topk_impl(v, k, out, absbuf, cand, hist):
 @numba.njit(**_JIT)
 def _topk_entry(v, k, out):
     p = v.shape[0]
-    _topk_impl(v, k, out, np.empty(p), np.empty(p, dtype=np.uint64), np.empty(_NBINS, dtype=np.int64))
+    _topk_impl(
+        v, k, out, np.empty(p), np.empty(p, dtype=np.uint64), np.empty(_NBINS, dtype=np.int64)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,24 +370,8 @@ def _topk_entry(v, k, out):
 
 
 @numba.njit(**_JIT)
-def _ridge_term(idx, x, w_bar):
-    """||wc - w_bar||^2 over all p, where wc is x on idx and zero elsewhere (idx sorted)."""
-    p = w_bar.shape[0]
-    m = idx.shape[0]
-    s = 0.0
-    t = 0
-    for j in range(p):
-        if t < m and idx[t] == j:
-            dlt = x[t] - w_bar[j]
-            t += 1
-        else:
-            dlt = -w_bar[j]
-        s += dlt * dlt
-    return s
-
-
-@numba.njit(**_JIT)
 def _objective(r, w, w_bar, ridge):
+    """0.5 ||r||^2 + 0.5 ridge ||w - w_bar||^2 (the ridge sum only when ridge != 0)."""
     f = 0.5 * _sumsq(r)
     if ridge != 0.0:
         s = 0.0
@@ -394,8 +383,37 @@ def _objective(r, w, w_bar, ridge):
 
 
 @numba.njit(**_JIT)
-def _eval_candidate(M, fmode, b, w_bar, ridge, g, w, tau, v, cidx, cx, cr, xd, absbuf, cand, hist):
-    """Candidate H_k(w - tau g): support cidx, values cx, residual cr; returns its objective."""
+def _eval_candidate(
+    M,
+    fmode,
+    b,
+    w_bar,
+    ridge,
+    wbar_sq,
+    g,
+    w,
+    r,
+    Ad,
+    support,
+    tau,
+    v,
+    cidx,
+    cx,
+    cr,
+    didx,
+    dval,
+    delta,
+    xd,
+    absbuf,
+    cand,
+    hist,
+):
+    """Objective of the candidate H_k(w - tau g); leaves its support in cidx, its values in cx
+    and its residual A_cand cx - b in cr. Returns (f_c, support changed).
+
+    The residual is formed as r - tau A d + A_in v_in - A_out v_out (v = w - tau g), reading only
+    the columns that enter or leave; if as many as k move it is recomputed from scratch."""
+    n = b.shape[0]
     p = w.shape[0]
     k = cidx.shape[0]
     for j in range(p):
@@ -403,13 +421,45 @@ def _eval_candidate(M, fmode, b, w_bar, ridge, g, w, tau, v, cidx, cx, cr, xd, a
     _topk_impl(v, k, cidx, absbuf, cand, hist)
     for t in range(k):
         cx[t] = v[cidx[t]]
-    _smv(M, fmode, cidx, cx, cr, xd)
-    for i in range(b.shape[0]):
-        cr[i] -= b[i]
+    # Sorted merge of the old and new supports: leaving (-v) and entering (+v) coordinates.
+    nd = 0
+    a = 0
+    c = 0
+    while a < k or c < k:
+        if c == k or (a < k and support[a] < cidx[c]):
+            didx[nd] = support[a]
+            dval[nd] = -v[support[a]]
+            nd += 1
+            a += 1
+        elif a == k or cidx[c] < support[a]:
+            didx[nd] = cidx[c]
+            dval[nd] = v[cidx[c]]
+            nd += 1
+            c += 1
+        else:
+            a += 1
+            c += 1
+    if nd == 0:
+        for i in range(n):
+            cr[i] = r[i] - tau * Ad[i]
+    elif nd < k:
+        _smv(M, fmode, didx[:nd], dval[:nd], delta, xd)
+        for i in range(n):
+            cr[i] = r[i] - tau * Ad[i] + delta[i]
+    else:
+        _smv(M, fmode, cidx, cx, cr, xd)
+        for i in range(n):
+            cr[i] -= b[i]
     fc = 0.5 * _sumsq(cr)
     if ridge != 0.0:
-        fc += 0.5 * ridge * _ridge_term(cidx, cx, w_bar)
-    return fc
+        # ||x - w_bar||^2 over all p: w_bar^2 off the candidate support, (v - w_bar)^2 on it.
+        reg = wbar_sq
+        for t in range(k):
+            j = cidx[t]
+            dj = cx[t] - w_bar[j]
+            reg += dj * dj - w_bar[j] * w_bar[j]
+        fc += 0.5 * ridge * reg
+    return fc, nd > 0
 
 
 @numba.njit(**_JIT)
@@ -420,7 +470,7 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f):
     inf = np.inf
     xd = np.empty(p) if not fmode else np.empty(0)
 
-    # m = max |g_j| off the support; tau_chg = support-preserving bound.
+    # m = max |g_j| off the support; tau_chg = support-preserving bound (+inf when k == p).
     tau_chg = inf
     if k < p:
         mx = 0.0
@@ -438,42 +488,46 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f):
             gi = g[i]
             agi = abs(gi)
             if wi * gi > 0.0:
-                denom = agi + mx
+                denom = agi + mx  # moving towards zero
             elif agi < mx:
-                denom = mx - agi
+                denom = mx - agi  # moving away, but slower than the strongest outsider grows
             else:
                 continue
-            if denom <= 0.0:
-                continue
-            term = abs(wi) / denom
-            if term < tau_chg:
-                tau_chg = term
+            if denom > 0.0:
+                term = abs(wi) / denom
+                if term < tau_chg:
+                    tau_chg = term
 
-    # Exact step on the support.
+    # Exact minimiser along d = g restricted to S.
     d = np.empty(k)
     for t in range(k):
         d[t] = g[support[t]]
     Ad = np.empty(n)
     _smv(M, fmode, support, d, Ad, xd)
     dd = _sumsq(d)
-    if dd == 0.0:
-        tau_star = 0.0
+    curv = _sumsq(Ad) + ridge * dd
+    if dd > 0.0 and curv > 0.0:
+        tau_star = dd / curv
     else:
-        tau_star = dd / (_sumsq(Ad) + ridge * dd)
+        tau_star = 0.0
 
     if tau_star > 0.0 and tau_star < tau_chg:
         for t in range(k):
             i = support[t]
-            w[i] = w[i] - tau_star * d[t]
+            w[i] -= tau_star * d[t]
         for i in range(n):
-            r[i] = r[i] - tau_star * Ad[i]
+            r[i] -= tau_star * Ad[i]
         return _objective(r, w, w_bar, ridge), tau_star, 0, False
 
     # Hard-thresholded candidates.
+    wbar_sq = _sumsq(w_bar) if ridge != 0.0 else 0.0
     v = np.empty(p)
     absbuf = np.empty(p)
     cand = np.empty(p, dtype=np.uint64)
     hist = np.empty(_NBINS, dtype=np.int64)
+    didx = np.empty(2 * k, dtype=np.int64)
+    dval = np.empty(2 * k)
+    delta = np.empty(n)
     cidx = np.empty(k, dtype=np.int64)
     cx = np.empty(k)
     cr = np.empty(n)
@@ -483,55 +537,106 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f):
 
     n_cand = 0
     accepted = False
-    tau_acc = 0.0
+    best_changed = False
+    tau_best = 0.0
     f_best = f
-    if tau_chg < inf:
-        base = tau_chg / (1.0 + 1e-4)
-    else:
+    # Forward doubling from just below the support-changing step; stop at the first candidate
+    # that does not improve on the best so far.
+    if tau_chg == inf:
         base = tau_star
+    else:
+        base = tau_chg / (1.0 + 1e-4)
     if base > 0.0:
-        for j in range(5):
-            tau = base * (2.0**j)
-            fc = _eval_candidate(M, fmode, b, w_bar, ridge, g, w, tau, v, cidx, cx, cr, xd, absbuf, cand, hist)
+        tau = base
+        for _ in range(5):
+            fc, chg = _eval_candidate(
+                M,
+                fmode,
+                b,
+                w_bar,
+                ridge,
+                wbar_sq,
+                g,
+                w,
+                r,
+                Ad,
+                support,
+                tau,
+                v,
+                cidx,
+                cx,
+                cr,
+                didx,
+                dval,
+                delta,
+                xd,
+                absbuf,
+                cand,
+                hist,
+            )
+            n_cand += 1
+            if not (fc < f_best):
+                break
+            f_best = fc
+            tau_best = tau
+            accepted = True
+            best_changed = chg
+            cidx, bidx = bidx, cidx
+            cx, bx = bx, cx
+            cr, br = br, cr
+            tau *= 2.0
+    # Nothing improved (e.g. tau_chg == 0 because the support holds zeros): backtrack from
+    # tau_star and take the first improvement.
+    if not accepted and tau_star > 0.0:
+        tau = tau_star
+        for _ in range(5):
+            fc, chg = _eval_candidate(
+                M,
+                fmode,
+                b,
+                w_bar,
+                ridge,
+                wbar_sq,
+                g,
+                w,
+                r,
+                Ad,
+                support,
+                tau,
+                v,
+                cidx,
+                cx,
+                cr,
+                didx,
+                dval,
+                delta,
+                xd,
+                absbuf,
+                cand,
+                hist,
+            )
             n_cand += 1
             if fc < f_best:
                 f_best = fc
-                tau_acc = tau
+                tau_best = tau
                 accepted = True
-                cidx, bidx = bidx, cidx
-                cx, bx = bx, cx
-                cr, br = br, cr
-            else:
-                break
-    if not accepted and tau_star > 0.0:
-        for j in range(5):
-            tau = tau_star / (2.0**j)
-            fc = _eval_candidate(M, fmode, b, w_bar, ridge, g, w, tau, v, cidx, cx, cr, xd, absbuf, cand, hist)
-            n_cand += 1
-            if fc < f:
-                f_best = fc
-                tau_acc = tau
-                accepted = True
+                best_changed = chg
                 cidx, bidx = bidx, cidx
                 cx, bx = bx, cx
                 cr, br = br, cr
                 break
+            tau *= 0.5
     if not accepted:
         return f, 0.0, n_cand, False
 
-    changed = False
     for t in range(k):
-        if bidx[t] != support[t]:
-            changed = True
-            break
-    for j in range(p):
-        w[j] = 0.0
+        w[support[t]] = 0.0
     for t in range(k):
-        w[bidx[t]] = bx[t]
         support[t] = bidx[t]
+        w[bidx[t]] = bx[t]
     for i in range(n):
         r[i] = br[i]
-    return f_best, tau_acc, n_cand, changed
+    return f_best, tau_best, n_cand, best_changed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -567,10 +672,15 @@ def _gram_normal(M, fmode, idx, G):
                 for t in range(ln):
                     buf[a, t] = np.float64(col[i0 + t])
         else:
-            for a in prange(m):
-                ja = idx[a]
+            # Rows of A are contiguous: walk them in order, each thread over its own support slice.
+            nch = (m + 255) // 256
+            for ch in prange(nch):
+                a0 = ch * 256
+                a1 = min(m, a0 + 256)
                 for t in range(ln):
-                    buf[a, t] = np.float64(M[i0 + t, ja])
+                    row = M[i0 + t]
+                    for a in range(a0, a1):
+                        buf[a, t] = np.float64(row[idx[a]])
         for a in prange(m):
             ba = buf[a, :ln]
             for c in range(a + 1):
@@ -601,9 +711,11 @@ def _gram_woodbury(M, fmode, idx, K):
     while s0 < m:
         ln = min(cb, m - s0)
         if fmode:
-            for i in prange(n):
-                for t in range(ln):
-                    buf[i, t] = np.float64(M[idx[s0 + t], i])
+            # Columns of A are contiguous: read each once, write it down a buffer column.
+            for t in prange(ln):
+                col = M[idx[s0 + t]]
+                for i in range(n):
+                    buf[i, t] = np.float64(col[i])
         else:
             for i in prange(n):
                 row = M[i]
@@ -628,7 +740,7 @@ def _cholesky_shifted(S, shift, L):
         s = S[j, j] + shift
         for q in range(j):
             s -= Lj[q] * Lj[q]
-        if not (s > 0.0):
+        if not (s > 0.0) or not np.isfinite(s):
             return False
         ljj = math.sqrt(s)
         Lj[j] = ljj
@@ -665,22 +777,20 @@ def _chol_solve(L, rhs, out):
 
 @numba.njit(**_JIT)
 def _factor_with_jitter(S, ridge, L):
-    """Factor S + ridge I, retrying with jitter 1e-12 * mean(diag) * 100**t. Returns
-    (ok, jitter)."""
+    """Factor S + ridge I into L; on a non-positive pivot retry with S + (ridge + jitter) I,
+    jitter = 1e-12 * mean(diag S) (1e-12 if that mean is not positive), growing 100x per retry,
+    7 retries (as the C++ backend). Returns (ok, jitter)."""
     N = S.shape[0]
-    if _cholesky_shifted(S, ridge, L):
-        return True, 0.0
     md = 0.0
     for i in range(N):
-        md += S[i, i] + ridge
-    md /= N
-    if not (md > 0.0) or not np.isfinite(md):
-        md = 1.0
-    jit = 1e-12 * md
-    for _ in range(_JITTER_TRIES):
+        md += S[i, i]
+    md = md / N if N > 0 else 0.0
+    base = 1e-12 * md if md > 0.0 else 1e-12
+    jit = 0.0
+    for attempt in range(_JITTER_TRIES + 1):
         if _cholesky_shifted(S, ridge + jit, L):
             return True, jit
-        jit *= 100.0
+        jit = base if attempt == 0 else jit * 100.0
     return False, jit
 
 
@@ -742,7 +852,9 @@ def _mat(A, name="A"):
         return A, False
     if A.flags.f_contiguous:
         return A.T, True
-    raise ValueError(f"`{name}` must be C- or F-contiguous (it is never copied); got strides {A.strides}")
+    raise ValueError(
+        f"`{name}` must be C- or F-contiguous (it is never copied); got strides {A.strides}"
+    )
 
 
 def _vec(x, name, length, what="", writable=False):
@@ -809,6 +921,20 @@ def support_matvec(A, idx, x, out):
         _smv_rows(M, idx, x, out, np.empty(p) if m * 16 >= p else np.empty(0))
 
 
+def support_rmatvec(A, idx, y, out):
+    """out[j] = sum_i A[i, idx[j]] * y[i]   # A [n, p], idx [m], y [n], out [m]"""
+    M, fmode = _mat(A)
+    n, p = _shape(A)
+    _index(idx, "idx", p)
+    m = idx.shape[0]
+    _vec(y, "y", n, "the number of rows of `A`")
+    _vec(out, "out", m, "the length of `idx`", writable=True)
+    if fmode:
+        _srmv_cols(M, idx, y, out)
+    else:
+        _srmv_rows(M, idx, y, out)
+
+
 def gradient(A, r, w, w_bar, ridge, out):
     """out = A^T r + ridge * (w - w_bar)   # A [n, p], r [n], w [p], w_bar [p], out [p]"""
     M, fmode = _mat(A)
@@ -821,7 +947,10 @@ def gradient(A, r, w, w_bar, ridge, out):
     if fmode:
         _grad_cols(M, r, w, w_bar, ridge, out)
     else:
-        _grad_rows(M, r, w, w_bar, ridge, out)
+        nt = numba.get_num_threads()
+        want = -(-p // (4 * nt))
+        bs = _GRAD_COLBLOCK if want >= _GRAD_COLBLOCK else max(64, -(-want // 64) * 64)
+        _grad_rows(M, r, w, w_bar, ridge, out, bs)
 
 
 def topk(v, k, out):
@@ -886,9 +1015,8 @@ def backsolve(A, b, idx, w_bar_s, ridge, out):
     _vec(out, "out", m, "the length of `idx`", writable=True)
     status, jitter = _backsolve_impl(M, fmode, b, idx, w_bar_s, ridge, out)
     if status != 0:
-        raise np.linalg.LinAlgError(
-            f"backsolve: the system stays singular after diagonal jitter up to {jitter:.3g} "
-            f"(support of size {m}, ridge {ridge})"
+        raise RuntimeError(
+            "backsolve: the Gram matrix on the support is singular even with jitter; use ridge > 0"
         )
     return float(jitter)
 
