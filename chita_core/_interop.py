@@ -37,6 +37,8 @@ def as_host_array(x: Any, name: str) -> np.ndarray:
     """
     if isinstance(x, np.ndarray):
         return x
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"`{name}` must be an array, got {type(x).__name__} {x!r:.40}")
     lib = library_of(x)
     if lib == "torch":
         if x.device.type != "cpu":

@@ -67,9 +67,9 @@ def check_finite_array(arr: np.ndarray, name: str) -> None:
 def check_matrix(A: Any, *, check_finite: bool = True) -> np.ndarray:
     """The (n, p) gradient matrix as a NumPy view: float32/float64, C- or F-contiguous."""
     arr = as_host_array(A, "A")
+    _check_float_dtype(arr, "A")
     if arr.ndim != 2:
         raise ValueError(f"`A` must be 2-D (n samples x p weights), got {arr.ndim}-D shape {arr.shape}")
-    _check_float_dtype(arr, "A")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"`A` must have at least one row and one column, got shape {arr.shape}")
     if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
@@ -132,12 +132,12 @@ def check_nonneg_float(value: Any, name: str) -> float:
 def check_support(support: Any, p: int) -> np.ndarray:
     """Distinct column indices in [0, p), returned sorted as int64."""
     arr = as_host_array(support, "support")
+    if arr.size == 0:
+        raise ValueError("`support` must not be empty")
     if arr.dtype.kind == "b" or arr.dtype.kind not in "iu":
         raise TypeError(f"`support` must be an integer array of column indices, got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise ValueError(f"`support` must be 1-D, got {_describe(arr)}")
-    if arr.size == 0:
-        raise ValueError("`support` must not be empty")
     idx = np.sort(arr.astype(np.int64, copy=False))
     if idx[0] < 0 or idx[-1] >= p:
         bad = idx[0] if idx[0] < 0 else idx[-1]

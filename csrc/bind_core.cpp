@@ -59,16 +59,29 @@ T* vec(py::array& a, const char* name, int64_t len, bool writable) {
     throw py::type_error(std::string("`") + name + "` must have dtype " +
                          std::string(py::str(py::dtype::of<T>())) + ", got " +
                          std::string(py::str(a.dtype())));
-  if (a.ndim() != 1 || (len >= 0 && a.shape(0) != len))
+  if (a.ndim() != 1 || (len >= 0 && a.shape(0) != len)) {
+    std::string shape = "(";
+    for (py::ssize_t d = 0; d < a.ndim(); ++d)
+      shape += std::to_string(a.shape(d)) + (a.ndim() == 1 ? "," : d + 1 < a.ndim() ? ", " : "");
     throw py::value_error(std::string("`") + name + "` must be 1-D of length " +
-                          std::to_string(len) + ", got shape " +
-                          std::string(py::str(py::tuple(py::cast(std::vector<int64_t>(
-                              a.shape(), a.shape() + a.ndim()))))));
+                          std::to_string(len) + ", got shape " + shape + ")");
+  }
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string("`") + name + "` must be contiguous");
   if (writable && !a.writeable())
     throw py::value_error(std::string("`") + name + "` must be writable");
   return static_cast<T*>(a.mutable_data());
+}
+
+// Index arrays must be strictly increasing and inside [0, p): the kernels index A with them.
+void check_indices(const int64_t* idx, int64_t m, int64_t p, const char* name) {
+  for (int64_t s = 0; s < m; ++s) {
+    if (idx[s] < 0 || idx[s] >= p)
+      throw py::value_error(std::string("`") + name + "` has index " + std::to_string(idx[s]) +
+                            " outside [0, " + std::to_string(p) + ")");
+    if (s > 0 && idx[s] <= idx[s - 1])
+      throw py::value_error(std::string("`") + name + "` must be sorted and distinct");
+  }
 }
 
 // Runs f(MatView<float>) or f(MatView<double>) without the GIL.
@@ -90,6 +103,7 @@ PYBIND11_MODULE(_core, mod) {
         const Matrix M = as_matrix(A, "A");
         const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
         const int64_t* ip = vec<int64_t>(idx, "idx", m, false);
+        check_indices(ip, m, M.p, "idx");
         const double* xp = vec<double>(x, "x", m, false);
         double* op = vec<double>(out, "out", M.n, true);
         dispatch(M, [&](auto Av) { chita::support_matvec(Av, ip, m, xp, op); });
@@ -102,6 +116,7 @@ PYBIND11_MODULE(_core, mod) {
         const Matrix M = as_matrix(A, "A");
         const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
         const int64_t* ip = vec<int64_t>(idx, "idx", m, false);
+        check_indices(ip, m, M.p, "idx");
         const double* yp = vec<double>(y, "y", M.n, false);
         double* op = vec<double>(out, "out", m, true);
         dispatch(M, [&](auto Av) { chita::support_rmatvec(Av, ip, m, yp, op); });
@@ -147,6 +162,7 @@ PYBIND11_MODULE(_core, mod) {
         double* rp = vec<double>(r, "r", M.n, true);
         const int64_t k = support.ndim() == 1 ? support.shape(0) : -1;
         int64_t* sp = vec<int64_t>(support, "support", k, true);
+        check_indices(sp, k, M.p, "support");
         if (k < 1 || k > M.p)
           throw py::value_error("`support` must have length in [1, p]");
         const chita::StepResult res = dispatch(M, [&](auto Av) {
@@ -165,6 +181,7 @@ PYBIND11_MODULE(_core, mod) {
         const double* bp = vec<double>(b, "b", M.n, false);
         const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
         const int64_t* ip = vec<int64_t>(idx, "idx", m, false);
+        check_indices(ip, m, M.p, "idx");
         const double* wp = vec<double>(w_bar_s, "w_bar_s", m, false);
         double* op = vec<double>(out, "out", m, true);
         if (m < 1) throw py::value_error("`idx` must not be empty");
