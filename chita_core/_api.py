@@ -153,7 +153,7 @@ def iht(
     """
     t0 = time.perf_counter()
     prob = _prepare(A, b, ridge, w_bar, check_finite)
-    n, p = prob.A.shape
+    p = prob.A.shape[1]
     k = check_index(k, "k", 1, p)
     max_iter = check_index(max_iter, "max_iter", 0, np.iinfo(np.int64).max)
     tol = check_nonneg_float(tol, "tol")
@@ -177,7 +177,7 @@ def iht(
     g = np.empty(p)
     converged = False
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):  # noqa: B007 (n_iter is read after the loop)
+    for n_iter in range(1, max_iter + 1):
         kernels.gradient(prob.A, r, w, prob.w_bar, prob.ridge, g)
         f_new, tau, _, changed = kernels.chita_step(
             prob.A, prob.b, prob.w_bar, prob.ridge, g, w, r, support, f
@@ -253,7 +253,9 @@ def backsolve(
     idx = check_support(support, prob.A.shape[1])
     _, kernels = get_backend(backend)
     values = np.empty(idx.size)
-    kernels.backsolve(prob.A, prob.b, idx, np.ascontiguousarray(prob.w_bar[idx]), prob.ridge, values)
+    kernels.backsolve(
+        prob.A, prob.b, idx, np.ascontiguousarray(prob.w_bar[idx]), prob.ridge, values
+    )
     w = np.zeros(prob.A.shape[1], dtype=prob.A.dtype)
     w[idx] = values
     return to_library(w, prob.lib)

@@ -61,8 +61,12 @@ def get_backend(name: str) -> tuple[str, ModuleType]:
             raise BackendUnavailableError(
                 "backend 'cuda' is not available: the CUDA extension is not part of this build"
             )
-        raise ValueError(f"`backend` must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {name!r}")
+        raise ValueError(
+            f"`backend` must be one of 'auto', {', '.join(map(repr, BACKENDS))}; got {name!r}"
+        )
     probe = _probe(name)
     if probe.module is None:
-        raise BackendUnavailableError(f"backend {name!r} is unavailable: {probe.reason}; {_FIX[name]}")
+        raise BackendUnavailableError(
+            f"backend {name!r} is unavailable: {probe.reason}; {_FIX[name]}"
+        )
     return name, probe.module

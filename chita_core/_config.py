@@ -51,9 +51,13 @@ def show_config(file: TextIO | None = None) -> None:
     print(f"  numpy      {info['numpy']}", file=out)
     print(f"  build      {info['build']}", file=out)
     if "threads" in info:
-        print(f"  openmp     {'on' if info['openmp'] else 'off'}, {info['threads']} threads", file=out)
+        print(
+            f"  openmp     {'on' if info['openmp'] else 'off'}, {info['threads']} threads", file=out
+        )
     print(f"  numba      {info['numba'] or 'not installed (pip install numba)'}", file=out)
     print(f"  cuda       {info['cuda']}", file=out)
     print("  backends:", file=out)
     for name, reason in info["backends"].items():
-        print(f"    {name:<6} {'available' if reason is None else 'unavailable: ' + reason}", file=out)
+        print(
+            f"    {name:<6} {'available' if reason is None else 'unavailable: ' + reason}", file=out
+        )

@@ -48,7 +48,9 @@ def as_host_array(x: Any, name: str) -> np.ndarray:
         try:
             return np.from_dlpack(x.detach())
         except (TypeError, RuntimeError, BufferError) as exc:
-            raise TypeError(f"`{name}` (torch {x.dtype}) cannot be viewed from NumPy: {exc}") from exc
+            raise TypeError(
+                f"`{name}` (torch {x.dtype}) cannot be viewed from NumPy: {exc}"
+            ) from exc
     if hasattr(x, "__cuda_array_interface__"):
         raise _device_error(name, "a CUDA device")
     if hasattr(x, "__array_interface__") or isinstance(x, (memoryview, bytearray)):

@@ -69,7 +69,9 @@ def check_matrix(A: Any, *, check_finite: bool = True) -> np.ndarray:
     arr = as_host_array(A, "A")
     _check_float_dtype(arr, "A")
     if arr.ndim != 2:
-        raise ValueError(f"`A` must be 2-D (n samples x p weights), got {arr.ndim}-D shape {arr.shape}")
+        raise ValueError(
+            f"`A` must be 2-D (n samples x p weights), got {arr.ndim}-D shape {arr.shape}"
+        )
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ValueError(f"`A` must have at least one row and one column, got shape {arr.shape}")
     if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
@@ -135,7 +137,9 @@ def check_support(support: Any, p: int) -> np.ndarray:
     if arr.size == 0:
         raise ValueError("`support` must not be empty")
     if arr.dtype.kind == "b" or arr.dtype.kind not in "iu":
-        raise TypeError(f"`support` must be an integer array of column indices, got dtype {arr.dtype}")
+        raise TypeError(
+            f"`support` must be an integer array of column indices, got dtype {arr.dtype}"
+        )
     if arr.ndim != 1:
         raise ValueError(f"`support` must be 1-D, got {_describe(arr)}")
     idx = np.sort(arr.astype(np.int64, copy=False))

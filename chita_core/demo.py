@@ -81,7 +81,7 @@ class MLP:
                 h, dz, dh = self._backward(X[batch], y[batch])
                 grads = [X[batch].T @ dh, dh.sum(0), h.T @ dz, dz.sum(0)]
                 t += 1
-                for q, g, mq, vq in zip(params, grads, m, v):
+                for q, g, mq, vq in zip(params, grads, m, v, strict=True):
                     g = g / len(batch) + (1e-4 * q if q.ndim == 2 else 0.0)
                     mq *= b1
                     mq += (1 - b1) * g
@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--ridge-scale", type=float, default=0.1,
+        "--ridge-scale",
+        type=float,
+        default=0.1,
         help="ridge as a multiple of the mean squared column norm of A (curvature per weight)",
     )
     args = parser.parse_args(argv)
@@ -130,14 +132,16 @@ def main(argv: list[str] | None = None) -> None:
     # pruned weights where the quadratic model of the loss is still trustworthy.
     ridge = args.ridge_scale * float(np.einsum("ij,ij->", A, A)) / A.shape[1]
     p = A.shape[1]
-    print(f"gradient matrix A: n={n}, p={p} (F order), ridge={ridge:.3g}, backend: "
-          f"{chita_core.iht(A, b, 1, max_iter=0).backend}\n")
+    print(
+        f"gradient matrix A: n={n}, p={p} (F order), ridge={ridge:.3g}, backend: "
+        f"{chita_core.iht(A, b, 1, max_iter=0).backend}\n"
+    )
 
     header = f"{'sparsity':>8}  {'method':<26}{'test acc':>9}{'objective':>12}{'time (s)':>10}"
     print(header)
     print("-" * len(header))
     for sparsity in (0.7, 0.9, 0.95):
-        k = int(round((1.0 - sparsity) * p))
+        k = round((1.0 - sparsity) * p)
         rows = []
 
         t = time.perf_counter()

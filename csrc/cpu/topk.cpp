@@ -20,6 +20,7 @@ inline std::uint64_t magnitude_key(double v) {
 }
 
 constexpr int kDigitBits = 16;
+constexpr std::int64_t kTopkParallel = std::int64_t(1) << 22;
 constexpr std::size_t kBins = std::size_t(1) << kDigitBits;
 
 // Within a histogram, find the digit holding the `need`-th largest key. On return `need` is the
@@ -43,7 +44,10 @@ void topk(const double* v, std::int64_t p, std::int64_t k, std::int64_t* out) {
     for (std::int64_t i = 0; i < p; ++i) out[i] = i;
     return;
   }
-  const bool par = p >= kParallelWork;
+  // One thread selects from 3e5 keys in about a millisecond; below a few million keys a
+  // parallel region costs more than it saves, and on a loaded machine its barriers can stall
+  // for whole scheduler ticks.
+  const bool par = p >= kTopkParallel;
   const int nt = par ? max_threads() : 1;
 
   // Pass 1: histogram of the top digit over all p keys (per-thread histograms, merged in order).
