@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,27 @@ def _residual(kernels: Any, prob: _Problem, support: np.ndarray, values: np.ndar
     return r
 
 
+class _IterationLog:
+    """The ``verbose=True`` progress lines of :func:`iht`, written to stderr."""
+
+    def __init__(self, backend: str, shape: tuple[int, int], k: int) -> None:
+        self.t0 = time.perf_counter()
+        print(
+            f"chita_core.iht: n={shape[0]}, p={shape[1]}, k={k}, backend={backend}\n"
+            f"{'iter':>6} {'objective':>14} {'rel. decrease':>14} {'step':>10} "
+            f"{'support':>8} {'time (s)':>9}",
+            file=sys.stderr,
+        )
+
+    def line(self, it: int, f_old: float, f_new: float, tau: float, changed: bool) -> None:
+        rel = (f_old - f_new) / max(abs(f_old), abs(f_new), 1.0)
+        print(
+            f"{it:>6} {f_new:>14.6e} {rel:>14.3e} {tau:>10.3e} "
+            f"{'moved' if changed else 'kept':>8} {time.perf_counter() - self.t0:>9.2f}",
+            file=sys.stderr,
+        )
+
+
 def iht(
     A: Any,
     b: Any,
@@ -97,6 +119,7 @@ def iht(
     tol: float = 1e-6,
     backend: str = "auto",
     callback: Callable[[IHTProgress], bool | None] | None = None,
+    verbose: bool = False,
     check_finite: bool = True,
 ) -> IHTResult:
     """Sparse least squares by iterative hard thresholding with CHITA's line search.
@@ -130,6 +153,9 @@ def iht(
         Kernel backend; "auto" takes the compiled one when it is importable.
     callback : callable, optional
         Called as ``callback(IHTProgress)`` after each iteration; return True to stop.
+    verbose : bool, default False
+        Print one line per iteration (objective, relative decrease, step, support moves, time)
+        to stderr.
     check_finite : bool, default True
         Scan the inputs for NaN/Inf (one extra pass over ``A``).
 
@@ -166,6 +192,7 @@ def iht(
             w0, "w0", p, prob.A.dtype, length_of="columns of `A`", check_finite=check_finite
         )
     name, kernels = get_backend(backend)
+    log = _IterationLog(name, prob.A.shape, k) if verbose else None
 
     support = np.empty(k, dtype=np.int64)
     kernels.topk(start, k, support)
@@ -184,6 +211,8 @@ def iht(
         )
         history.append(f_new)
         converged = abs(f - f_new) <= tol * max(abs(f), abs(f_new), 1.0)
+        if log is not None:
+            log.line(n_iter, f, f_new, tau, bool(changed))
         f = f_new
         if callback is not None and callback(IHTProgress(n_iter, f, tau, bool(changed))):
             break

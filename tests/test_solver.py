@@ -3,7 +3,6 @@ invariants, objectives and support sets (not iterates), determinism, docstring e
 
 from __future__ import annotations
 
-import doctest
 import io
 
 import numpy as np
@@ -405,12 +404,6 @@ def test_objective_docstring_value():
 # ----------------------------------------------------------------------------------------------
 # Docs, configuration, backend selection
 # ----------------------------------------------------------------------------------------------
-
-
-def test_docstring_examples():
-    failed, attempted = doctest.testmod(chita_core._api, verbose=False, report=True)
-    assert attempted >= 8, "the docstring examples were not found"
-    assert failed == 0
 
 
 def test_show_config_lists_backends():
