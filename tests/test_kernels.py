@@ -120,6 +120,20 @@ def test_gradient_wide_c_order_blocks(kernels, make_problem, tol, dtype):
     tol.close(out, ref.gradient(A, r, w, w_bar, 0.25), scale=float(np.abs(r).sum()))
 
 
+@pytest.mark.parametrize("n", [2, 5])
+def test_gradient_very_wide_c_order(kernels, tol, n):
+    # p = 2e6: the per-thread partials of the C++ row split (threads x p float64) exceed a
+    # quarter of any usual L3, so the column-chunked C-order path runs (5 rows: the 4-row
+    # sweep plus a remainder row).
+    p = 2_000_000
+    rng = np.random.default_rng(11)
+    A = rng.standard_normal((n, p), dtype=np.float32)
+    r, w, w_bar = rng.standard_normal(n), rng.standard_normal(p), np.zeros(p)
+    out = np.empty(p)
+    kernels.gradient(A, r, w, w_bar, 0.5, out)
+    tol.close(out, ref.gradient(A, r, w, w_bar, 0.5), scale=float(np.abs(r).sum()))
+
+
 # ----------------------------------------------------------------------------------------------
 # topk
 # ----------------------------------------------------------------------------------------------

