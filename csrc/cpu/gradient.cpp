@@ -8,6 +8,11 @@ namespace chita {
 
 namespace {
 
+// ridge (w_j - w_bar_j), or 0 for the plain transpose mat-vec (w and w_bar null).
+inline double ridge_term(double ridge, const double* w, const double* w_bar, std::int64_t j) {
+  return w == nullptr ? 0.0 : ridge * (w[j] - w_bar[j]);
+}
+
 // F order: one dot product of length n per column.
 template <class T>
 void gradient_cols(const MatView<T>& A, const double* r, const double* w, const double* w_bar,
@@ -19,7 +24,7 @@ void gradient_cols(const MatView<T>& A, const double* r, const double* w, const 
     double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
     for (std::int64_t i = 0; i < n; ++i) acc += double(c[i]) * r[i];
-    out[j] = acc + ridge * (w[j] - w_bar[j]);
+    out[j] = acc + ridge_term(ridge, w, w_bar, j);
   }
 }
 
@@ -81,7 +86,7 @@ void gradient_rows(const MatView<T>& A, const double* r, const double* w, const 
         for (std::int64_t t = 0; t < len; ++t) acc[t] += double(r0[t]) * y0;
       }
       for (std::int64_t t = 0; t < len; ++t)
-        out[j0 + t] = acc[t] + ridge * (w[j0 + t] - w_bar[j0 + t]);
+        out[j0 + t] = acc[t] + ridge_term(ridge, w, w_bar, j0 + t);
     }
   }
 }
@@ -129,7 +134,7 @@ void gradient_rows_split(const MatView<T>& A, const double* r, const double* w,
     for (std::int64_t j = 0; j < p; ++j) {
       double sum = 0.0;
       for (int u = 0; u < used; ++u) sum += partial[static_cast<std::size_t>(u) * p + j];
-      out[j] = sum + ridge * (w[j] - w_bar[j]);
+      out[j] = sum + ridge_term(ridge, w, w_bar, j);
     }
   }
 }

@@ -1,13 +1,9 @@
-
-
-
-
-
-
 #include "chita/matvec.hpp"
 
 #include <algorithm>
 #include <vector>
+
+#include "chita/gradient.hpp"
 
 namespace chita {
 
@@ -167,7 +163,15 @@ void support_rmatvec(const MatView<T>& A, const std::int64_t* idx, std::int64_t 
     }
     return;
   }
-  // C order: each thread owns a slice of the support and sweeps all rows over it.
+  // C order, dense support: a gather would touch nearly every cache line of each row anyway, so
+  // stream all of A once (the gradient kernel without the ridge term) and pick the support.
+  if (m * 16 >= A.p) {
+    std::vector<double> full(static_cast<std::size_t>(A.p));
+    gradient(A, y, nullptr, nullptr, 0.0, full.data());
+    for (std::int64_t s = 0; s < m; ++s) out[s] = full[idx[s]];
+    return;
+  }
+  // C order, sparse support: each thread owns a slice of the support and sweeps all rows over it.
   constexpr std::int64_t kChunk = 1024;
   const std::int64_t nchunks = (m + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) if (n * m >= kParallelWork)

@@ -8,7 +8,7 @@ namespace chita {
 // out = A^T r + ridge * (w - w_bar)
 //   A     [n, p]  either layout
 //   r     [n]     residual A w - b
-//   w     [p]     current weights
+//   w     [p]     current weights       (both null: out = A^T r, the plain transpose mat-vec)
 //   w_bar [p]     reference weights (the ridge pulls towards them)
 //   out   [p]     float64, written
 // One pass over A, multithreaded over columns; float64 accumulation.
