@@ -33,6 +33,12 @@ def gradient(A: Mat, r: F64, w: F64, w_bar: F64, ridge: float, out: F64) -> None
 
     One pass over A; multithreaded."""
 
+def column_sqnorms(A: Mat, out: F64) -> None:
+    """out[j] = sum_i A[i, j]^2   # A [n, p], out [p]; one pass over A"""
+
+def support_gram(A: Mat, idx: I64, out: npt.NDArray[np.float64]) -> None:
+    """out = A[:, idx] @ A[:, idx].T   # A [n, p], idx [m], out [n, n] C-contiguous, symmetric"""
+
 def topk(v: F64, k: int, out: I64) -> None:
     """out = sorted indices of the k largest |v|; ties go to the lower index.
 

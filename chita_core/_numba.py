@@ -27,8 +27,10 @@ from numba import prange
 __all__ = [
     "backsolve",
     "chita_step",
+    "column_sqnorms",
     "gradient",
     "num_threads",
+    "support_gram",
     "support_matvec",
     "support_rmatvec",
     "topk",
@@ -70,9 +72,11 @@ def _dot_row_vec(a, x):
 
 @numba.njit(fastmath=_FM, **_JIT)
 def _sumsq(x):
+    """sum_i x[i]^2 in float64 (x may be float32)."""
     s = 0.0
     for i in range(x.shape[0]):
-        s += x[i] * x[i]
+        a = np.float64(x[i])
+        s += a * a
     return s
 
 
@@ -267,6 +271,30 @@ def _grad_rows(A, r, w, w_bar, ridge, out, bs):
             i += 1
         for t in range(ln):
             out[j0 + t] = acc[t] + ridge * (w[j0 + t] - w_bar[j0 + t])
+
+
+@numba.njit(fastmath=_FM, parallel=True, **_JIT)
+def _sqnorms_cols(At, out):
+    for j in prange(At.shape[0]):
+        out[j] = _sumsq(At[j])
+
+
+@numba.njit(fastmath=_FM, parallel=True, **_JIT)
+def _sqnorms_rows(A, out, bs):
+    """C order, column blocks of bs columns; every column sums its rows in order."""
+    n = A.shape[0]
+    p = A.shape[1]
+    for blk in prange((p + bs - 1) // bs):
+        j0 = blk * bs
+        ln = min(bs, p - j0)
+        acc = np.zeros(ln)
+        for i in range(n):
+            row = A[i, j0 : j0 + ln]
+            for t in range(ln):
+                a = np.float64(row[t])
+                acc[t] += a * a
+        for t in range(ln):
+            out[j0 + t] = acc[t]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -951,6 +979,38 @@ def gradient(A, r, w, w_bar, ridge, out):
         want = -(-p // (4 * nt))
         bs = _GRAD_COLBLOCK if want >= _GRAD_COLBLOCK else max(64, -(-want // 64) * 64)
         _grad_rows(M, r, w, w_bar, ridge, out, bs)
+
+
+def column_sqnorms(A, out):
+    """out[j] = sum_i A[i, j]^2   # A [n, p], out [p]"""
+    M, fmode = _mat(A)
+    _, p = _shape(A)
+    _vec(out, "out", p, "the number of columns of `A`", writable=True)
+    if fmode:
+        _sqnorms_cols(M, out)
+    else:
+        _sqnorms_rows(M, out, _GRAD_COLBLOCK)
+
+
+def support_gram(A, idx, out):
+    """out = A[:, idx] @ A[:, idx].T   # A [n, p], idx [m], out [n, n] C-contiguous"""
+    M, fmode = _mat(A)
+    n, p = _shape(A)
+    _index(idx, "idx", p)
+    if (
+        not isinstance(out, np.ndarray)
+        or out.dtype != np.float64
+        or out.shape != (n, n)
+        or not out.flags.c_contiguous
+        or not out.flags.writeable
+    ):
+        raise ValueError(
+            f"`out` must be a writable C-contiguous float64 array of shape ({n}, {n})"
+        )
+    if idx.shape[0] == 0:
+        out[...] = 0.0
+        return
+    _gram_woodbury(M, fmode, idx, out)
 
 
 def topk(v, k, out):

@@ -190,6 +190,32 @@ PYBIND11_MODULE(_core, mod) {
       py::arg("A"), py::arg("b"), py::arg("idx"), py::arg("w_bar_s"), py::arg("ridge"),
       py::arg("out"));
 
+  mod.def(
+      "column_sqnorms",
+      [](py::array A, py::array out) {
+        const Matrix M = as_matrix(A, "A");
+        double* op = vec<double>(out, "out", M.p, true);
+        dispatch(M, [&](auto Av) { chita::column_sqnorms(Av, op); });
+      },
+      py::arg("A"), py::arg("out"));
+
+  mod.def(
+      "support_gram",
+      [](py::array A, py::array idx, py::array out) {
+        const Matrix M = as_matrix(A, "A");
+        const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
+        const int64_t* ip = vec<int64_t>(idx, "idx", m, false);
+        check_indices(ip, m, M.p, "idx");
+        if (!out.dtype().is(py::dtype::of<double>()) || out.ndim() != 2 ||
+            out.shape(0) != M.n || out.shape(1) != M.n || !(out.flags() & py::array::c_style) ||
+            !out.writeable())
+          throw py::value_error("`out` must be a writable C-contiguous float64 array of shape (" +
+                                std::to_string(M.n) + ", " + std::to_string(M.n) + ")");
+        double* op = static_cast<double*>(out.mutable_data());
+        dispatch(M, [&](auto Av) { chita::support_gram(Av, ip, m, op); });
+      },
+      py::arg("A"), py::arg("idx"), py::arg("out"));
+
   mod.def("num_threads", &chita::max_threads, "Threads the kernels use (OpenMP max threads).");
 
 #ifdef _OPENMP

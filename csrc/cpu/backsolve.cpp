@@ -151,6 +151,24 @@ void gather_panel_rows(const MatView<T>& A, const std::int64_t* idx, std::int64_
 }  // namespace
 
 template <class T>
+void support_gram(const MatView<T>& A, const std::int64_t* idx, std::int64_t m, double* out) {
+  const std::int64_t n = A.n;
+  const std::int64_t dim = round_up4(n);
+  constexpr std::int64_t kPanel = 256;
+  // Panels of support columns, rows contiguous; padding rows (n..dim) stay zero.
+  std::vector<double> X(static_cast<std::size_t>(dim) * kPanel, 0.0);   // [dim, kPanel]
+  std::vector<double> gram(static_cast<std::size_t>(dim) * dim, 0.0);   // [dim, dim]
+  for (std::int64_t s0 = 0; s0 < m; s0 += kPanel) {
+    const std::int64_t cb = std::min(kPanel, m - s0);
+    gather_panel_rows(A, idx, s0, cb, X.data(), kPanel);
+    syrk_lower(X.data(), dim, cb, kPanel, gram.data());
+  }
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t l = 0; l <= i; ++l)
+      out[i * n + l] = out[l * n + i] = gram[i * dim + l];
+}
+
+template <class T>
 double backsolve(const MatView<T>& A, const double* b, const std::int64_t* idx, std::int64_t m,
                  const double* w_bar_s, double ridge, double* out) {
   const std::int64_t n = A.n;
@@ -178,16 +196,10 @@ double backsolve(const MatView<T>& A, const double* b, const std::int64_t* idx, 
     cholesky_solve(fac.data(), m, dim, out);
   } else {
     // Woodbury / push-through: z = A_S^T (A_S A_S^T + ridge I)^{-1} c, n x n; the m x m matrix
-    // is never formed. A_S A_S^T accumulates over panels of support columns.
-    const std::int64_t dim = round_up4(n);
-    constexpr std::int64_t kPanel = 256;
-    std::vector<double> X(static_cast<std::size_t>(dim) * kPanel, 0.0);  // [dim, kPanel]
-    std::vector<double> gram(static_cast<std::size_t>(dim) * dim, 0.0);
-    for (std::int64_t s0 = 0; s0 < m; s0 += kPanel) {
-      const std::int64_t cb = std::min(kPanel, m - s0);
-      gather_panel_rows(A, idx, s0, cb, X.data(), kPanel);
-      syrk_lower(X.data(), dim, cb, kPanel, gram.data());
-    }
+    // is never formed.
+    const std::int64_t dim = n;
+    std::vector<double> gram(static_cast<std::size_t>(n) * n);
+    support_gram(A, idx, m, gram.data());
     jitter = factor_with_jitter(gram, n, dim, ridge, fac);
     std::vector<double> y(c);
     cholesky_solve(fac.data(), n, dim, y.data());
@@ -197,6 +209,10 @@ double backsolve(const MatView<T>& A, const double* b, const std::int64_t* idx, 
   return jitter;
 }
 
+template void support_gram<float>(const MatView<float>&, const std::int64_t*, std::int64_t,
+                                  double*);
+template void support_gram<double>(const MatView<double>&, const std::int64_t*, std::int64_t,
+                                   double*);
 template double backsolve<float>(const MatView<float>&, const double*, const std::int64_t*,
                                  std::int64_t, const double*, double, double*);
 template double backsolve<double>(const MatView<double>&, const double*, const std::int64_t*,

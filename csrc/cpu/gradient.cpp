@@ -13,8 +13,19 @@ inline double ridge_term(double ridge, const double* w, const double* w_bar, std
   return w == nullptr ? 0.0 : ridge * (w[j] - w_bar[j]);
 }
 
+// The kernels below compute, per column j, sum_i term(A_ij, r_i): A^T r (kSquare = false) or the
+// squared column norms sum_i A_ij^2 (kSquare = true, r unused), with one set of loops.
+template <bool kSquare>
+inline double term(double a, double y) {
+  return kSquare ? a * a : a * y;
+}
+template <bool kSquare>
+inline double weight(const double* r, std::int64_t i) {
+  return kSquare ? 0.0 : r[i];
+}
+
 // F order: one dot product of length n per column.
-template <class T>
+template <bool kSquare, class T>
 void gradient_cols(const MatView<T>& A, const double* r, const double* w, const double* w_bar,
                    double ridge, double* out) {
   const std::int64_t n = A.n, p = A.p;
@@ -23,7 +34,7 @@ void gradient_cols(const MatView<T>& A, const double* r, const double* w, const 
     const T* c = A.col(j);
     double acc = 0.0;
 #pragma omp simd reduction(+ : acc)
-    for (std::int64_t i = 0; i < n; ++i) acc += double(c[i]) * r[i];
+    for (std::int64_t i = 0; i < n; ++i) acc += term<kSquare>(double(c[i]), weight<kSquare>(r, i));
     out[j] = acc + ridge_term(ridge, w, w_bar, j);
   }
 }
@@ -34,7 +45,7 @@ void gradient_cols(const MatView<T>& A, const double* r, const double* w, const 
 // the row split's per-thread partials to stay in cache.
 constexpr std::int64_t kColChunk = 8192;
 
-template <class T>
+template <bool kSquare, class T>
 void gradient_rows(const MatView<T>& A, const double* r, const double* w, const double* w_bar,
                    double ridge, double* out) {
   const std::int64_t n = A.n, p = A.p;
@@ -61,7 +72,8 @@ void gradient_rows(const MatView<T>& A, const double* r, const double* w, const 
         const T* r1 = A.row(i + 1) + j0;
         const T* r2 = A.row(i + 2) + j0;
         const T* r3 = A.row(i + 3) + j0;
-        const double y0 = r[i], y1 = r[i + 1], y2 = r[i + 2], y3 = r[i + 3];
+        const double y0 = weight<kSquare>(r, i), y1 = weight<kSquare>(r, i + 1),
+                     y2 = weight<kSquare>(r, i + 2), y3 = weight<kSquare>(r, i + 3);
         // The next four rows' segments start cold on new pages: prefetch them a line at a time
         // while this block streams, so the prefetcher never waits for a new stream to ramp up.
         const bool ahead = i + 8 <= n;
@@ -75,15 +87,15 @@ void gradient_rows(const MatView<T>& A, const double* r, const double* w, const 
           const std::int64_t t1 = std::min(len, t0 + kLine);
 #pragma omp simd aligned(acc : 64)
           for (std::int64_t t = t0; t < t1; ++t)
-            acc[t] += (double(r0[t]) * y0 + double(r1[t]) * y1) +
-                      (double(r2[t]) * y2 + double(r3[t]) * y3);
+            acc[t] += (term<kSquare>(double(r0[t]), y0) + term<kSquare>(double(r1[t]), y1)) +
+                      (term<kSquare>(double(r2[t]), y2) + term<kSquare>(double(r3[t]), y3));
         }
       }
       for (; i < n; ++i) {
         const T* r0 = A.row(i) + j0;
-        const double y0 = r[i];
+        const double y0 = weight<kSquare>(r, i);
 #pragma omp simd aligned(acc : 64)
-        for (std::int64_t t = 0; t < len; ++t) acc[t] += double(r0[t]) * y0;
+        for (std::int64_t t = 0; t < len; ++t) acc[t] += term<kSquare>(double(r0[t]), y0);
       }
       for (std::int64_t t = 0; t < len; ++t)
         out[j0 + t] = acc[t] + ridge_term(ridge, w, w_bar, j0 + t);
@@ -94,7 +106,7 @@ void gradient_rows(const MatView<T>& A, const double* r, const double* w, const 
 // C order, row split: each thread streams whole rows of its own row range (long sequential
 // streams, like the C-order mat-vec) into a private length-p accumulator; the partials are then
 // summed in thread order.
-template <class T>
+template <bool kSquare, class T>
 void gradient_rows_split(const MatView<T>& A, const double* r, const double* w,
                          const double* w_bar, double ridge, double* out) {
   const std::int64_t n = A.n, p = A.p;
@@ -118,16 +130,18 @@ void gradient_rows_split(const MatView<T>& A, const double* r, const double* w,
       const T* r1 = A.row(i + 1);
       const T* r2 = A.row(i + 2);
       const T* r3 = A.row(i + 3);
-      const double y0 = r[i], y1 = r[i + 1], y2 = r[i + 2], y3 = r[i + 3];
+      const double y0 = weight<kSquare>(r, i), y1 = weight<kSquare>(r, i + 1),
+                     y2 = weight<kSquare>(r, i + 2), y3 = weight<kSquare>(r, i + 3);
 #pragma omp simd
       for (std::int64_t t = 0; t < p; ++t)
-        acc[t] += (double(r0[t]) * y0 + double(r1[t]) * y1) + (double(r2[t]) * y2 + double(r3[t]) * y3);
+        acc[t] += (term<kSquare>(double(r0[t]), y0) + term<kSquare>(double(r1[t]), y1)) +
+                    (term<kSquare>(double(r2[t]), y2) + term<kSquare>(double(r3[t]), y3));
     }
     for (; i < ie; ++i) {
       const T* r0 = A.row(i);
-      const double y0 = r[i];
+      const double y0 = weight<kSquare>(r, i);
 #pragma omp simd
-      for (std::int64_t t = 0; t < p; ++t) acc[t] += double(r0[t]) * y0;
+      for (std::int64_t t = 0; t < p; ++t) acc[t] += term<kSquare>(double(r0[t]), y0);
     }
 #pragma omp barrier
 #pragma omp for schedule(static)
@@ -153,22 +167,35 @@ bool split_rows_fits(std::int64_t p) {
   return nt > 1 && double(nt) * double(p) * sizeof(double) <= 0.25 * double(l3);
 }
 
+template <bool kSquare, class T>
+void column_reduce(const MatView<T>& A, const double* r, const double* w, const double* w_bar,
+                   double ridge, double* out) {
+  if (A.col_major)
+    gradient_cols<kSquare>(A, r, w, w_bar, ridge, out);
+  else if (A.n * A.p >= kParallelWork && split_rows_fits(A.p))
+    gradient_rows_split<kSquare>(A, r, w, w_bar, ridge, out);
+  else
+    gradient_rows<kSquare>(A, r, w, w_bar, ridge, out);
+}
+
 }  // namespace
 
 template <class T>
 void gradient(const MatView<T>& A, const double* r, const double* w, const double* w_bar,
               double ridge, double* out) {
-  if (A.col_major)
-    gradient_cols(A, r, w, w_bar, ridge, out);
-  else if (A.n * A.p >= kParallelWork && split_rows_fits(A.p))
-    gradient_rows_split(A, r, w, w_bar, ridge, out);
-  else
-    gradient_rows(A, r, w, w_bar, ridge, out);
+  column_reduce<false>(A, r, w, w_bar, ridge, out);
+}
+
+template <class T>
+void column_sqnorms(const MatView<T>& A, double* out) {
+  column_reduce<true>(A, nullptr, nullptr, nullptr, 0.0, out);
 }
 
 template void gradient<float>(const MatView<float>&, const double*, const double*, const double*,
                               double, double*);
 template void gradient<double>(const MatView<double>&, const double*, const double*, const double*,
                                double, double*);
+template void column_sqnorms<float>(const MatView<float>&, double*);
+template void column_sqnorms<double>(const MatView<double>&, double*);
 
 }  // namespace chita

@@ -22,4 +22,11 @@ template <class T>
 double backsolve(const MatView<T>& A, const double* b, const std::int64_t* idx, std::int64_t m,
                  const double* w_bar_s, double ridge, double* out);
 
+// out = A[:, idx] A[:, idx]^T, the n x n Gram matrix of the support (row-major, full symmetric)
+//   A   [n, p], idx [m], out [n, n] float64, written
+// O(n^2 m): panels of support columns gathered to float64, 4 x 4 blocked dot products.
+// The refinement (swap search) keeps (ridge I + this)^{-1} up to date by rank-2 updates.
+template <class T>
+void support_gram(const MatView<T>& A, const std::int64_t* idx, std::int64_t m, double* out);
+
 }  // namespace chita

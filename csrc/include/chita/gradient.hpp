@@ -16,4 +16,11 @@ template <class T>
 void gradient(const MatView<T>& A, const double* r, const double* w, const double* w_bar,
               double ridge, double* out);
 
+// out[j] = sum_i A_ij^2 (the curvature of weight j, diag of A^T A)
+//   A   [n, p]  either layout
+//   out [p]     float64, written
+// Same loops as `gradient`: one pass over A.
+template <class T>
+void column_sqnorms(const MatView<T>& A, double* out);
+
 }  // namespace chita
