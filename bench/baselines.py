@@ -40,6 +40,7 @@ __all__ = [
     "magnitude_backsolve",
     "obs_oneshot_backsolve",
     "obs_saliency",
+    "support_backsolve",
     "top_k",
 ]
 
@@ -57,8 +58,9 @@ def _check_k(k: int, p: int) -> int:
 def _check_ridge(ridge: float, what: str) -> float:
     ridge = float(ridge)
     if not (np.isfinite(ridge) and ridge > 0.0):
-        raise ValueError(f"{what} needs `ridge` > 0 (H = A^T A + ridge I must be invertible), "
-                         f"got {ridge}")
+        raise ValueError(
+            f"{what} needs `ridge` > 0 (H = A^T A + ridge I must be invertible), got {ridge}"
+        )
     return ridge
 
 
@@ -68,7 +70,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     k = _check_k(k, p)
     if k == p:
         return np.arange(p, dtype=np.int64)
-    idx = np.argpartition(scores, p - k)[p - k:]
+    idx = np.argpartition(scores, p - k)[p - k :]
     idx.sort()
     return idx.astype(np.int64, copy=False)
 
@@ -95,8 +97,17 @@ def _woodbury_factor(A: np.ndarray, ridge: float) -> np.ndarray:
     M = A @ A.T  # BLAS syrk: A and A.T share their data
     M[np.diag_indices(n)] += ridge
     L = np.linalg.cholesky(M)
-    # Inverse of the factor: n^3/... work once, then every block of columns is one GEMM.
+    # The inverse of the factor once (O(n^3)); every block of columns is then one GEMM.
     return np.linalg.solve(L, np.eye(n))
+
+
+def _gram_sym(X: np.ndarray) -> np.ndarray:
+    """``X^T X``, symmetric, through :func:`_gram_upper` (no p x p syrk, see there)."""
+    G = np.empty((X.shape[1], X.shape[1]))
+    _gram_upper(X, G)
+    iu = np.triu_indices(G.shape[0], 1)
+    G.T[iu] = G[iu]
+    return G
 
 
 def hinv_diagonal(A: Any, ridge: float, *, block: int = 4096) -> np.ndarray:
@@ -112,7 +123,7 @@ def hinv_diagonal(A: Any, ridge: float, *, block: int = 4096) -> np.ndarray:
     n, p = A.shape
     out = np.empty(p)
     if n >= p:
-        H = A.T @ A
+        H = _gram_sym(A)
         H[np.diag_indices(p)] += ridge
         Linv = np.linalg.solve(np.linalg.cholesky(H), np.eye(p))
         np.einsum("ij,ij->j", Linv, Linv, out=out)  # H^-1 = Linv^T Linv
@@ -152,27 +163,52 @@ class GreedyPath(NamedTuple):
     setup_seconds: float  #: forming H^-1 and the start point
 
 
-def _dense_hinv(A: np.ndarray, ridge: float) -> np.ndarray:
-    """``H^-1`` as a dense p x p float64 matrix (C order).
+def _gram_upper(W: np.ndarray, out: np.ndarray, chunk: int = 1024) -> None:
+    """Upper triangle (and diagonal blocks) of ``W^T W`` into ``out``, by row-chunk GEMMs.
+
+    Not ``W.T @ W``: NumPy sends that to BLAS syrk, and the OpenBLAS 0.3.31 bundled with NumPy
+    2.4 segfaults on it with 2 threads for n = 1000, p >= 16 000 (single-threaded it works).
+    """
+    p = W.shape[1]
+    for i0 in range(0, p, chunk):
+        i1 = min(p, i0 + chunk)
+        np.matmul(W[:, i0:i1].T, W[:, i0:], out=out[i0:i1, i0:])
+
+
+def _dense_hinv_upper(A: np.ndarray, ridge: float) -> np.ndarray:
+    """``H^-1`` as a p x p float64 matrix (C order), upper triangle and diagonal blocks valid.
 
     n < p: Woodbury, ``H^-1 = (I - W^T W) / ridge`` with ``W = L^-1 A`` (one n x p triangular
-    solve and one p x p syrk, O(n p^2), instead of the O(p^3) of inverting H). n >= p: ``H`` is
-    formed and inverted through its Cholesky factor.
+    solve and half a p x p Gram matrix, O(n p^2), instead of the O(p^3) of inverting H).
+    n >= p: ``H`` is formed and inverted through its Cholesky factor,
+    ``H^-1 = Linv^T Linv``.
     """
     n, p = A.shape
+    Hinv = np.empty((p, p))  # the only p x p allocation
     if n >= p:
-        H = A.T @ A
+        H = _gram_sym(A)
         H[np.diag_indices(p)] += ridge
         Linv = np.linalg.solve(np.linalg.cholesky(H), np.eye(p))
-        return Linv.T @ Linv
-    Linv = _woodbury_factor(A, ridge)
-    W = Linv @ A  # n x p
-    Hinv = W.T @ W  # syrk; the only p x p allocation
+        _gram_upper(Linv, Hinv)
+        return Hinv
+    W = _woodbury_factor(A, ridge) @ A  # n x p
+    _gram_upper(W, Hinv)
     del W
     np.negative(Hinv, out=Hinv)
     Hinv[np.diag_indices(p)] += 1.0
     Hinv /= ridge
     return Hinv
+
+
+def _solve_h(A: np.ndarray, ridge: float, v: np.ndarray) -> np.ndarray:
+    """``H^-1 v`` by Woodbury (n < p) or a Cholesky solve (n >= p)."""
+    n, p = A.shape
+    if n >= p:
+        H = _gram_sym(A)
+        H[np.diag_indices(p)] += ridge
+        return np.linalg.solve(H, v)
+    Linv = _woodbury_factor(A, ridge)
+    return (v - A.T @ (Linv.T @ (Linv @ (A @ v)))) / ridge
 
 
 def greedy_obs_path(
@@ -184,6 +220,7 @@ def greedy_obs_path(
     *,
     block: int = 192,
     chunk: int = 1024,
+    compact_below: float = 0.85,
     max_p: int = GREEDY_MAX_P,
 ) -> GreedyPath:
     """Greedy OBS removal order, one weight at a time, with the dense inverse Hessian.
@@ -197,11 +234,14 @@ def greedy_obs_path(
     remaining weights. The path does not depend on the target k, so one call gives the supports of
     every sparsity up to ``n_remove`` removals.
 
-    The rank-1 downdates are deferred: within a block of ``block`` removals the current column of
-    ``H^-1`` is the stored one minus the pending rank-1 terms (a matrix-vector product), the
-    diagonal and w are kept current every step, and at the end of the block all pending terms are
-    applied at once (a matrix product over ``chunk`` rows at a time) while the stored matrix is
-    compacted in place to the remaining weights. Only the set-up allocates p x p.
+    Implementation (same arithmetic, reordered): the rank-1 downdates are deferred. Within a
+    block of ``block`` removals the current column of ``H^-1`` is the stored one minus the
+    pending rank-1 terms (one matrix-vector product), and w and the diagonal are kept current
+    every step. At the end of a block the pending terms are applied at once, as matrix products
+    over ``chunk`` rows, to the upper triangle only (H^-1 is symmetric; a column is read as the
+    upper part of its row plus the column above the diagonal). The stored matrix is compacted in
+    place to the remaining weights whenever they fall below ``compact_below`` of its size. Only
+    the set-up allocates p x p.
     """
     t0 = time.perf_counter()
     ridge = _check_ridge(ridge, "greedy_obs_path")
@@ -215,16 +255,15 @@ def greedy_obs_path(
     if not 0 <= n_remove < p:
         raise ValueError(f"`n_remove` must be in 0..{p - 1}, got {n_remove}")
 
-    Hinv = _dense_hinv(A, ridge)
-    buf = Hinv.reshape(-1)  # flat storage; the active matrix is buf[:m*m] viewed as m x m
-    r0 = b - A @ w_bar
-    w = w_bar + Hinv @ (A.T @ r0)  # unconstrained minimiser (== w_bar up to rounding here)
-    diag = Hinv.diagonal().copy()
-    act = np.arange(p, dtype=np.int64)  # original index of each active row/column
+    H = _dense_hinv_upper(A, ridge)
+    buf = H.reshape(-1)  # flat storage; the stored matrix is buf[:m*m] viewed as m x m
+    # Unconstrained minimiser; w_bar up to rounding when b = A w_bar.
+    w = w_bar + _solve_h(A, ridge, A.T @ (b - A @ w_bar))
+    diag = H.diagonal().copy()
+    act = np.arange(p, dtype=np.int64)  # original index of each stored row/column
     alive = np.ones(p, dtype=bool)
-    m = p
-    H = Hinv
-    U = np.empty((block, p))  # pending downdate vectors u_i = H^-1 e_q / sqrt(H^-1_qq), as rows
+    n_alive = m = p
+    U = np.empty((block, p))  # pending downdates u_i = H^-1 e_q / sqrt(H^-1_qq), one per row
     nb = 0
     col = np.empty(p)
     sal = np.empty(p)
@@ -232,7 +271,7 @@ def greedy_obs_path(
     seconds = np.empty(n_remove)
     setup = time.perf_counter() - t0
 
-    with np.errstate(divide="ignore", invalid="ignore"):  # removed weights: 0/0, masked
+    with np.errstate(divide="ignore", invalid="ignore"):  # removed weights give 0/0, masked
         for step in range(n_remove):
             s = sal[:m]
             np.multiply(w, w, out=s)
@@ -240,7 +279,8 @@ def greedy_obs_path(
             s[~alive] = np.inf
             j = int(np.argmin(s))
             c = col[:m]
-            np.copyto(c, H[j])  # row j == column j (symmetric), contiguous
+            c[:j] = H[:j, j]  # upper triangle: column above the diagonal, then row j
+            c[j:] = H[j, j:]
             if nb:
                 c -= U[:nb, :m].T @ U[:nb, j]
             d = c[j]
@@ -251,47 +291,51 @@ def greedy_obs_path(
             diag -= u * u
             nb += 1
             alive[j] = False
+            n_alive -= 1
             removed[step] = act[j]
             seconds[step] = time.perf_counter() - t0
             if nb == block and step + 1 < n_remove:
-                keep = np.flatnonzero(alive)
-                H, m = _apply_block(buf, H, m, keep, U[:nb, :m], chunk)
-                w = w[keep]
-                diag = H.diagonal().copy()
-                act = act[keep]
-                alive = np.ones(m, dtype=bool)
+                _downdate_upper(H, U[:nb, :m], chunk)
                 nb = 0
+                if n_alive < compact_below * m:
+                    keep = np.flatnonzero(alive)
+                    H = _compact(buf, H, keep, chunk)
+                    m = keep.size
+                    w, act, alive = w[keep], act[keep], np.ones(m, dtype=bool)
+                diag = H.diagonal().copy()
     return GreedyPath(removed, seconds, setup)
 
 
-def _apply_block(
-    buf: np.ndarray, H: np.ndarray, m: int, keep: np.ndarray, U: np.ndarray, chunk: int
-) -> tuple[np.ndarray, int]:
-    """``H[keep][:, keep] - U[:, keep]^T U[:, keep]`` written in place into ``buf`` as m' x m'.
+def _downdate_upper(H: np.ndarray, U: np.ndarray, chunk: int) -> None:
+    """``H -= U^T U`` on the upper triangle (and the diagonal blocks), ``chunk`` rows at a time."""
+    m = H.shape[0]
+    prod = np.empty((min(chunk, m), m))
+    for i0 in range(0, m, chunk):
+        i1 = min(m, i0 + chunk)
+        out = prod[: i1 - i0, : m - i0]
+        np.matmul(U[:, i0:i1].T, U[:, i0:], out=out)
+        H[i0:i1, i0:] -= out
+
+
+def _compact(buf: np.ndarray, H: np.ndarray, keep: np.ndarray, chunk: int) -> np.ndarray:
+    """``H[keep][:, keep]`` written in place into ``buf`` as an m' x m' matrix.
 
     New row i lands at ``buf[i*m' : (i+1)*m']``; the old rows still to be read (``keep[i'] >= i'``
     for later i') start at ``keep[i'] * m >= i' * m'``, past everything written so far, and each
-    chunk of old rows is gathered before its new rows are written.
+    chunk of old rows is gathered before its new rows are written. ``keep`` is sorted, so the
+    upper triangle stays the upper triangle.
     """
     mk = keep.size
-    Uk = U[:, keep]  # block x m'
-    tmp = np.empty((min(chunk, mk), m))
-    sub = np.empty((min(chunk, mk), mk))
-    prod = np.empty((min(chunk, mk), mk))
+    c = min(chunk, mk)
+    sub = np.empty((c, mk))
     for i0 in range(0, mk, chunk):
         i1 = min(mk, i0 + chunk)
-        c = i1 - i0
-        np.take(H, keep[i0:i1], axis=0, out=tmp[:c])
-        np.take(tmp[:c], keep, axis=1, out=sub[:c])
-        np.matmul(Uk[:, i0:i1].T, Uk, out=prod[:c])
-        sub[:c] -= prod[:c]
-        buf[i0 * mk : i1 * mk] = sub[:c].reshape(-1)
-    return buf[: mk * mk].reshape(mk, mk), mk
+        np.take(H[keep[i0:i1]], keep, axis=1, out=sub[: i1 - i0])
+        buf[i0 * mk : i1 * mk] = sub[: i1 - i0].reshape(-1)
+    return buf[: mk * mk].reshape(mk, mk)
 
 
-def greedy_obs_dense(
-    A: Any, b: Any, k: int, ridge: float, w_bar: Any, **kwargs: Any
-) -> np.ndarray:
+def greedy_obs_dense(A: Any, b: Any, k: int, ridge: float, w_bar: Any, **kwargs: Any) -> np.ndarray:
     """Greedy OBS (:func:`greedy_obs_path`) down to k weights, then ``chita_core.backsolve`` on
     the final support. For p <= ``GREEDY_MAX_P`` (20 000) only: it holds a p x p matrix."""
     w_bar = np.asarray(w_bar, dtype=np.float64)
@@ -303,9 +347,7 @@ def greedy_obs_dense(
     return support_backsolve(A, b, ridge, w_bar, path.removed)
 
 
-def support_backsolve(
-    A: Any, b: Any, ridge: float, w_bar: Any, removed: np.ndarray
-) -> np.ndarray:
+def support_backsolve(A: Any, b: Any, ridge: float, w_bar: Any, removed: np.ndarray) -> np.ndarray:
     """``chita_core.backsolve`` on the complement of ``removed``."""
     p = np.asarray(w_bar).shape[0]
     mask = np.ones(p, dtype=bool)

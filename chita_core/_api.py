@@ -12,6 +12,7 @@ import numpy as np
 
 from ._backends import get_backend
 from ._interop import library_of, to_library
+from ._refine import obs_multistep_support, obs_saliency, refit, swap_search
 from ._validation import (
     check_index,
     check_matrix,
@@ -21,6 +22,15 @@ from ._validation import (
 )
 
 __all__ = ["IHTProgress", "IHTResult", "backsolve", "iht", "objective"]
+
+
+_INITS = ("auto", "magnitude", "obs", "obs_multistep")
+# init="auto" adds OBS saliencies when n^2 p (their cost in multiply-adds) is below this.
+_OBS_AUTO = 2e10
+# Refit-and-restart rounds of hard thresholding pursuit after IHT.
+_HTP_ROUNDS = 3
+# Swap budget for swaps=True (also capped by k and p - k).
+_DEFAULT_SWAPS = 2000
 
 
 class IHTProgress(NamedTuple):
@@ -44,6 +54,8 @@ class IHTResult:
     history: list[float] = field(repr=False)  #: objective before iteration 1, then after each
     backend: str = "cpp"  #: backend that ran the kernels
     elapsed: float = 0.0  #: wall-clock seconds, validation included
+    #: (stage, objective after it, seconds) for each stage run: start supports, IHT, refits, swaps
+    stages: list[tuple[str, float, float]] = field(default_factory=list, repr=False)
 
 
 class _Problem(NamedTuple):
@@ -98,6 +110,9 @@ class _IterationLog:
             file=sys.stderr,
         )
 
+    def stage(self, label: str, f_value: float, seconds: float) -> None:
+        print(f"  stage {label}: objective {f_value:.6e} ({seconds:.2f} s)", file=sys.stderr)
+
     def line(self, it: int, f_old: float, f_new: float, tau: float, changed: bool) -> None:
         rel = (f_old - f_new) / max(abs(f_old), abs(f_new), 1.0)
         print(
@@ -117,17 +132,27 @@ def iht(
     w0: Any = None,
     max_iter: int = 100,
     tol: float = 1e-6,
+    init: str = "auto",
+    refine: bool = True,
+    swaps: bool | int = True,
     backend: str = "auto",
     callback: Callable[[IHTProgress], bool | None] | None = None,
     verbose: bool = False,
     check_finite: bool = True,
 ) -> IHTResult:
-    """Sparse least squares by iterative hard thresholding with CHITA's line search.
+    """Sparse least squares: CHITA's IHT, exact refits and swap local search.
 
     Minimises ``0.5 ||A w - b||^2 + 0.5 ridge ||w - w_bar||^2`` subject to at most ``k``
-    nonzeros. Each iteration makes one pass over ``A`` (the gradient) plus a few mat-vecs on the
-    support; the support-preserving step is taken exactly, support changes by forward doubling
-    over hard-thresholded candidates (DESIGN.md section 2).
+    nonzeros, in stages, each keeping the best point found so far:
+
+    1. start supports (``init``): the k largest ``|w0|`` (magnitude pruning when ``w0`` is
+       ``w_bar``) and, where affordable, the k largest OBS saliencies; with ``refine`` each is
+       refit exactly, so the result is never worse than "magnitude + backsolve";
+    2. IHT with CHITA's line search (one pass over ``A`` per iteration plus mat-vecs on the
+       support; DESIGN.md section 2), followed by an exact refit on its support when
+       ``refine`` (hard thresholding pursuit, repeated while the support moves and f drops);
+    3. swap local search (``swaps``): exchanges of one kept and one pruned weight, each scored
+       exactly through rank-2 updates of an ``n x n`` inverse, applied while they lower f.
 
     Parameters
     ----------
@@ -148,7 +173,18 @@ def iht(
     max_iter : int, default 100
         Maximum number of iterations (0 returns the thresholded start).
     tol : float, default 1e-6
-        Stop when ``|f_old - f| <= tol * max(|f|, |f_old|, 1)``.
+        Stop IHT when ``|f_old - f| <= tol * max(|f|, |f_old|, 1)``.
+    init : {"auto", "magnitude", "obs", "obs_multistep"}, default "auto"
+        Start supports. "magnitude": the k largest ``|w0|``. "obs": the k largest OBS
+        saliencies ``w_q^2 / [H^-1]_qq`` (H = A^T A + ridge I through Woodbury, O(n^2 p)).
+        "obs_multistep": OBS in 4 steps with refits in between (4x the cost). "auto": magnitude,
+        plus OBS when ``n^2 p <= 2e10`` (about a second here); the better one is kept.
+    refine : bool, default True
+        Refit exactly (backsolve) on every start support and on the supports IHT settles on.
+        False runs plain IHT from the thresholded ``w0``.
+    swaps : bool or int, default True
+        Swap local search after IHT: True allows up to ``min(k, p - k, 2000)`` swaps, an int
+        sets the budget, False or 0 turns it off.
     backend : {"auto", "cpp", "numba"}, default "auto"
         Kernel backend; "auto" takes the compiled one when it is importable.
     callback : callable, optional
@@ -163,7 +199,7 @@ def iht(
     -------
     IHTResult
         ``w`` (p,), ``support`` (k,) sorted int64, ``objective``, ``n_iter``, ``converged``,
-        ``history``, ``backend``, ``elapsed``.
+        ``history`` (of the IHT stage), ``backend``, ``elapsed``, ``stages``.
 
     Examples
     --------
@@ -191,9 +227,53 @@ def iht(
         start = check_vector(
             w0, "w0", p, prob.A.dtype, length_of="columns of `A`", check_finite=check_finite
         )
+    if init not in _INITS:
+        raise ValueError(f"`init` must be one of {', '.join(map(repr, _INITS))}; got {init!r}")
+    if not isinstance(refine, (bool, np.bool_)):
+        raise TypeError(f"`refine` must be a bool, got {type(refine).__name__} {refine!r}")
+    if isinstance(swaps, (bool, np.bool_)):
+        max_swaps = min(k, p - k, _DEFAULT_SWAPS) if swaps else 0
+    else:
+        max_swaps = check_index(swaps, "swaps", 0, np.iinfo(np.int64).max)
     name, kernels = get_backend(backend)
     log = _IterationLog(name, prob.A.shape, k) if verbose else None
+    stages: list[tuple[str, float, float]] = []
 
+    def stage(label: str, f_value: float, since: float) -> float:
+        now = time.perf_counter()
+        stages.append((label, f_value, now - since))
+        if log is not None:
+            log.stage(label, f_value, now - since)
+        return now
+
+    # Stage 1: start supports.
+    t = time.perf_counter()
+    h = None
+    if refine and (max_swaps > 0 or init != "magnitude"):
+        h = np.empty(p)
+        kernels.column_sqnorms(prob.A, h)
+    support = np.empty(k, dtype=np.int64)
+    kernels.topk(start, k, support)
+    if refine:
+        w, r, f = refit(kernels, prob, support)
+        t = stage("magnitude + refit", f, t)
+        n, _ = prob.A.shape
+        use_obs = init in ("obs", "obs_multistep") or (init == "auto" and n * n * p <= _OBS_AUTO)
+        if use_obs and k < p:
+            if init == "obs_multistep":
+                other = obs_multistep_support(kernels, prob, k, h)
+            else:
+                other = np.sort(np.argpartition(-obs_saliency(kernels, prob, h), k - 1)[:k])
+            w2, r2, f2 = refit(kernels, prob, other.astype(np.int64))
+            t = stage(f"{init if init != 'auto' else 'obs'} + refit", f2, t)
+            if f2 < f:
+                support, w, r, f = other.astype(np.int64), w2, r2, f2
+    best = (support.copy(), w, r, f) if refine else None
+
+    # Stage 2: IHT with CHITA's line search from the thresholded start (a refit point is a
+    # stationary point on its support, where IHT has little room); with refine, refit on the
+    # support it settles on and restart from there while that moves the support and lowers f
+    # (hard thresholding pursuit). The best point seen is kept.
     support = np.empty(k, dtype=np.int64)
     kernels.topk(start, k, support)
     w = np.zeros(p)
@@ -204,20 +284,44 @@ def iht(
     g = np.empty(p)
     converged = False
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        kernels.gradient(prob.A, r, w, prob.w_bar, prob.ridge, g)
-        f_new, tau, _, changed = kernels.chita_step(
-            prob.A, prob.b, prob.w_bar, prob.ridge, g, w, r, support, f
-        )
-        history.append(f_new)
-        converged = abs(f - f_new) <= tol * max(abs(f), abs(f_new), 1.0)
-        if log is not None:
-            log.line(n_iter, f, f_new, tau, bool(changed))
-        f = f_new
-        if callback is not None and callback(IHTProgress(n_iter, f, tau, bool(changed))):
+    if best is None or f < best[3]:
+        best = (support.copy(), w.copy(), r.copy(), f)
+    stopped = False
+    for _ in range(_HTP_ROUNDS if refine else 1):
+        start_support = support.copy()
+        for _it in range(max_iter - n_iter):
+            n_iter += 1
+            kernels.gradient(prob.A, r, w, prob.w_bar, prob.ridge, g)
+            f_new, tau, _, changed = kernels.chita_step(
+                prob.A, prob.b, prob.w_bar, prob.ridge, g, w, r, support, f
+            )
+            history.append(f_new)
+            converged = abs(f - f_new) <= tol * max(abs(f), abs(f_new), 1.0)
+            if log is not None:
+                log.line(n_iter, f, f_new, tau, bool(changed))
+            f = f_new
+            if callback is not None and callback(IHTProgress(n_iter, f, tau, bool(changed))):
+                stopped = True
+                break
+            if converged:
+                break
+        if f < best[3]:
+            best = (support.copy(), w.copy(), r.copy(), f)
+        if not refine or stopped or np.array_equal(support, start_support):
             break
-        if converged:
+        w, r, f = refit(kernels, prob, support)
+        if not f < best[3]:
             break
+        best = (support.copy(), w.copy(), r.copy(), f)
+    support, w, r, f = best
+    if max_iter > 0:
+        t = stage("iht" + (" + refit" if refine else ""), f, t)
+
+    # Stage 3: swap local search from the exact optimum on the best support.
+    if refine and max_swaps > 0 and not stopped and k < p:
+        support, w, r, f, sw = swap_search(kernels, prob, support, w, r, f, h, max_swaps=max_swaps)
+        t = stage(f"swaps ({sw.swaps} in {sw.rounds} rounds)", f, t)
+
     return IHTResult(
         w=to_library(w.astype(prob.A.dtype), prob.lib),
         support=to_library(support, prob.lib),
@@ -227,6 +331,7 @@ def iht(
         history=history,
         backend=name,
         elapsed=time.perf_counter() - t0,
+        stages=stages,
     )
 
 

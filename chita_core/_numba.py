@@ -1004,9 +1004,7 @@ def support_gram(A, idx, out):
         or not out.flags.c_contiguous
         or not out.flags.writeable
     ):
-        raise ValueError(
-            f"`out` must be a writable C-contiguous float64 array of shape ({n}, {n})"
-        )
+        raise ValueError(f"`out` must be a writable C-contiguous float64 array of shape ({n}, {n})")
     if idx.shape[0] == 0:
         out[...] = 0.0
         return

@@ -43,7 +43,12 @@ def test_verbose_prints_one_line_per_iteration(capsys):
     res = chita_core.iht(A, b, 5, max_iter=7, tol=0.0, verbose=True)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("chita_core.iht: n=40, p=120, k=5")
-    body = err[2:]
+    body = [line for line in err[2:] if not line.lstrip().startswith("stage ")]
+    stage_lines = [line for line in err[2:] if line.lstrip().startswith("stage ")]
+    assert len(stage_lines) == len(res.stages)
     assert len(body) == res.n_iter
     assert [int(line.split()[0]) for line in body] == list(range(1, res.n_iter + 1))
-    assert float(body[-1].split()[1]) == pytest.approx(res.objective, rel=1e-6)
+    assert float(body[-1].split()[1]) == pytest.approx(res.history[-1], rel=1e-6)
+    assert float(stage_lines[-1].split("objective")[1].split()[0]) == pytest.approx(
+        res.objective, rel=1e-6
+    )

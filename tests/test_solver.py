@@ -19,6 +19,11 @@ from chita_core._backends import BACKENDS
 HISTORY_SLACK = 1e-12
 
 
+def plain_iht(*args, **kwargs):
+    """IHT alone (no refits, no swaps): the algorithm the reference in tests/reference.py runs."""
+    return chita_core.iht(*args, refine=False, swaps=False, **kwargs)
+
+
 def _f_scale(prob, ridge=0.0):
     """Size of the problem's objective (f at w = 0): objectives are judged against this, since
     f itself may cancel to ~0 (interpolating supports, the pruning start w = w_bar)."""
@@ -90,7 +95,7 @@ def test_iht_invariants_and_reference(
     backend, make_problem, dtype, order, tol, n, p, k, ridge, pruning, seed
 ):
     prob = make_problem(n, p, dtype=dtype, order=order, seed=seed, pruning=pruning)
-    res = chita_core.iht(prob.A, prob.b, k, ridge=ridge, w_bar=prob.w_bar, backend=backend)
+    res = plain_iht(prob.A, prob.b, k, ridge=ridge, w_bar=prob.w_bar, backend=backend)
     _check_result(res, prob, k, ridge, backend, tol)
     expected = ref.iht(prob.A64, prob.b64, k, ridge=ridge, w_bar=prob.w_bar64)
     assert min([s.margin for s in expected.steps] + [1.0]) > 1e-10, "data not tie-free enough"
@@ -124,8 +129,7 @@ def test_backends_agree(make_problem, dtype, order, n, p, k, ridge, pruning, see
     _both_backends()
     prob = make_problem(n, p, dtype=dtype, order=order, seed=seed, pruning=pruning)
     results = {
-        b: chita_core.iht(prob.A, prob.b, k, ridge=ridge, w_bar=prob.w_bar, backend=b)
-        for b in BACKENDS
+        b: plain_iht(prob.A, prob.b, k, ridge=ridge, w_bar=prob.w_bar, backend=b) for b in BACKENDS
     }
     cpp, numba = results["cpp"], results["numba"]
     np.testing.assert_array_equal(cpp.support, numba.support)
@@ -202,7 +206,7 @@ def test_max_iter_zero_returns_thresholded_start(backend, make_problem, dtype, o
     prob = make_problem(25, 60, dtype=dtype, order=order, seed=63, pruning=True)
     w_bar = prob.w_bar if with_w_bar else None
     k = 7
-    res = chita_core.iht(prob.A, prob.b, k, w_bar=w_bar, max_iter=0, backend=backend)
+    res = plain_iht(prob.A, prob.b, k, w_bar=w_bar, max_iter=0, backend=backend)
     assert res.n_iter == 0 and not res.converged
     assert len(res.history) == 1
     if with_w_bar:
@@ -222,12 +226,12 @@ def test_w0_respected(backend, make_problem, make_vector, dtype, order, tol):
     prob = make_problem(40, 120, dtype=dtype, order=order, seed=64, pruning=True)
     k = 10
     w0 = make_vector(120, seed=65, dtype=dtype)
-    start = chita_core.iht(prob.A, prob.b, k, w_bar=prob.w_bar, w0=w0, max_iter=0, backend=backend)
+    start = plain_iht(prob.A, prob.b, k, w_bar=prob.w_bar, w0=w0, max_iter=0, backend=backend)
     S0 = ref.topk(w0.astype(np.float64), k)
     np.testing.assert_array_equal(np.asarray(start.support), S0)
     np.testing.assert_array_equal(np.asarray(start.w)[S0], w0[S0])
     # And the iterations from w0 follow the reference from w0 (not from w_bar).
-    res = chita_core.iht(prob.A, prob.b, k, ridge=0.1, w_bar=prob.w_bar, w0=w0, backend=backend)
+    res = plain_iht(prob.A, prob.b, k, ridge=0.1, w_bar=prob.w_bar, w0=w0, backend=backend)
     expected = ref.iht(prob.A64, prob.b64, k, ridge=0.1, w_bar=prob.w_bar64, w0=w0)
     default = ref.iht(prob.A64, prob.b64, k, ridge=0.1, w_bar=prob.w_bar64)
     assert expected.history[0] != pytest.approx(default.history[0])
@@ -238,13 +242,13 @@ def test_w0_respected(backend, make_problem, make_vector, dtype, order, tol):
 
 def test_tol_and_max_iter_stop(backend, make_problem):
     prob = make_problem(50, 300, seed=66)
-    few = chita_core.iht(prob.A, prob.b, 10, max_iter=3, tol=0.0, backend=backend)
+    few = plain_iht(prob.A, prob.b, 10, max_iter=3, tol=0.0, backend=backend)
     assert few.n_iter == 3 and not few.converged
-    loose = chita_core.iht(prob.A, prob.b, 10, tol=0.5, backend=backend)
+    loose = plain_iht(prob.A, prob.b, 10, tol=0.5, backend=backend)
     h = loose.history
     assert loose.converged
     assert abs(h[-2] - h[-1]) <= 0.5 * max(abs(h[-1]), abs(h[-2]), 1.0)
-    tight = chita_core.iht(prob.A, prob.b, 10, tol=1e-10, max_iter=1000, backend=backend)
+    tight = plain_iht(prob.A, prob.b, 10, tol=1e-10, max_iter=1000, backend=backend)
     assert tight.n_iter >= loose.n_iter
     assert tight.objective <= loose.objective
 
@@ -257,7 +261,7 @@ def test_tol_and_max_iter_stop(backend, make_problem):
 def test_callback_receives_progress(backend, make_problem):
     prob = make_problem(50, 300, seed=70)
     seen: list[IHTProgress] = []
-    res = chita_core.iht(prob.A, prob.b, 10, backend=backend, callback=seen.append)
+    res = plain_iht(prob.A, prob.b, 10, backend=backend, callback=seen.append)
     assert len(seen) == res.n_iter >= 2
     for i, prog in enumerate(seen, start=1):
         assert isinstance(prog, IHTProgress)
@@ -267,8 +271,8 @@ def test_callback_receives_progress(backend, make_problem):
         assert prog.tau >= 0.0
     assert any(prog.support_changed for prog in seen)
     # A callback returning None/False never stops the run.
-    plain = chita_core.iht(prob.A, prob.b, 10, backend=backend)
-    falsy = chita_core.iht(prob.A, prob.b, 10, backend=backend, callback=lambda prog: False)
+    plain = plain_iht(prob.A, prob.b, 10, backend=backend)
+    falsy = plain_iht(prob.A, prob.b, 10, backend=backend, callback=lambda prog: False)
     assert plain.history == res.history == falsy.history
 
 
@@ -280,7 +284,7 @@ def test_callback_true_stops(backend, make_problem):
         calls.append(prog.iteration)
         return prog.iteration == 3
 
-    res = chita_core.iht(prob.A, prob.b, 10, backend=backend, callback=stop_at_3, tol=0.0)
+    res = plain_iht(prob.A, prob.b, 10, backend=backend, callback=stop_at_3, tol=0.0)
     assert calls == [1, 2, 3]
     assert res.n_iter == 3
     assert len(res.history) == 4

@@ -51,23 +51,53 @@ void syrk_lower(const double* X, std::int64_t dim, std::int64_t len, std::int64_
   }
 }
 
-// In-place lower Cholesky of the leading N x N block of C (leading dimension ld), row-oriented:
-// row i's entries are dots against earlier rows, so every inner loop is contiguous.
+// In-place lower Cholesky of the leading N x N block of C (leading dimension ld), blocked
+// right-looking: factor a 64 x 64 diagonal block, solve the panel below it, update the trailing
+// lower triangle. Parallel regions are per block (three barriers per 64 columns), not per
+// column: with one barrier per column a busy core stalls the factorisation for scheduler ticks.
+// Every inner loop runs over contiguous row segments.
 bool cholesky_lower(double* C, std::int64_t N, std::int64_t ld) {
-  for (std::int64_t j = 0; j < N; ++j) {
-    double* Lj = C + j * ld;
-    double s = Lj[j];
-    for (std::int64_t t = 0; t < j; ++t) s -= Lj[t] * Lj[t];
-    if (!(s > 0.0) || !std::isfinite(s)) return false;
-    const double djj = std::sqrt(s);
-    Lj[j] = djj;
-#pragma omp parallel for schedule(static) if ((N - j) * j >= kParallelWork)
-    for (std::int64_t i = j + 1; i < N; ++i) {
+  constexpr std::int64_t kBlock = 64;
+  for (std::int64_t j0 = 0; j0 < N; j0 += kBlock) {
+    const std::int64_t j1 = std::min(N, j0 + kBlock);
+    // Diagonal block, unblocked (row-oriented).
+    for (std::int64_t j = j0; j < j1; ++j) {
+      double* Lj = C + j * ld;
+      double s = Lj[j];
+      for (std::int64_t t = j0; t < j; ++t) s -= Lj[t] * Lj[t];
+      if (!(s > 0.0) || !std::isfinite(s)) return false;
+      Lj[j] = std::sqrt(s);
+      for (std::int64_t i = j + 1; i < j1; ++i) {
+        double* Li = C + i * ld;
+        double acc = Li[j];
+        for (std::int64_t t = j0; t < j; ++t) acc -= Li[t] * Lj[t];
+        Li[j] = acc / Lj[j];
+      }
+    }
+    const std::int64_t rows = N - j1;
+    // Panel: L[i, j0:j1] = C[i, j0:j1] L_jj^{-T} for every row below the block.
+#pragma omp parallel for schedule(static) if (rows * kBlock * kBlock >= kParallelWork)
+    for (std::int64_t i = j1; i < N; ++i) {
       double* Li = C + i * ld;
-      double acc = Li[j];
-#pragma omp simd reduction(- : acc)
-      for (std::int64_t t = 0; t < j; ++t) acc -= Li[t] * Lj[t];
-      Li[j] = acc / djj;
+      for (std::int64_t j = j0; j < j1; ++j) {
+        const double* Lj = C + j * ld;
+        double acc = Li[j];
+        for (std::int64_t t = j0; t < j; ++t) acc -= Li[t] * Lj[t];
+        Li[j] = acc / Lj[j];
+      }
+    }
+    // Trailing update of the lower triangle: C[i, l] -= L[i, j0:j1] . L[l, j0:j1], l <= i.
+#pragma omp parallel for schedule(dynamic, 16) if (rows * rows * kBlock >= kParallelWork)
+    for (std::int64_t i = j1; i < N; ++i) {
+      double* Ci = C + i * ld;
+      const double* Li = Ci + j0;
+      for (std::int64_t l = j1; l <= i; ++l) {
+        const double* Ll = C + l * ld + j0;
+        double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+        for (std::int64_t t = 0; t < j1 - j0; ++t) acc += Li[t] * Ll[t];
+        Ci[l] -= acc;
+      }
     }
   }
   return true;
