@@ -234,20 +234,19 @@ def swap_search(
         free_i = np.ones(M, dtype=bool)
         tol = 1e-12 * max(abs(f_start), 1e-300)
         new_S = set(S.tolist())
-        n_applied = 0
-        Kinv_round, c_round = Kinv.copy(), c.copy()
-        while stats.swaps + n_applied < max_swaps:
+        c_new = c.copy()
+        # K^{-1} itself is not needed inside the round (Y, G and q carry everything); its rank-2
+        # corrections are collected and applied once, as one product, if the round is kept.
+        corr_z: list[np.ndarray] = []
+        corr_c: list[np.ndarray] = []
+        while stats.swaps + len(corr_z) < max_swaps:
             jf, iff = jn[free_j], io[free_i]
             if jf.size == 0 or iff.size == 0:
                 break
-            delta = (
-                0.5
-                * lam
-                * (
-                    _pair_scores(G, q, s0, wv, jf, iff)
-                    + (wv[iff] ** 2)[:, None]
-                    - (wv[jf] ** 2)[None, :]
-                )
+            delta = 0.5 * lam * (
+                _pair_scores(G, q, s0, wv, jf, iff)
+                + (wv[iff] ** 2)[:, None]
+                - (wv[jf] ** 2)[None, :]
             )
             a, bb = np.unravel_index(np.argmin(delta), delta.shape)
             if not delta[a, bb] < -tol:
@@ -263,24 +262,28 @@ def swap_search(
             Yu = Y[:, u].copy()
             q += Gu @ (d - Cinv @ mvec)
             G -= Gu @ Cinv @ Gu.T
-            Y -= Yu @ Cinv @ Gu.T
-            Kinv -= Yu @ Cinv @ Yu.T
-            c += V[:, u] @ d
+            Y -= Yu @ (Cinv @ Gu.T)
+            corr_z.append(Yu)
+            corr_c.append(Cinv)
+            c_new += V[:, u] @ d
             new_S.discard(int(cols[iv]))
             new_S.add(int(cols[jv]))
             free_j[jv] = False
             free_i[iv - M] = False
-            n_applied += 1
-        if n_applied == 0:
+        if not corr_z:
             break
+        Z = np.hstack(corr_z)  # [n, 2s]
+        B = np.zeros((Z.shape[1], Z.shape[1]))
+        for t, Cinv in enumerate(corr_c):
+            B[2 * t : 2 * t + 2, 2 * t : 2 * t + 2] = Cinv
+        Kinv_new = Kinv - Z @ B @ Z.T
         S_new = np.array(sorted(new_S), dtype=np.int64)
-        w_new, r_new, f_new = _state_on(kernels, prob, S_new, Kinv @ c)
+        w_new, r_new, f_new = _state_on(kernels, prob, S_new, Kinv_new @ c_new)
         if not f_new < best[3]:
-            Kinv, c = Kinv_round, c_round  # rounding drift or a bad round: keep the last state
-            break
-        S, w, r = S_new, w_new, r_new
+            break  # rounding drift or a bad round: keep the last state
+        Kinv, c, S, w, r = Kinv_new, c_new, S_new, w_new, r_new
         best = (S, w, r, f_new)
-        stats.swaps += n_applied
+        stats.swaps += len(corr_z)
     stats.seconds = time.perf_counter() - t0
     return (*best, stats)
 
