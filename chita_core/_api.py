@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._backends import get_backend
+from ._iht import active_set_iht, plain_iht
 from ._interop import library_of, to_library
 from ._refine import obs_multistep_support, obs_saliency, refit, swap_search
 from ._validation import (
@@ -133,6 +134,7 @@ def iht(
     max_iter: int = 100,
     tol: float = 1e-6,
     init: str = "auto",
+    active_set: bool = True,
     refine: bool = True,
     swaps: bool | int = True,
     backend: str = "auto",
@@ -179,6 +181,10 @@ def iht(
         saliencies ``w_q^2 / [H^-1]_qq`` (H = A^T A + ridge I through Woodbury, O(n^2 p)).
         "obs_multistep": OBS in 4 steps with refits in between (4x the cost). "auto": magnitude,
         plus OBS when ``n^2 p <= 2e10`` (about a second here); the better one is kept.
+    active_set : bool, default True
+        CHITA's active set: IHT on the floor(1.5 k) columns picked by a 1/L gradient step
+        (L from power iterations), enlarged by full-gradient steps that lower f. Iterations
+        then read only the active columns of A. False runs IHT on all columns.
     refine : bool, default True
         Refit exactly (backsolve) on every start support and on the supports IHT settles on.
         False runs plain IHT from the thresholded ``w0``.
@@ -229,6 +235,8 @@ def iht(
         )
     if init not in _INITS:
         raise ValueError(f"`init` must be one of {', '.join(map(repr, _INITS))}; got {init!r}")
+    if not isinstance(active_set, (bool, np.bool_)):
+        raise TypeError(f"`active_set` must be a bool, got {type(active_set).__name__}")
     if not isinstance(refine, (bool, np.bool_)):
         raise TypeError(f"`refine` must be a bool, got {type(refine).__name__} {refine!r}")
     if isinstance(swaps, (bool, np.bool_)):
@@ -270,52 +278,50 @@ def iht(
                 support, w, r, f = other.astype(np.int64), w2, r2, f2
     best = (support.copy(), w, r, f) if refine else None
 
-    # Stage 2: IHT with CHITA's line search from the thresholded start (a refit point is a
-    # stationary point on its support, where IHT has little room); with refine, refit on the
-    # support it settles on and restart from there while that moves the support and lowers f
-    # (hard thresholding pursuit). The best point seen is kept.
-    support = np.empty(k, dtype=np.int64)
-    kernels.topk(start, k, support)
-    w = np.zeros(p)
-    w[support] = start[support]
-    r = _residual(kernels, prob, support, w[support])
-    f = _objective(r, w, prob)
-    history = [f]
-    g = np.empty(p)
-    converged = False
-    n_iter = 0
-    if best is None or f < best[3]:
-        best = (support.copy(), w.copy(), r.copy(), f)
-    stopped = False
-    for _ in range(_HTP_ROUNDS if refine else 1):
-        start_support = support.copy()
-        for _it in range(max_iter - n_iter):
-            n_iter += 1
-            kernels.gradient(prob.A, r, w, prob.w_bar, prob.ridge, g)
-            f_new, tau, _, changed = kernels.chita_step(
-                prob.A, prob.b, prob.w_bar, prob.ridge, g, w, r, support, f
-            )
-            history.append(f_new)
-            converged = abs(f - f_new) <= tol * max(abs(f), abs(f_new), 1.0)
-            if log is not None:
-                log.line(n_iter, f, f_new, tau, bool(changed))
-            f = f_new
-            if callback is not None and callback(IHTProgress(n_iter, f, tau, bool(changed))):
-                stopped = True
-                break
-            if converged:
-                break
-        if f < best[3]:
-            best = (support.copy(), w.copy(), r.copy(), f)
-        if not refine or stopped or np.array_equal(support, start_support):
+    # Stage 2: IHT with CHITA's line search (on the active set by default) from the start (a
+    # refit point is a stationary point on its support, where IHT has little room); with
+    # refine, refit on the support it settles on and restart from there while that moves the
+    # support and lowers f (hard thresholding pursuit). The best point seen is kept.
+    def on_iter(it: int, f_old: float, f_new: float, tau: float, changed: bool) -> bool:
+        if log is not None:
+            log.line(it, f_old, f_new, tau, changed)
+        return bool(callback is not None and callback(IHTProgress(it, f_new, tau, changed)))
+
+    driver = active_set_iht if active_set else plain_iht
+    run = driver(kernels, prob, k, start, max_iter, tol, on_iter)
+    history, n_iter = list(run.history), run.n_iter
+    if best is None or run.f < best[3]:
+        best = (run.support.copy(), run.w.copy(), run.r.copy(), run.f)
+    for _ in range(_HTP_ROUNDS if refine else 0):
+        if run.stopped:
             break
-        w, r, f = refit(kernels, prob, support)
+        w, r, f = refit(kernels, prob, run.support)
         if not f < best[3]:
             break
-        best = (support.copy(), w.copy(), r.copy(), f)
+        best = (run.support.copy(), w, r, f)
+        if n_iter >= max_iter:
+            break
+        before, offset = run.support.copy(), n_iter
+        run = plain_iht(
+            kernels,
+            prob,
+            k,
+            w,
+            max_iter - n_iter,
+            tol,
+            lambda it, *a, _o=offset: on_iter(it + _o, *a),
+        )
+        history += run.history[1:]
+        n_iter += run.n_iter
+        if run.f < best[3]:
+            best = (run.support.copy(), run.w.copy(), run.r.copy(), run.f)
+        if np.array_equal(run.support, before):
+            break
     support, w, r, f = best
+    converged, stopped = run.converged, run.stopped
     if max_iter > 0:
-        t = stage("iht" + (" + refit" if refine else ""), f, t)
+        label = "active-set iht" if active_set else "iht"
+        t = stage(label + (" + refit" if refine else ""), f, t)
 
     # Stage 3: swap local search from the exact optimum on the best support.
     if refine and max_swaps > 0 and not stopped and k < p:

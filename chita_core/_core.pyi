@@ -46,9 +46,22 @@ def topk(v: F64, k: int, out: I64) -> None:
     no sort of p elements. Deterministic."""
 
 def chita_step(
-    A: Mat, b: F64, w_bar: F64, ridge: float, g: F64, w: F64, r: F64, support: I64, f: float
+    A: Mat,
+    b: F64,
+    w_bar: F64,
+    ridge: float,
+    g: F64,
+    w: F64,
+    r: F64,
+    support: I64,
+    f: float,
+    cols: I64 | None = None,
 ) -> tuple[float, float, int, bool]:
     """One CHITA line-search step from the state (w, r, support) with gradient g.
+
+    With ``cols`` (sorted distinct column indices, length P) the step runs on the subproblem
+    A[:, cols] (CHITA's active set) without copying A: w_bar, g, w are then of length P and
+    support holds local indices into cols; below, p reads P.
 
     A [n, p], b [n], w_bar [p], g [p] (= A^T r + ridge (w - w_bar)), w [p] (zero off the
     support), r [n] (= A w - b), support [k] (sorted), f = objective at w.

@@ -187,6 +187,18 @@ def _smv(M, fmode, idx, x, out, xd):
         _smv_rows(M, idx, x, out, xd)
 
 
+@numba.njit(**_JIT)
+def _smv_local(M, fmode, cols, idx, x, out, xd):
+    """_smv on the subproblem A[:, cols] (local indices idx); empty cols means all of A."""
+    if cols.shape[0] == 0:
+        _smv(M, fmode, idx, x, out, xd)
+    else:
+        gidx = np.empty(idx.shape[0], dtype=np.int64)
+        for t in range(idx.shape[0]):
+            gidx[t] = cols[idx[t]]
+        _smv(M, fmode, gidx, x, out, xd)
+
+
 # ----------------------------------------------------------------------------------------------
 # support_rmatvec: out = A[:, idx]^T @ y   (used by backsolve)
 # ----------------------------------------------------------------------------------------------
@@ -435,6 +447,7 @@ def _eval_candidate(
     absbuf,
     cand,
     hist,
+    cols,
 ):
     """Objective of the candidate H_k(w - tau g); leaves its support in cidx, its values in cx
     and its residual A_cand cx - b in cr. Returns (f_c, support changed).
@@ -471,11 +484,11 @@ def _eval_candidate(
         for i in range(n):
             cr[i] = r[i] - tau * Ad[i]
     elif nd < k:
-        _smv(M, fmode, didx[:nd], dval[:nd], delta, xd)
+        _smv_local(M, fmode, cols, didx[:nd], dval[:nd], delta, xd)
         for i in range(n):
             cr[i] = r[i] - tau * Ad[i] + delta[i]
     else:
-        _smv(M, fmode, cidx, cx, cr, xd)
+        _smv_local(M, fmode, cols, cidx, cx, cr, xd)
         for i in range(n):
             cr[i] -= b[i]
     fc = 0.5 * _sumsq(cr)
@@ -491,12 +504,12 @@ def _eval_candidate(
 
 
 @numba.njit(**_JIT)
-def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f):
+def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f, cols):
     n = b.shape[0]
-    p = w.shape[0]
+    p = w.shape[0]  # local: len(cols) on a subproblem
     k = support.shape[0]
     inf = np.inf
-    xd = np.empty(p) if not fmode else np.empty(0)
+    xd = np.empty(M.shape[1]) if not fmode else np.empty(0)  # C order: scatter over all of A
 
     # m = max |g_j| off the support; tau_chg = support-preserving bound (+inf when k == p).
     tau_chg = inf
@@ -531,7 +544,7 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f):
     for t in range(k):
         d[t] = g[support[t]]
     Ad = np.empty(n)
-    _smv(M, fmode, support, d, Ad, xd)
+    _smv_local(M, fmode, cols, support, d, Ad, xd)
     dd = _sumsq(d)
     curv = _sumsq(Ad) + ridge * dd
     if dd > 0.0 and curv > 0.0:
@@ -601,6 +614,7 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f):
                 absbuf,
                 cand,
                 hist,
+                cols,
             )
             n_cand += 1
             if not (fc < f_best):
@@ -642,6 +656,7 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f):
                 absbuf,
                 cand,
                 hist,
+                cols,
             )
             n_cand += 1
             if fc < f_best:
@@ -1041,23 +1056,33 @@ def topk(v, k, out):
     _topk_entry(v, k, out)
 
 
-def chita_step(A, b, w_bar, ridge, g, w, r, support, f):
-    """One CHITA line-search step; updates w, r, support in place.
+def chita_step(A, b, w_bar, ridge, g, w, r, support, f, cols=None):
+    """One CHITA line-search step; updates w, r, support in place. With ``cols`` the step runs
+    on A[:, cols] (local vectors of length len(cols)).
 
     Returns (f_new, tau, n_candidates, support_changed)."""
     M, fmode = _mat(A)
     n, p = _shape(A)
+    if cols is None:
+        cols = np.empty(0, dtype=np.int64)
+        what = "the number of columns of `A`"
+    else:
+        _index(cols, "cols", p)
+        p = cols.shape[0]
+        what = "the length of `cols`"
     _vec(b, "b", n, "the number of rows of `A`")
-    _vec(w_bar, "w_bar", p, "the number of columns of `A`")
+    _vec(w_bar, "w_bar", p, what)
     ridge = _scalar(ridge, "ridge")
-    _vec(g, "g", p, "the number of columns of `A`")
-    _vec(w, "w", p, "the number of columns of `A`", writable=True)
+    _vec(g, "g", p, what)
+    _vec(w, "w", p, what, writable=True)
     _vec(r, "r", n, "the number of rows of `A`", writable=True)
     _index(support, "support", p, writable=True)
     if support.shape[0] < 1:
         raise ValueError(f"`support` must have length k in 1..{p}, got 0")
     f = _scalar(f, "f")
-    f_new, tau, n_cand, changed = _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f)
+    f_new, tau, n_cand, changed = _chita_step_impl(
+        M, fmode, b, w_bar, ridge, g, w, r, support, f, cols
+    )
     return float(f_new), float(tau), int(n_cand), bool(changed)
 
 

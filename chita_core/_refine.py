@@ -243,10 +243,14 @@ def swap_search(
             jf, iff = jn[free_j], io[free_i]
             if jf.size == 0 or iff.size == 0:
                 break
-            delta = 0.5 * lam * (
-                _pair_scores(G, q, s0, wv, jf, iff)
-                + (wv[iff] ** 2)[:, None]
-                - (wv[jf] ** 2)[None, :]
+            delta = (
+                0.5
+                * lam
+                * (
+                    _pair_scores(G, q, s0, wv, jf, iff)
+                    + (wv[iff] ** 2)[:, None]
+                    - (wv[jf] ** 2)[None, :]
+                )
             )
             a, bb = np.unravel_index(np.argmin(delta), delta.shape)
             if not delta[a, bb] < -tol:

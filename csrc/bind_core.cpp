@@ -153,25 +153,33 @@ PYBIND11_MODULE(_core, mod) {
   mod.def(
       "chita_step",
       [](py::array A, py::array b, py::array w_bar, double ridge, py::array g, py::array w,
-         py::array r, py::array support, double f) {
+         py::array r, py::array support, double f, py::object cols) {
         const Matrix M = as_matrix(A, "A");
+        const int64_t* cp = nullptr;
+        int64_t p = M.p;
+        py::array cols_arr;
+        if (!cols.is_none()) {
+          cols_arr = py::array(cols);
+          p = cols_arr.ndim() == 1 ? cols_arr.shape(0) : -1;
+          cp = vec<int64_t>(cols_arr, "cols", p, false);
+          check_indices(cp, p, M.p, "cols");
+        }
         const double* bp = vec<double>(b, "b", M.n, false);
-        const double* wbp = vec<double>(w_bar, "w_bar", M.p, false);
-        const double* gp = vec<double>(g, "g", M.p, false);
-        double* wp = vec<double>(w, "w", M.p, true);
+        const double* wbp = vec<double>(w_bar, "w_bar", p, false);
+        const double* gp = vec<double>(g, "g", p, false);
+        double* wp = vec<double>(w, "w", p, true);
         double* rp = vec<double>(r, "r", M.n, true);
         const int64_t k = support.ndim() == 1 ? support.shape(0) : -1;
         int64_t* sp = vec<int64_t>(support, "support", k, true);
-        check_indices(sp, k, M.p, "support");
-        if (k < 1 || k > M.p)
-          throw py::value_error("`support` must have length in [1, p]");
+        if (k < 1 || k > p) throw py::value_error("`support` must have length in [1, p]");
+        check_indices(sp, k, p, "support");
         const chita::StepResult res = dispatch(M, [&](auto Av) {
-          return chita::chita_step(Av, bp, wbp, ridge, gp, wp, rp, sp, k, f);
+          return chita::chita_step(Av, bp, wbp, ridge, gp, wp, rp, sp, k, f, cp, p);
         });
         return py::make_tuple(res.f, res.tau, res.n_candidates, res.support_changed);
       },
       py::arg("A"), py::arg("b"), py::arg("w_bar"), py::arg("ridge"), py::arg("g"), py::arg("w"),
-      py::arg("r"), py::arg("support"), py::arg("f"));
+      py::arg("r"), py::arg("support"), py::arg("f"), py::arg("cols") = py::none());
 
   mod.def(
       "backsolve",

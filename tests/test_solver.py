@@ -21,7 +21,7 @@ HISTORY_SLACK = 1e-12
 
 def plain_iht(*args, **kwargs):
     """IHT alone (no refits, no swaps): the algorithm the reference in tests/reference.py runs."""
-    return chita_core.iht(*args, refine=False, swaps=False, **kwargs)
+    return chita_core.iht(*args, active_set=False, refine=False, swaps=False, **kwargs)
 
 
 def _f_scale(prob, ridge=0.0):

@@ -67,12 +67,34 @@ double support_preserving_bound(const double* g, const double* w, const std::int
   return tau;
 }
 
+// The step's columns: all of A, or the subproblem A[:, cols] (CHITA's active set) whose local
+// column j is column cols[j] of A. Local index sets map through cols before each mat-vec, so A
+// is never copied.
+template <class T>
+struct Columns {
+  const MatView<T>& A;
+  const std::int64_t* cols;  // [p_local] sorted, or null for all columns
+  std::int64_t p;            // local number of columns
+  std::vector<std::int64_t> global;
+
+  void matvec(const std::int64_t* idx, std::int64_t m, const double* x, double* out) {
+    if (cols == nullptr) {
+      support_matvec(A, idx, m, x, out);
+      return;
+    }
+    global.resize(static_cast<std::size_t>(m));
+    for (std::int64_t s = 0; s < m; ++s) global[s] = cols[idx[s]];
+    support_matvec(A, global.data(), m, x, out);
+  }
+};
+
 // Evaluates hard-thresholded candidates H_k(w - tau g) against the current state, reusing A d:
 // for a candidate support C, A_C x_C - b = r - tau A d + A_in v_in - A_out v_out with
 // v = w - tau g, so only the columns entering or leaving are read.
 template <class T>
 struct CandidateSearch {
   const MatView<T>& A;
+  Columns<T>& columns;
   const double* b;
   const double* w_bar;
   double ridge;
@@ -92,18 +114,18 @@ struct CandidateSearch {
   std::vector<double> delta;             // [n]
   bool changed = false;
 
-  CandidateSearch(const MatView<T>& A_, const double* b_, const double* w_bar_, double ridge_,
+  CandidateSearch(Columns<T>& columns_, const double* b_, const double* w_bar_, double ridge_,
                   const double* g_, const double* w_, const double* r_,
                   const std::int64_t* support_, std::int64_t k_, const std::vector<double>& Ad_)
-      : A(A_), b(b_), w_bar(w_bar_), ridge(ridge_), g(g_), w(w_), r(r_), support(support_), k(k_),
-        Ad(Ad_), wbar_sq(0.0), v(A_.p), cand(k_), cand_r(A_.n), delta(A_.n) {
+      : A(columns_.A), columns(columns_), b(b_), w_bar(w_bar_), ridge(ridge_), g(g_), w(w_), r(r_), support(support_), k(k_),
+        Ad(Ad_), wbar_sq(0.0), v(columns_.p), cand(k_), cand_r(A.n), delta(A.n) {
     if (ridge != 0.0)
-      for (std::int64_t j = 0; j < A.p; ++j) wbar_sq += w_bar[j] * w_bar[j];
+      for (std::int64_t j = 0; j < columns.p; ++j) wbar_sq += w_bar[j] * w_bar[j];
   }
 
   // Objective of H_k(w - tau g); leaves the candidate in cand / v / cand_r.
   double evaluate(double tau) {
-    const std::int64_t n = A.n, p = A.p;
+    const std::int64_t n = A.n, p = columns.p;
     for (std::int64_t j = 0; j < p; ++j) v[j] = w[j] - tau * g[j];
     topk(v.data(), p, k, cand.data());
 
@@ -131,12 +153,12 @@ struct CandidateSearch {
     if (nd == 0) {
       for (std::int64_t i = 0; i < n; ++i) cand_r[i] = r[i] - tau * Ad[i];
     } else if (nd < k) {
-      support_matvec(A, diff_idx.data(), nd, diff_val.data(), delta.data());
+      columns.matvec(diff_idx.data(), nd, diff_val.data(), delta.data());
       for (std::int64_t i = 0; i < n; ++i) cand_r[i] = r[i] - tau * Ad[i] + delta[i];
     } else {  // most of the support moved: recompute the residual from scratch
       std::vector<double> x(k);
       for (std::int64_t s = 0; s < k; ++s) x[s] = v[cand[s]];
-      support_matvec(A, cand.data(), k, x.data(), cand_r.data());
+      columns.matvec(cand.data(), k, x.data(), cand_r.data());
       for (std::int64_t i = 0; i < n; ++i) cand_r[i] -= b[i];
     }
     double rr = 0.0;
@@ -160,8 +182,9 @@ struct CandidateSearch {
 template <class T>
 StepResult chita_step(const MatView<T>& A, const double* b, const double* w_bar, double ridge,
                       const double* g, double* w, double* r, std::int64_t* support,
-                      std::int64_t k, double f) {
-  const std::int64_t n = A.n, p = A.p;
+                      std::int64_t k, double f, const std::int64_t* cols, std::int64_t p_local) {
+  Columns<T> columns{A, cols, cols != nullptr ? p_local : A.p, {}};
+  const std::int64_t n = A.n, p = columns.p;
   const double m = (k < p) ? max_off_support(g, p, support, k) : 0.0;
   const double tau_chg = support_preserving_bound(g, w, support, k, p, m);
 
@@ -172,7 +195,7 @@ StepResult chita_step(const MatView<T>& A, const double* b, const double* w_bar,
     d[s] = g[support[s]];
     dd += d[s] * d[s];
   }
-  support_matvec(A, support, k, d.data(), Ad.data());
+  columns.matvec(support, k, d.data(), Ad.data());
   double adad = 0.0;
   for (std::int64_t i = 0; i < n; ++i) adad += Ad[i] * Ad[i];
   const double curv = adad + ridge * dd;
@@ -184,7 +207,7 @@ StepResult chita_step(const MatView<T>& A, const double* b, const double* w_bar,
     return {objective_from_residual(r, n, w, w_bar, p, ridge), tau_star, 0, false};
   }
 
-  CandidateSearch<T> search(A, b, w_bar, ridge, g, w, r, support, k, Ad);
+  CandidateSearch<T> search(columns, b, w_bar, ridge, g, w, r, support, k, Ad);
   double f_best = f, tau_best = 0.0;
   bool accepted = false, best_changed = false;
   int n_cand = 0;
@@ -238,9 +261,9 @@ StepResult chita_step(const MatView<T>& A, const double* b, const double* w_bar,
 
 template StepResult chita_step<float>(const MatView<float>&, const double*, const double*, double,
                                       const double*, double*, double*, std::int64_t*, std::int64_t,
-                                      double);
+                                      double, const std::int64_t*, std::int64_t);
 template StepResult chita_step<double>(const MatView<double>&, const double*, const double*,
                                        double, const double*, double*, double*, std::int64_t*,
-                                       std::int64_t, double);
+                                       std::int64_t, double, const std::int64_t*, std::int64_t);
 
 }  // namespace chita

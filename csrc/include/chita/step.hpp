@@ -12,12 +12,15 @@ struct StepResult {
   bool support_changed;
 };
 
-// One step from the state (w, r, support) along the gradient g.
+// One step from the state (w, r, support) along the gradient g, on all columns of A or, with
+// `cols`, on the subproblem A[:, cols] (CHITA's active set; P below is then p_local, and every
+// vector and index is local to it).
 //   A       [n, p]
+//   cols    [P]   sorted column indices of A, or null (P = p)
 //   b       [n]
-//   w_bar   [p]
-//   g       [p]   A^T r + ridge (w - w_bar), at w
-//   w       [p]   in/out, zero off the support
+//   w_bar   [P]
+//   g       [P]   A^T r + ridge (w - w_bar), at w
+//   w       [P]   in/out, zero off the support
 //   r       [n]   in/out, A w - b
 //   support [k]   in/out, sorted
 //   f              objective at w
@@ -27,7 +30,8 @@ struct StepResult {
 template <class T>
 StepResult chita_step(const MatView<T>& A, const double* b, const double* w_bar, double ridge,
                       const double* g, double* w, double* r, std::int64_t* support,
-                      std::int64_t k, double f);
+                      std::int64_t k, double f, const std::int64_t* cols = nullptr,
+                      std::int64_t p_local = -1);
 
 // 0.5 ||r||^2 + 0.5 ridge ||w - w_bar||^2 in float64.
 double objective_from_residual(const double* r, std::int64_t n, const double* w,

@@ -1,0 +1,195 @@
+"""IHT with CHITA's line search: on all columns, or on CHITA's active set (DESIGN.md section 2).
+
+Both drivers call the backend's ``gradient`` / ``support_rmatvec`` and ``chita_step`` kernels;
+the active-set driver passes the active columns to ``chita_step`` as ``cols``, so A is never
+copied. Objectives are always the full objective (ridge term over all p weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IHTRun", "active_set_iht", "lipschitz", "plain_iht"]
+
+#: on_iter(iteration, f_old, f_new, tau, support_changed) -> True to stop.
+OnIter = Callable[[int, float, float, float, bool], bool]
+
+
+@dataclass
+class IHTRun:
+    support: np.ndarray  # [k] sorted global indices
+    w: np.ndarray  # [p]
+    r: np.ndarray  # [n] A w - b
+    f: float
+    history: list[float] = field(default_factory=list)
+    n_iter: int = 0
+    converged: bool = False
+    stopped: bool = False  # the callback asked to stop
+    expansions: int = 0
+
+
+def _objective(r: np.ndarray, w: np.ndarray, w_bar: np.ndarray, ridge: float) -> float:
+    f = 0.5 * float(r @ r)
+    if ridge:
+        d = w - w_bar
+        f += 0.5 * ridge * float(d @ d)
+    return f
+
+
+def _residual(kernels: Any, prob: Any, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+    r = np.empty(prob.A.shape[0])
+    kernels.support_matvec(prob.A, idx, np.ascontiguousarray(values), r)
+    r -= prob.b
+    return r
+
+
+def _converged(f_old: float, f_new: float, tol: float) -> bool:
+    return abs(f_old - f_new) <= tol * max(abs(f_old), abs(f_new), 1.0)
+
+
+def lipschitz(kernels: Any, prob: Any, iters: int = 6, seed: int = 0) -> float:
+    """1.05 (sigma_max(A)^2 + ridge) from a few power iterations on A^T A (two passes each)."""
+    A = prob.A
+    n, p = A.shape
+    every = np.arange(p, dtype=np.int64)
+    v = np.random.default_rng(seed).standard_normal(p)
+    v /= np.linalg.norm(v)
+    Av = np.empty(n)
+    zeros = np.zeros(p)
+    sigma2 = 0.0
+    for _ in range(iters):
+        kernels.support_matvec(A, every, v, Av)
+        kernels.gradient(A, Av, zeros, zeros, 0.0, v)  # v = A^T A v
+        sigma2 = float(np.linalg.norm(v))
+        if sigma2 == 0.0:
+            break
+        v /= sigma2
+    return 1.05 * (sigma2 + prob.ridge)
+
+
+def plain_iht(
+    kernels: Any, prob: Any, k: int, start: np.ndarray, max_iter: int, tol: float, on_iter: OnIter
+) -> IHTRun:
+    """IHT on all columns from H_k(start)."""
+    p = prob.A.shape[1]
+    support = np.empty(k, dtype=np.int64)
+    kernels.topk(start, k, support)
+    w = np.zeros(p)
+    w[support] = start[support]
+    r = _residual(kernels, prob, support, w[support])
+    run = IHTRun(support, w, r, _objective(r, w, prob.w_bar, prob.ridge))
+    run.history.append(run.f)
+    g = np.empty(p)
+    for it in range(1, max_iter + 1):
+        kernels.gradient(prob.A, run.r, run.w, prob.w_bar, prob.ridge, g)
+        f_new, tau, _, changed = kernels.chita_step(
+            prob.A, prob.b, prob.w_bar, prob.ridge, g, run.w, run.r, run.support, run.f
+        )
+        run.n_iter = it
+        run.history.append(f_new)
+        run.converged = _converged(run.f, f_new, tol)
+        f_old, run.f = run.f, f_new
+        if on_iter(it, f_old, f_new, tau, bool(changed)):
+            run.stopped = True
+            break
+        if run.converged:
+            break
+    return run
+
+
+def active_set_iht(
+    kernels: Any,
+    prob: Any,
+    k: int,
+    start: np.ndarray,
+    max_iter: int,
+    tol: float,
+    on_iter: OnIter,
+    *,
+    max_expansions: int = 10,
+) -> IHTRun:
+    """CHITA's active-set IHT.
+
+    The active set is the floor(1.5 k) largest entries of the 1/L gradient step from ``start``;
+    IHT runs on those columns only (each iteration reads |active|/p of A in F order). Then an
+    expansion search tries full-gradient steps H_k(w - tau g) with tau = 2^t / (2 L), t = 0..9;
+    the best one that lowers f joins the active set, and IHT resumes from it. ``max_iter``
+    bounds the IHT iterations over all rounds.
+    """
+    A, b, w_bar, ridge = prob.A, prob.b, prob.w_bar, prob.ridge
+    p = A.shape[1]
+    size = min(p, max(k, (3 * k) // 2))
+    L = lipschitz(kernels, prob)
+    # 1/L gradient step from the (dense) start.
+    every = np.arange(p, dtype=np.int64)
+    r0 = _residual(kernels, prob, every, start)
+    g = np.empty(p)
+    kernels.gradient(A, r0, start, w_bar, ridge, g)
+    active = np.empty(size, dtype=np.int64)
+    kernels.topk(start - g / L, size, active)
+
+    # IHT starts from H_k(start) restricted to the active set.
+    local = np.empty(k, dtype=np.int64)
+    kernels.topk(np.ascontiguousarray(start[active]), k, local)
+    w = np.zeros(p)
+    w[active[local]] = start[active[local]]
+    support = active[local]
+    r = _residual(kernels, prob, support, w[support])
+    run = IHTRun(support.copy(), w, r, _objective(r, w, w_bar, ridge))
+    run.history.append(run.f)
+    it = 0
+    while True:
+        # IHT on the active columns. chita_step works with the local objective, which lacks
+        # the constant 0.5 ridge ||w_bar off the active set||^2.
+        wb_act = np.ascontiguousarray(w_bar[active])
+        off = 0.5 * ridge * (float(w_bar @ w_bar) - float(wb_act @ wb_act))
+        w_loc = np.ascontiguousarray(run.w[active])
+        local = np.searchsorted(active, run.support).astype(np.int64)
+        g_loc = np.empty(active.size)
+        while it < max_iter:
+            it += 1
+            kernels.support_rmatvec(A, active, run.r, g_loc)
+            if ridge:
+                g_loc += ridge * (w_loc - wb_act)
+            f_loc, tau, _, changed = kernels.chita_step(
+                A, b, wb_act, ridge, g_loc, w_loc, run.r, local, run.f - off, active
+            )
+            f_new = f_loc + off
+            run.n_iter = it
+            run.history.append(f_new)
+            run.converged = _converged(run.f, f_new, tol)
+            f_old, run.f = run.f, f_new
+            if on_iter(it, f_old, f_new, tau, bool(changed)):
+                run.stopped = True
+                break
+            if run.converged:
+                break
+        run.w[:] = 0.0
+        run.w[active] = w_loc
+        run.support = active[local]
+        if run.stopped or it >= max_iter or run.expansions >= max_expansions:
+            return run
+
+        # Expansion search over all columns.
+        kernels.gradient(A, run.r, run.w, w_bar, ridge, g)
+        best = None
+        cand = np.empty(k, dtype=np.int64)
+        for t in range(10):
+            v = run.w - (2.0**t / (2.0 * L)) * g
+            kernels.topk(v, k, cand)
+            rc = _residual(kernels, prob, cand, v[cand])
+            wc = np.zeros(p)
+            wc[cand] = v[cand]
+            fc = _objective(rc, wc, w_bar, ridge)
+            if fc < (run.f if best is None else best[3]):
+                best = (cand.copy(), wc, rc, fc)
+        if best is None:
+            return run
+        run.expansions += 1
+        run.support, run.w, run.r, run.f = best
+        run.history.append(run.f)
+        active = np.union1d(active, run.support).astype(np.int64)
