@@ -571,3 +571,50 @@ def test_kernels_never_modify_inputs(kernels, make_problem):
     np.testing.assert_array_equal(b, b0)
     np.testing.assert_array_equal(g, g0)
     assert math.isfinite(float(r @ r))
+
+
+# ----------------------------------------------------------------------------------------------
+# chita_step on a column subset (CHITA's active set)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ridge", [0.0, 0.3])
+def test_chita_step_on_columns_equals_step_on_the_copy(kernels, make_problem, dtype, order, ridge):
+    # The step on A[:, cols] through the column map must be the step on an explicit copy of the
+    # subproblem: same branch, support, step and (up to rounding) state.
+    n, p, P, k = 40, 300, 70, 8
+    prob = make_problem(n, p, dtype=dtype, order=order, seed=90)
+    rng = np.random.default_rng(91)
+    cols = np.sort(rng.choice(p, P, replace=False)).astype(np.int64)
+    sub = np.asarray(prob.A[:, cols], order=order)
+    w_bar = rng.standard_normal(P)
+    for trial in range(4):
+        w = np.zeros(P)
+        support = np.sort(rng.choice(P, k, replace=False)).astype(np.int64)
+        w[support] = rng.standard_normal(k) * (trial + 1)
+        r = sub.astype(np.float64) @ w - prob.b64
+        f = ref.objective(sub, prob.b64, w, ridge, w_bar)
+        g = ref.gradient(sub, r, w, w_bar, ridge)
+        states = []
+        for A, c in ((prob.A, cols), (sub, None)):
+            ws, rs, ss = w.copy(), r.copy(), support.copy()
+            out = kernels.chita_step(A, prob.b64, w_bar, ridge, g, ws, rs, ss, f, c)
+            states.append((out, ws, rs, ss))
+        (o1, w1, r1, s1), (o2, w2, r2, s2) = states
+        np.testing.assert_array_equal(s1, s2)
+        assert o1[2:] == o2[2:]  # candidates evaluated, support changed
+        np.testing.assert_allclose(o1[:2], o2[:2], rtol=1e-12)
+        np.testing.assert_allclose(w1, w2, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(r1, r2, rtol=1e-12, atol=1e-12 * np.abs(r).max())
+        assert o1[0] <= f * (1 + 1e-12)
+
+
+def test_chita_step_rejects_bad_columns(kernels, make_problem):
+    prob = make_problem(10, 50, seed=92)
+    P = 5
+    args = (prob.b64, np.zeros(P), 0.0, np.ones(P), np.zeros(P), np.zeros(10))
+    for cols in (np.array([3, 1, 2, 4, 5]), np.array([0, 1, 2, 3, 50]), np.array([0, 1, 1, 2, 3])):
+        with pytest.raises(ValueError, match="cols"):
+            kernels.chita_step(
+                prob.A, *args, np.arange(2, dtype=np.int64), 1.0, cols.astype(np.int64)
+            )

@@ -452,3 +452,51 @@ def test_auto_backend_prefers_cpp_then_numba(monkeypatch, make_problem):
     if avail["numba"] is None:
         monkeypatch.setitem(_backends._probes, "cpp", _backends._Probe(None, "simulated"))
         assert chita_core.iht(prob.A, prob.b, 3, backend="auto").backend == "numba"
+
+
+# ----------------------------------------------------------------------------------------------
+# CHITA's active set
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ridge", "pruning"), [(0.0, False), (0.2, True)])
+def test_active_set_iht_invariants(backend, make_problem, dtype, order, ridge, pruning):
+    from chita_core._api import _prepare
+    from chita_core._backends import get_backend
+    from chita_core._iht import active_set_iht
+
+    n, p, k = 60, 500, 12
+    prob = make_problem(n, p, dtype=dtype, order=order, seed=95, pruning=pruning)
+    P = _prepare(prob.A, prob.b, ridge, prob.w_bar, True)
+    kernels = get_backend(backend)[1]
+    start = P.w_bar if pruning else np.zeros(p)
+    run = active_set_iht(kernels, P, k, start, 200, 1e-10, lambda *a: False)
+    assert run.support.shape == (k,) and np.all(np.diff(run.support) > 0)
+    assert np.count_nonzero(run.w) <= k and np.all(
+        run.w[np.setdiff1d(np.arange(p), run.support)] == 0
+    )
+    np.testing.assert_allclose(
+        run.r, prob.A64 @ run.w - prob.b64, atol=1e-9 * np.abs(prob.b64).max()
+    )
+    f = ref.objective(prob.A64, prob.b64, run.w, ridge, P.w_bar)
+    assert run.f == pytest.approx(f, rel=1e-9)
+    hist = np.asarray(run.history)
+    assert np.all(np.diff(hist) <= 1e-12 * np.abs(hist[:-1]) + 1e-300)
+
+
+def test_active_set_recovers_planted_support(backend, make_problem):
+    n, p, k = 200, 1000, 10
+    prob = make_problem(n, p, seed=30, k=k, order="F")
+    res = chita_core.iht(prob.A, prob.b, k, backend=backend, refine=False, swaps=False)
+    np.testing.assert_array_equal(np.asarray(res.support), prob.support_true)
+    assert res.stages[-1][0] == "active-set iht"
+
+
+def test_active_set_false_runs_plain_iht(make_problem):
+    prob = make_problem(60, 300, seed=96)
+    a = chita_core.iht(prob.A, prob.b, 10, active_set=False, refine=False, swaps=False)
+    b = plain_iht(prob.A, prob.b, 10)
+    np.testing.assert_array_equal(a.w, b.w)
+    assert a.history == b.history
+    with pytest.raises(TypeError, match="active_set"):
+        chita_core.iht(prob.A, prob.b, 10, active_set="yes")
