@@ -13,7 +13,13 @@ import numpy as np
 from ._backends import get_backend
 from ._iht import active_set_iht, plain_iht
 from ._interop import library_of, to_library
-from ._refine import obs_multistep_support, obs_saliency, refit, swap_search
+from ._refine import (
+    exhaustive_support,
+    obs_multistep_support,
+    obs_saliency,
+    refit,
+    swap_search,
+)
 from ._validation import (
     check_index,
     check_matrix,
@@ -180,7 +186,8 @@ def iht(
         Start supports. "magnitude": the k largest ``|w0|``. "obs": the k largest OBS
         saliencies ``w_q^2 / [H^-1]_qq`` (H = A^T A + ridge I through Woodbury, O(n^2 p)).
         "obs_multistep": OBS in 4 steps with refits in between (4x the cost). "auto": magnitude,
-        plus OBS when ``n^2 p <= 2e10`` (about a second here); the better one is kept.
+        plus OBS when ``n^2 p <= 2e10`` (about a second here); the better one is kept. Tiny
+        problems (p <= 32 and at most 2e5 supports) are also solved exactly by enumeration.
     active_set : bool, default True
         CHITA's active set: IHT on the floor(1.5 k) columns picked by a 1/L gradient step
         (L from power iterations), enlarged by full-gradient steps that lower f. Iterations
@@ -189,8 +196,8 @@ def iht(
         Refit exactly (backsolve) on every start support and on the supports IHT settles on.
         False runs plain IHT from the thresholded ``w0``.
     swaps : bool or int, default True
-        Swap local search after IHT: True allows up to ``min(k, p - k, 2000)`` swaps, an int
-        sets the budget, False or 0 turns it off.
+        Swap local search after IHT: True allows up to 2000 swaps, an int sets the budget,
+        False or 0 turns it off. It stops earlier when no screened swap lowers f.
     backend : {"auto", "cpp", "numba"}, default "auto"
         Kernel backend; "auto" takes the compiled one when it is importable.
     callback : callable, optional
@@ -240,7 +247,7 @@ def iht(
     if not isinstance(refine, (bool, np.bool_)):
         raise TypeError(f"`refine` must be a bool, got {type(refine).__name__} {refine!r}")
     if isinstance(swaps, (bool, np.bool_)):
-        max_swaps = min(k, p - k, _DEFAULT_SWAPS) if swaps else 0
+        max_swaps = _DEFAULT_SWAPS if swaps else 0
     else:
         max_swaps = check_index(swaps, "swaps", 0, np.iinfo(np.int64).max)
     name, kernels = get_backend(backend)
@@ -276,6 +283,12 @@ def iht(
             t = stage(f"{init if init != 'auto' else 'obs'} + refit", f2, t)
             if f2 < f:
                 support, w, r, f = other.astype(np.int64), w2, r2, f2
+        exact = exhaustive_support(prob, k) if init == "auto" and k < p else None
+        if exact is not None:
+            w2, r2, f2 = refit(kernels, prob, exact)
+            t = stage("exhaustive + refit", f2, t)
+            if f2 < f:
+                support, w, r, f = exact, w2, r2, f2
     best = (support.copy(), w, r, f) if refine else None
 
     # Stage 2: IHT with CHITA's line search (on the active set by default) from the start (a

@@ -76,7 +76,8 @@ def chita_step(
           denom_i = m - |g_i|   elif |g_i| < m (moving away, overtaken by an outsider)
           no term otherwise, and no term when denom_i <= 0
       d = g on S; Ad = A_S d; dd = ||d||^2
-      tau_star = dd / (||Ad||^2 + ridge * dd)   (0 if dd == 0)
+      tau_star = dd / (||Ad||^2 + ridge * dd)   (0 if dd == 0, or if max|d| <= 1e-12 m: at an
+                                                 exact refit g_S is rounding noise)
       if 0 < tau_star < tau_chg:                # support kept, exact line minimum
           w_S -= tau_star d; r -= tau_star Ad; f_new = objective(w, r)
       else:                                     # forward doubling over hard-thresholded steps

@@ -53,6 +53,7 @@ _GRAD_COLBLOCK = 2048  # C-order gradient: max columns per block
 _RMV_CHUNK = 1024  # C-order transposed support mat-vec: support entries per chunk
 _GRAM_COLBLOCK = 1024  # Woodbury Gram (m > n): support columns gathered per block
 _GRAM_BUF = 1 << 19  # Normal-equations Gram (m <= n): float64 entries in the gathered block
+_STATIONARY = 1e-12  # max |g_S| <= this * max |g off S|: tau_star = 0 (as the C++ kStationary)
 _JITTER_TRIES = 7  # retries with jitter 1e-12 * mean(diag) * 100**t, t = 0..6 (as the C++)
 
 
@@ -513,8 +514,8 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f, cols):
 
     # m = max |g_j| off the support; tau_chg = support-preserving bound (+inf when k == p).
     tau_chg = inf
+    mx = 0.0
     if k < p:
-        mx = 0.0
         t = 0
         for j in range(p):
             if t < k and support[t] == j:
@@ -547,7 +548,13 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f, cols):
     _smv_local(M, fmode, cols, support, d, Ad, xd)
     dd = _sumsq(d)
     curv = _sumsq(Ad) + ridge * dd
-    if dd > 0.0 and curv > 0.0:
+    # At an exact refit the gradient on S is rounding noise: treat S as stationary (as the C++).
+    dmax = 0.0
+    for t in range(k):
+        if abs(d[t]) > dmax:
+            dmax = abs(d[t])
+    stationary = dmax <= _STATIONARY * mx
+    if not stationary and dd > 0.0 and curv > 0.0:
         tau_star = dd / curv
     else:
         tau_star = 0.0
@@ -774,7 +781,9 @@ def _gram_woodbury(M, fmode, idx, K):
             K[l, i] = K[i, l]
 
 
-@numba.njit(fastmath=_FM, parallel=True, **_JIT)
+# Serial on purpose: a parallel loop per column is one parallel region (and barrier) per column,
+# which stalls for scheduler ticks whenever another process holds a core.
+@numba.njit(fastmath=_FM, **_JIT)
 def _cholesky_shifted(S, shift, L):
     """Lower Cholesky factor of S + shift*I into L (S read-only). False on a non-positive pivot."""
     N = S.shape[0]
@@ -789,7 +798,7 @@ def _cholesky_shifted(S, shift, L):
         Lj[j] = ljj
         for q in range(j + 1, N):
             Lj[q] = 0.0
-        for i in prange(j + 1, N):
+        for i in range(j + 1, N):
             Li = L[i]
             acc = S[i, j]
             for q in range(j):

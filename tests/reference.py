@@ -24,8 +24,10 @@ __all__ = [
     "gradient",
     "iht",
     "objective",
+    "obs_saliency",
     "residual",
     "support_matvec",
+    "support_objective",
     "support_rmatvec",
     "topk",
 ]
@@ -107,6 +109,29 @@ def best_subset(A, b, k, ridge=0.0, w_bar=None):
         if f < best[2]:
             best = (S, w, f)
     return best
+
+
+def support_objective(A, b, idx, ridge=0.0, w_bar=None):
+    """(w, f): the exact minimiser of f with nonzeros restricted to ``idx`` and its objective."""
+    p = _f64(A).shape[1]
+    w_bar = np.zeros(p) if w_bar is None else _f64(w_bar)
+    idx = np.asarray(idx, dtype=np.int64)
+    w = np.zeros(p)
+    w[idx] = backsolve(A, b, idx, w_bar[idx], ridge)
+    return w, objective(A, b, w, ridge, w_bar)
+
+
+def obs_saliency(A, b, ridge, w_bar=None):
+    """Dense Optimal Brain Surgeon saliency w_q^2 / [H^-1]_qq with H = A^T A + ridge I (p x p,
+    small p only) and w the unconstrained minimiser H^-1 (A^T b + ridge w_bar) (w_bar itself
+    when b = A w_bar). Needs ridge > 0 or A of full column rank."""
+    A = _f64(A)
+    p = A.shape[1]
+    w_bar = np.zeros(p) if w_bar is None else _f64(w_bar)
+    H = A.T @ A + float(ridge) * np.eye(p)
+    Hinv = np.linalg.inv(H)
+    w = Hinv @ (A.T @ _f64(b) + float(ridge) * w_bar)
+    return w * w / np.diag(Hinv)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 #include "chita/step.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -25,6 +26,9 @@ double objective_from_residual(const double* r, std::int64_t n, const double* w,
 }
 
 namespace {
+
+// max |g_S| <= kStationary * max |g off S|: the support is treated as stationary (tau_star = 0).
+constexpr double kStationary = 1e-12;
 
 // max |g_j| over j not in the (sorted) support.
 double max_off_support(const double* g, std::int64_t p, const std::int64_t* support,
@@ -199,7 +203,12 @@ StepResult chita_step(const MatView<T>& A, const double* b, const double* w_bar,
   double adad = 0.0;
   for (std::int64_t i = 0; i < n; ++i) adad += Ad[i] * Ad[i];
   const double curv = adad + ridge * dd;
-  const double tau_star = (dd > 0.0 && curv > 0.0) ? dd / curv : 0.0;
+  // At an exact refit the gradient on S is rounding noise; a step along it would make every
+  // decision below depend on rounding. Treat S as stationary when its gradient is that small.
+  double dmax = 0.0;
+  for (std::int64_t s = 0; s < k; ++s) dmax = std::max(dmax, std::fabs(d[s]));
+  const bool stationary = dmax <= kStationary * m;
+  const double tau_star = (!stationary && dd > 0.0 && curv > 0.0) ? dd / curv : 0.0;
 
   if (tau_star > 0.0 && tau_star < tau_chg) {
     for (std::int64_t s = 0; s < k; ++s) w[support[s]] -= tau_star * d[s];
