@@ -51,7 +51,7 @@ def _converged(f_old: float, f_new: float, tol: float) -> bool:
     return abs(f_old - f_new) <= tol * max(abs(f_old), abs(f_new), 1.0)
 
 
-def lipschitz(kernels: Any, prob: Any, iters: int = 6, seed: int = 0) -> float:
+def lipschitz(kernels: Any, prob: Any, iters: int = 4, seed: int = 0) -> float:
     """1.05 (sigma_max(A)^2 + ridge) from a few power iterations on A^T A (two passes each)."""
     A = prob.A
     n, p = A.shape

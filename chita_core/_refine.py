@@ -63,9 +63,22 @@ def _objective(r: np.ndarray, w: np.ndarray, w_bar: np.ndarray, ridge: float) ->
     return f
 
 
-def refit(kernels: Any, prob: Any, support: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Exact minimiser on ``support`` (sorted int64): returns (w [p], r [n], objective)."""
+def refit(
+    kernels: Any, prob: Any, support: np.ndarray, *, keep_inverse: bool = False
+) -> tuple[np.ndarray, np.ndarray, float] | tuple[np.ndarray, np.ndarray, float, Any]:
+    """Exact minimiser on ``support`` (sorted int64): returns (w [p], r [n], objective).
+
+    With ``keep_inverse`` it also returns K^{-1} = (ridge I + A_S A_S^T)^{-1} when it was the
+    cheaper route (ridge > 0 and |S| > n: the push-through form, same cost as backsolve), else
+    None; swap search then starts from it instead of forming the same Gram again."""
     A, b, w_bar, ridge = prob.A, prob.b, prob.w_bar, prob.ridge
+    n = A.shape[0]
+    if keep_inverse and ridge > 0 and support.size > n:
+        Kinv = _support_kinv(kernels, A, support, ridge)
+        c = np.empty(n)
+        kernels.support_matvec(A, support, np.ascontiguousarray(w_bar[support]), c)
+        w, r, f = _state_on(kernels, prob, support, Kinv @ (b - c))
+        return w, r, f, Kinv
     values = np.empty(support.size)
     kernels.backsolve(A, b, support, np.ascontiguousarray(w_bar[support]), ridge, values)
     w = np.zeros(A.shape[1])
@@ -73,7 +86,8 @@ def refit(kernels: Any, prob: Any, support: np.ndarray) -> tuple[np.ndarray, np.
     r = np.empty(A.shape[0])
     kernels.support_matvec(A, support, values, r)
     r -= b
-    return w, r, _objective(r, w, w_bar, ridge)
+    f = _objective(r, w, w_bar, ridge)
+    return (w, r, f, None) if keep_inverse else (w, r, f)
 
 
 def _scoring_ridge(prob: Any, h: np.ndarray) -> float:
@@ -223,6 +237,7 @@ def swap_search(
     max_swaps: int,
     n_candidates: int = 64,
     max_rounds: int = 100,
+    Kinv: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, SwapStats]:
     """Swap local search from the exact optimum (w, r, f_start) on ``support``.
 
@@ -231,6 +246,7 @@ def swap_search(
     applies improving swaps greedily (rescoring exactly after each) until none is left. The round
     is kept only if the exact objective, recomputed from A, went down; otherwise the search stops
     at the previous round. Returns (support, w, r, objective, stats), never worse than the start.
+    ``Kinv`` may pass (lam I + A_S A_S^T)^{-1} for ``support`` when the caller already has it.
     """
     t0 = time.perf_counter()
     A, b, w_bar, ridge = prob.A, prob.b, prob.w_bar, prob.ridge
@@ -243,7 +259,10 @@ def swap_search(
         return (*best, stats)
     lam = _scoring_ridge(prob, h)
     S = support.copy()
-    Kinv = _support_kinv(kernels, A, S, lam)
+    if Kinv is None or lam != prob.ridge:
+        Kinv = _support_kinv(kernels, A, S, lam)
+    else:
+        Kinv = Kinv.copy()
     c = np.empty(n)
     kernels.support_matvec(A, S, np.ascontiguousarray(w_bar[S]), c)
     c = b - c
