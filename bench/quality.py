@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -165,6 +167,50 @@ def synthetic_instance(
     )
 
 
+def _git_head() -> str | None:
+    """Commit of the repository root (``+dirty`` with local changes), or None."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
+def _preload(mod: Any) -> list[str]:
+    """Import every submodule of chita_core now and run one tiny solve, so that a reinstall
+    while the benchmark runs cannot mix two versions (lazy imports would pick up the new one)."""
+    import importlib
+    import pkgutil
+
+    names = []
+    for info in pkgutil.iter_modules(mod.__path__):
+        try:
+            importlib.import_module(f"{mod.__name__}.{info.name}")
+            names.append(info.name)
+        except ImportError:  # optional extension modules (e.g. _cuda)
+            pass
+    rng = np.random.default_rng(0)
+    A = np.asfortranarray(rng.standard_normal((20, 60)))
+    w_bar = rng.standard_normal(60)
+    mod.iht(A, A @ w_bar, 10, ridge=1.0, w_bar=w_bar)
+    return names
+
+
+def _install_stamp(mod: Any) -> tuple[tuple[str, int], ...]:
+    """Modification times of the package's files, to notice a reinstall during the run."""
+    root = Path(mod.__file__).resolve().parent
+    return tuple(sorted((f.name, f.stat().st_mtime_ns) for f in root.iterdir() if f.is_file()))
+
+
 def timed(fn: Any) -> tuple[Any, float, dict[str, Any]]:
     """Run ``fn`` once; repeat it (median of ``REPEATS``) when that took under ``FAST_CALL``."""
     t0 = time.perf_counter()
@@ -255,6 +301,8 @@ def bench_instance(
         path = bl.greedy_obs_path(A, b, ridge, w_bar, n_remove)
         for s in sparsities:
             k = ks[s]
+            if k == p:
+                continue
             t0 = time.perf_counter()
             w = bl.support_backsolve(A, b, ridge, w_bar, path.removed[: p - k])
             t_bs = time.perf_counter() - t0
@@ -331,6 +379,55 @@ def print_instance(inst: Instance, rows: list[dict[str, Any]]) -> None:
                 f"{r['objective'] / f_mb:.4f} | {fmt_seconds(r['seconds'])} | "
                 f"{'' if x is None else f'{x:.4f}'} |"
             )
+
+
+SHORT = {
+    "magnitude": "magnitude",
+    "magnitude + backsolve": "mag+bs",
+    "OBS + backsolve": "OBS+bs",
+    "chita default": "chita",
+    "greedy OBS + backsolve": "greedy OBS",
+}
+
+
+def print_compact(instances: list[Instance], all_rows: list[dict[str, Any]]) -> None:
+    """Three wide tables over all instances: objectives, times, test accuracies."""
+    cells: dict[tuple[str, float], dict[str, dict[str, Any]]] = {}
+    for r in all_rows:
+        cells.setdefault((r["instance"], r["sparsity"]), {})[r["method"]] = r
+    names = [SHORT[m] for m in METHODS]
+
+    rel = [m for m in METHODS if m != "magnitude + backsolve"]
+    print("\n### Objective of magnitude + backsolve, and each method over it (< 1 is better)\n")
+    print(
+        "| instance | sparsity | k | mag+bs objective | " + " | ".join(SHORT[m] for m in rel) + " |"
+    )
+    print("|---|---:|---:|---:|" + "---:|" * len(rel))
+    for (inst, s), by in cells.items():
+        f_mb = by["magnitude + backsolve"]["objective"]
+        ratios = [f"{by[m]['objective'] / f_mb:.4g}" if m in by else "-" for m in rel]
+        k = by["magnitude"]["k"]
+        print(f"| {inst} | {s:.0%} | {k:,} | {f_mb:.4g} | " + " | ".join(ratios) + " |")
+
+    print("\n### Wall time\n")
+    print("| instance | sparsity | " + " | ".join(names) + " |")
+    print("|---|---:|" + "---:|" * len(names))
+    for (inst, s), by in cells.items():
+        ts = [fmt_seconds(by[m]["seconds"]) if m in by else "-" for m in METHODS]
+        print(f"| {inst} | {s:.0%} | " + " | ".join(ts) + " |")
+
+    real = {i.name: i for i in instances if i.kind == "real"}
+    if real:
+        n_test = len(next(iter(real.values())).test[1])
+        print(f"\n### Test accuracy of the pruned MLP (digits test set, {n_test} images)\n")
+        print("| instance | sparsity | dense | " + " | ".join(names) + " |")
+        print("|---|---:|---:|" + "---:|" * len(names))
+        for (inst, s), by in cells.items():
+            if inst not in real:
+                continue
+            accs = [f"{by[m]['test_acc']:.4f}" if m in by else "-" for m in METHODS]
+            dense = real[inst].meta["dense_test_acc"]
+            print(f"| {inst} | {s:.0%} | {dense:.4f} | " + " | ".join(accs) + " |")
 
 
 def print_summary(all_verdicts: list[dict[str, Any]]) -> None:
@@ -414,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     out_path = Path(args.out) if args.out else Path(__file__).parent / "results" / default
 
     t_start = time.perf_counter()
+    stamp = _install_stamp(chita_core)
+    loaded = _preload(chita_core)
     machine = describe_machine()
     print(
         f"machine: {machine['cpu_model']}, {machine['usable_cpus']} cpus, "
@@ -433,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         instances.append(synthetic_instance(500, syn_p, args.seed))
 
     all_verdicts: list[dict[str, Any]] = []
+    all_rows: list[dict[str, Any]] = []
     with JsonlWriter(
         out_path,
         benchmark="quality",
@@ -447,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs,
         seed=args.seed,
         rel_slack=REL_SLACK,
+        iht_signature=str(inspect.signature(chita_core.iht)),
+        git_head=_git_head(),
+        chita_core_files_mtime=time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(t for _, t in stamp) / 1e9)
+        ),
+        chita_core_modules=loaded,
     ) as out:
         for inst in instances:
             n, p = inst.A.shape
@@ -469,10 +575,19 @@ def main(argv: list[str] | None = None) -> int:
             for v in vs:
                 out.write(v)
             all_verdicts += vs
+            all_rows += rows
             print_instance(inst, rows)
             print(f"({time.perf_counter() - t0:.1f} s, load average {os.getloadavg()[0]:.2f})")
+        print_compact(instances, all_rows)
         print_summary(all_verdicts)
         total = time.perf_counter() - t_start
+        if _install_stamp(chita_core) != stamp:
+            msg = (
+                "chita_core was reinstalled during the run; the run used the version it "
+                "loaded at the start (all its modules were imported up front)"
+            )
+            print(f"\nNOTE: {msg}.")
+            out.write({"kind": "warning", "message": msg})
         out.write(
             {
                 "kind": "summary",
