@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._backends import get_backend
-from ._iht import active_set_iht, plain_iht
+from ._iht import active_set_iht, objective_value, plain_iht, residual
 from ._interop import library_of, to_library
 from ._refine import (
     exhaustive_support,
@@ -88,24 +88,6 @@ def _prepare(A: Any, b: Any, ridge: Any, w_bar: Any, check_finite: bool) -> _Pro
             w_bar, "w_bar", p, arr.dtype, length_of="columns of `A`", check_finite=check_finite
         )
     return _Problem(arr, b64, wbar64, ridge, library_of(A))
-
-
-def _objective(r: np.ndarray, w: np.ndarray, prob: _Problem) -> float:
-    f = 0.5 * float(r @ r)
-    if prob.ridge:
-        d = w - prob.w_bar
-        f += 0.5 * prob.ridge * float(d @ d)
-    return f
-
-
-def _residual(kernels: Any, prob: _Problem, support: np.ndarray, values: np.ndarray) -> np.ndarray:
-    r = np.empty(prob.A.shape[0])
-    if support.size:
-        kernels.support_matvec(prob.A, support, np.ascontiguousarray(values), r)
-    else:
-        r[:] = 0.0
-    r -= prob.b
-    return r
 
 
 class _IterationLog:
@@ -441,4 +423,4 @@ def objective(
     )
     _, kernels = get_backend(backend)
     nz = np.flatnonzero(w64).astype(np.int64)
-    return _objective(_residual(kernels, prob, nz, w64[nz]), w64, prob)
+    return objective_value(residual(kernels, prob, nz, w64[nz]), w64, prob.w_bar, prob.ridge)

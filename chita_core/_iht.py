@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["IHTRun", "active_set_iht", "lipschitz", "plain_iht"]
+__all__ = ["IHTRun", "active_set_iht", "lipschitz", "objective_value", "plain_iht", "residual"]
 
 #: on_iter(iteration, f_old, f_new, tau, support_changed) -> True to stop.
 OnIter = Callable[[int, float, float, float, bool], bool]
@@ -31,8 +31,21 @@ class IHTRun:
     stopped: bool = False  # the callback asked to stop
     expansions: int = 0
 
+    def record(
+        self, it: int, f_new: float, tau: float, changed: bool, tol: float, on_iter: OnIter
+    ) -> bool:
+        """Books iteration ``it``; True when the loop should end (callback stop or converged)."""
+        self.n_iter = it
+        self.history.append(f_new)
+        self.converged = _converged(self.f, f_new, tol)
+        f_old, self.f = self.f, f_new
+        if on_iter(it, f_old, f_new, tau, bool(changed)):
+            self.stopped = True
+        return self.stopped or self.converged
 
-def _objective(r: np.ndarray, w: np.ndarray, w_bar: np.ndarray, ridge: float) -> float:
+
+def objective_value(r: np.ndarray, w: np.ndarray, w_bar: np.ndarray, ridge: float) -> float:
+    """0.5 ||r||^2 + 0.5 ridge ||w - w_bar||^2 in float64, from the residual r = A w - b."""
     f = 0.5 * float(r @ r)
     if ridge:
         d = w - w_bar
@@ -40,9 +53,11 @@ def _objective(r: np.ndarray, w: np.ndarray, w_bar: np.ndarray, ridge: float) ->
     return f
 
 
-def _residual(kernels: Any, prob: Any, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
-    r = np.empty(prob.A.shape[0])
-    kernels.support_matvec(prob.A, idx, np.ascontiguousarray(values), r)
+def residual(kernels: Any, prob: Any, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A[:, idx] values - b (only the idx columns of A are read in F order)."""
+    r = np.zeros(prob.A.shape[0])
+    if idx.size:
+        kernels.support_matvec(prob.A, idx, np.ascontiguousarray(values), r)
     r -= prob.b
     return r
 
@@ -80,8 +95,8 @@ def plain_iht(
     kernels.topk(start, k, support)
     w = np.zeros(p)
     w[support] = start[support]
-    r = _residual(kernels, prob, support, w[support])
-    run = IHTRun(support, w, r, _objective(r, w, prob.w_bar, prob.ridge))
+    r = residual(kernels, prob, support, w[support])
+    run = IHTRun(support, w, r, objective_value(r, w, prob.w_bar, prob.ridge))
     run.history.append(run.f)
     g = np.empty(p)
     for it in range(1, max_iter + 1):
@@ -89,14 +104,7 @@ def plain_iht(
         f_new, tau, _, changed = kernels.chita_step(
             prob.A, prob.b, prob.w_bar, prob.ridge, g, run.w, run.r, run.support, run.f
         )
-        run.n_iter = it
-        run.history.append(f_new)
-        run.converged = _converged(run.f, f_new, tol)
-        f_old, run.f = run.f, f_new
-        if on_iter(it, f_old, f_new, tau, bool(changed)):
-            run.stopped = True
-            break
-        if run.converged:
+        if run.record(it, f_new, tau, changed, tol, on_iter):
             break
     return run
 
@@ -126,7 +134,7 @@ def active_set_iht(
     L = lipschitz(kernels, prob)
     # 1/L gradient step from the (dense) start.
     every = np.arange(p, dtype=np.int64)
-    r0 = _residual(kernels, prob, every, start)
+    r0 = residual(kernels, prob, every, start)
     g = np.empty(p)
     kernels.gradient(A, r0, start, w_bar, ridge, g)
     active = np.empty(size, dtype=np.int64)
@@ -138,8 +146,8 @@ def active_set_iht(
     w = np.zeros(p)
     w[active[local]] = start[active[local]]
     support = active[local]
-    r = _residual(kernels, prob, support, w[support])
-    run = IHTRun(support.copy(), w, r, _objective(r, w, w_bar, ridge))
+    r = residual(kernels, prob, support, w[support])
+    run = IHTRun(support.copy(), w, r, objective_value(r, w, w_bar, ridge))
     run.history.append(run.f)
     it = 0
     while True:
@@ -158,15 +166,7 @@ def active_set_iht(
             f_loc, tau, _, changed = kernels.chita_step(
                 A, b, wb_act, ridge, g_loc, w_loc, run.r, local, run.f - off, active
             )
-            f_new = f_loc + off
-            run.n_iter = it
-            run.history.append(f_new)
-            run.converged = _converged(run.f, f_new, tol)
-            f_old, run.f = run.f, f_new
-            if on_iter(it, f_old, f_new, tau, bool(changed)):
-                run.stopped = True
-                break
-            if run.converged:
+            if run.record(it, f_loc + off, tau, changed, tol, on_iter):
                 break
         run.w[:] = 0.0
         run.w[active] = w_loc
@@ -181,10 +181,10 @@ def active_set_iht(
         for t in range(10):
             v = run.w - (2.0**t / (2.0 * L)) * g
             kernels.topk(v, k, cand)
-            rc = _residual(kernels, prob, cand, v[cand])
+            rc = residual(kernels, prob, cand, v[cand])
             wc = np.zeros(p)
             wc[cand] = v[cand]
-            fc = _objective(rc, wc, w_bar, ridge)
+            fc = objective_value(rc, wc, w_bar, ridge)
             if fc < (run.f if best is None else best[3]):
                 best = (cand.copy(), wc, rc, fc)
         if best is None:

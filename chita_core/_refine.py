@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ._iht import objective_value
+
 __all__ = [
     "SwapStats",
     "exhaustive_support",
@@ -55,14 +57,6 @@ class SwapStats:
     seconds: float = 0.0
 
 
-def _objective(r: np.ndarray, w: np.ndarray, w_bar: np.ndarray, ridge: float) -> float:
-    f = 0.5 * float(r @ r)
-    if ridge:
-        d = w - w_bar
-        f += 0.5 * ridge * float(d @ d)
-    return f
-
-
 def refit(
     kernels: Any, prob: Any, support: np.ndarray, *, keep_inverse: bool = False
 ) -> tuple[np.ndarray, np.ndarray, float] | tuple[np.ndarray, np.ndarray, float, Any]:
@@ -86,7 +80,7 @@ def refit(
     r = np.empty(A.shape[0])
     kernels.support_matvec(A, support, values, r)
     r -= b
-    f = _objective(r, w, w_bar, ridge)
+    f = objective_value(r, w, w_bar, ridge)
     return (w, r, f, None) if keep_inverse else (w, r, f)
 
 
@@ -373,4 +367,4 @@ def _state_on(
     r = np.empty(A.shape[0])
     kernels.support_matvec(A, S, x, r)
     r -= b
-    return w, r, _objective(r, w, w_bar, ridge)
+    return w, r, objective_value(r, w, w_bar, ridge)

@@ -310,3 +310,14 @@ def iht(A, b, k, ridge=0.0, w_bar=None, w0=None, max_iter=100, tol=1e-6):
             break
     trace.w, trace.support, trace.objective = w, S, f
     return trace
+
+
+def idx_variants(p: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Index sets for kernel tests: first column (m = 1), last column, a sparse subset (p/20),
+    a dense subset (2p/3) and all columns (m = p), sorted int64."""
+    rng = np.random.default_rng(seed)
+    out = {"first": [0], "last": [p - 1], "all": list(range(p))}
+    if p >= 3:
+        out["sparse"] = sorted(rng.choice(p, size=max(1, p // 20), replace=False).tolist())
+        out["dense"] = sorted(rng.choice(p, size=(2 * p) // 3, replace=False).tolist())
+    return {k: np.array(v, dtype=np.int64) for k, v in out.items()}

@@ -24,16 +24,6 @@ CONTRACT = (
 SHAPES = [(30, 50), (40, 12), (1, 20), (25, 1), (1, 1), (64, 700)]
 
 
-def _idx_variants(p: int, seed: int = 0):
-    """Index sets: first column, last column, a random sparse subset, a dense subset, all."""
-    rng = np.random.default_rng(seed)
-    out = {"first": [0], "last": [p - 1], "all": list(range(p))}
-    if p >= 3:
-        out["sparse"] = sorted(rng.choice(p, size=max(1, p // 20), replace=False).tolist())
-        out["dense"] = sorted(rng.choice(p, size=(2 * p) // 3, replace=False).tolist())
-    return {k: np.array(v, dtype=np.int64) for k, v in out.items()}
-
-
 # ----------------------------------------------------------------------------------------------
 # The contract itself
 # ----------------------------------------------------------------------------------------------
@@ -59,7 +49,7 @@ def test_support_matvec(kernels, make_problem, dtype, order, tol, shape):
     n, p = shape
     A = make_problem(n, p, dtype=dtype, order=order, seed=1).A
     rng = np.random.default_rng(2)
-    for label, idx in _idx_variants(p).items():
+    for label, idx in ref.idx_variants(p).items():
         x = rng.standard_normal(idx.size)
         out = np.full(n, np.nan)  # `out` is written, never read
         kernels.support_matvec(A, idx, x, out)
@@ -73,7 +63,7 @@ def test_support_rmatvec(kernels, make_problem, dtype, order, tol, shape):
     A = make_problem(n, p, dtype=dtype, order=order, seed=3).A
     rng = np.random.default_rng(4)
     y = rng.standard_normal(n)
-    for label, idx in _idx_variants(p).items():
+    for label, idx in ref.idx_variants(p).items():
         out = np.full(idx.size, np.nan)
         kernels.support_rmatvec(A, idx, y, out)
         scale = float(np.max(np.abs(A.astype(np.float64)[:, idx]).T @ np.abs(y)))

@@ -194,22 +194,12 @@ def test_column_sqnorms_very_wide_c_order(kernels, n):
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=0)
 
 
-def _idx_variants(p: int, seed: int = 0):
-    """first column (m = 1), last column, a sparse subset, a dense subset, all (m = p)."""
-    rng = np.random.default_rng(seed)
-    out = {"first": [0], "last": [p - 1], "all": list(range(p))}
-    if p >= 3:
-        out["sparse"] = sorted(rng.choice(p, size=max(1, p // 20), replace=False).tolist())
-        out["dense"] = sorted(rng.choice(p, size=(2 * p) // 3, replace=False).tolist())
-    return {k: np.array(v, dtype=np.int64) for k, v in out.items()}
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_support_gram(kernels, make_problem, dtype, order, shape):
     n, p = shape
     A = make_problem(n, p, dtype=dtype, order=order, seed=104).A
     A64 = A.astype(np.float64)
-    for label, idx in _idx_variants(p, seed=105).items():
+    for label, idx in ref.idx_variants(p, seed=105).items():
         out = np.full((n, n), np.nan)
         kernels.support_gram(A, idx, out)
         A_S = A64[:, idx]
