@@ -32,8 +32,10 @@ __all__ = ["IHTProgress", "IHTResult", "backsolve", "iht", "objective"]
 
 
 _INITS = ("auto", "magnitude", "obs", "obs_multistep")
-# init="auto" adds OBS saliencies when n^2 p (their cost in multiply-adds) is below this.
+# init="auto" adds one-shot OBS saliencies when n^2 p (their cost in multiply-adds) is below
+# _OBS_AUTO, and multistep OBS (about 2.5x that cost, one-shot included) below _MULTISTEP_AUTO.
 _OBS_AUTO = 2e10
+_MULTISTEP_AUTO = 1e10
 # Default IHT iterations alone / inside the full pipeline (max_iter=None).
 _PLAIN_ITERS = 100
 _PIPELINE_ITERS = 30
@@ -171,9 +173,11 @@ def iht(
     init : {"auto", "magnitude", "obs", "obs_multistep"}, default "auto"
         Start supports. "magnitude": the k largest ``|w0|``. "obs": the k largest OBS
         saliencies ``w_q^2 / [H^-1]_qq`` (H = A^T A + ridge I through Woodbury, O(n^2 p)).
-        "obs_multistep": OBS in 4 steps with refits in between (4x the cost). "auto": magnitude,
-        plus OBS when ``n^2 p <= 2e10`` (about a second here); the better one is kept. Tiny
-        problems (p <= 32 and at most 2e5 supports) are also solved exactly by enumeration.
+        "obs_multistep": OBS in 4 steps with refits in between (about 2.5x the cost; the
+        one-shot OBS support comes with it). "auto": magnitude, plus multistep and one-shot OBS
+        when ``n^2 p <= 1e10``, one-shot OBS alone when ``n^2 p <= 2e10`` (about a second
+        here); the best refit is kept. Tiny problems (p <= 32 and at most 2e5 supports) are
+        also solved exactly by enumeration.
     active_set : bool, default True
         CHITA's active set: IHT on the floor(1.5 k) columns picked by a 1/L gradient step
         (L from power iterations), enlarged by full-gradient steps that lower f. Iterations
@@ -263,15 +267,19 @@ def iht(
         kinv = (support.copy(), inv)
         t = stage("magnitude + refit", f, t)
         n, _ = prob.A.shape
-        use_obs = init in ("obs", "obs_multistep") or (init == "auto" and n * n * p <= _OBS_AUTO)
-        if use_obs and k < p:
-            if init == "obs_multistep":
-                other = obs_multistep_support(kernels, prob, k, h)
-            else:
-                other = np.sort(np.argpartition(-obs_saliency(kernels, prob, h), k - 1)[:k])
-            other = other.astype(np.int64)
+        cost = float(n) * n * p  # multiply-adds of one OBS saliency pass
+        multistep = init == "obs_multistep" or (init == "auto" and cost <= _MULTISTEP_AUTO)
+        oneshot = init == "obs" or (init == "auto" and cost <= _OBS_AUTO)
+        others: list[tuple[str, np.ndarray]] = []
+        if multistep and k < p:
+            ms, os_ = obs_multistep_support(kernels, prob, k, h)
+            others = [("obs", os_), ("obs_multistep", ms)]
+        elif oneshot and k < p:
+            saliency = obs_saliency(kernels, prob, h)
+            others = [("obs", np.sort(np.argpartition(-saliency, k - 1)[:k]).astype(np.int64))]
+        for label, other in others:
             w2, r2, f2, inv = refit(kernels, prob, other, keep_inverse=True)
-            t = stage(f"{init if init != 'auto' else 'obs'} + refit", f2, t)
+            t = stage(f"{label} + refit", f2, t)
             if f2 < f:
                 support, w, r, f, kinv = other, w2, r2, f2, (other.copy(), inv)
         exact = exhaustive_support(prob, k) if init == "auto" and k < p else None

@@ -142,12 +142,16 @@ def obs_saliency(kernels: Any, prob: Any, h: np.ndarray) -> np.ndarray:
 
 def obs_multistep_support(
     kernels: Any, prob: Any, k: int, h: np.ndarray, steps: int = 4
-) -> np.ndarray:
-    """Prune to k weights in ``steps`` OBS steps, refitting on the kept support in between."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prune to k weights in ``steps`` OBS steps, refitting on the kept support in between.
+
+    Returns (multistep support, one-shot OBS support): the first step's saliencies are those
+    of all p weights, so the one-shot support comes for free."""
     A, b, w_bar = prob.A, prob.b, prob.w_bar
     n, p = A.shape
     lam = _scoring_ridge(prob, h)
     support = np.arange(p, dtype=np.int64)
+    oneshot = None
     for step in range(1, steps + 1):
         target = p - ((p - k) * step) // steps
         if target >= support.size:
@@ -160,9 +164,13 @@ def obs_multistep_support(
         kernels.support_rmatvec(A, support, Kinv @ c, x)
         x += w_bar[support]
         saliency = x * x / _hinv_diag(A, support, Kinv, lam)
+        if oneshot is None and support.size == p:
+            oneshot = np.sort(np.argpartition(-saliency, k - 1)[:k]).astype(np.int64)
         keep = np.argpartition(-saliency, target - 1)[:target]
         support = np.sort(support[keep])
-    return support
+    if oneshot is None:  # k == p: nothing to prune
+        oneshot = support
+    return support, oneshot
 
 
 def exhaustive_support(prob: Any, k: int) -> np.ndarray | None:

@@ -577,9 +577,10 @@ def test_init_auto_adds_obs_on_small_problems(solver_backend):
     A, b, w_bar, k, ridge = _swappy_problem()
     res = chita_core.iht(A, b, k, ridge=ridge, w_bar=w_bar, backend=solver_backend)
     names = _stage_names(res)
-    assert names[:2] == ["magnitude + refit", "obs + refit"], names
-    assert _iht_stage_index(res) == 2 and names[2].endswith("iht + refit"), names
-    assert names[3].startswith("swaps"), names
+    # Small n^2 p: multistep OBS, with the one-shot OBS support from its first step.
+    assert names[:3] == ["magnitude + refit", "obs + refit", "obs_multistep + refit"], names
+    assert _iht_stage_index(res) == 3 and names[3].endswith("iht + refit"), names
+    assert names[4].startswith("swaps"), names
 
 
 @pytest.mark.parametrize("init", ["auto", "magnitude", "obs", "obs_multistep"])
@@ -787,9 +788,11 @@ def _multistep_vs_oneshot(solver_kernels):
         ridge = (1e-3 if i % 4 < 2 else 1e-1) * float(np.mean(np.sum(A * A, axis=0)))
         k = p // 10 if i % 2 else p // 2
         prob, h = _prob_h(solver_kernels, A, b, ridge, w_bar)
-        S_multi = _refine.obs_multistep_support(solver_kernels, prob, k, h)
+        S_multi, S_free = _refine.obs_multistep_support(solver_kernels, prob, k, h)
         sal = _refine.obs_saliency(solver_kernels, prob, h)
         S_one = np.sort(np.argpartition(-sal, k - 1)[:k]).astype(np.int64)
+        # The first multistep step ranks all p weights: its top k is the one-shot support.
+        np.testing.assert_array_equal(S_free, S_one)
         rows.append(
             (
                 i,
@@ -817,8 +820,9 @@ def test_obs_multistep_single_step_is_one_shot(solver_kernels):
     prob, h = _prob_h(solver_kernels, A, b, 0.01, w_bar)
     sal = ref.obs_saliency(A, b, 0.01, w_bar)
     for k in (1, 15, 149):
-        S = _refine.obs_multistep_support(solver_kernels, prob, k, h, steps=1)
+        S, S_one = _refine.obs_multistep_support(solver_kernels, prob, k, h, steps=1)
         np.testing.assert_array_equal(S, np.sort(np.argsort(-sal, kind="stable")[:k]))
+        np.testing.assert_array_equal(S_one, S)
 
 
 # ----------------------------------------------------------------------------------------------
