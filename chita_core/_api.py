@@ -220,9 +220,6 @@ def iht(
     prob = _prepare(A, b, ridge, w_bar, check_finite)
     p = prob.A.shape[1]
     k = check_index(k, "k", 1, p)
-    if max_iter is None:
-        max_iter = _PIPELINE_ITERS if (refine is True and swaps is not False) else _PLAIN_ITERS
-    max_iter = check_index(max_iter, "max_iter", 0, np.iinfo(np.int64).max)
     tol = check_nonneg_float(tol, "tol")
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` must be callable or None, got {type(callback).__name__}")
@@ -242,6 +239,9 @@ def iht(
         max_swaps = _DEFAULT_SWAPS if swaps else 0
     else:
         max_swaps = check_index(swaps, "swaps", 0, np.iinfo(np.int64).max)
+    if max_iter is None:
+        max_iter = _PIPELINE_ITERS if refine else _PLAIN_ITERS
+    max_iter = check_index(max_iter, "max_iter", 0, np.iinfo(np.int64).max)
     name, kernels = get_backend(backend)
     log = _IterationLog(name, prob.A.shape, k) if verbose else None
     stages: list[tuple[str, float, float]] = []

@@ -500,3 +500,18 @@ def test_active_set_false_runs_plain_iht(make_problem):
     assert a.history == b.history
     with pytest.raises(TypeError, match="active_set"):
         chita_core.iht(prob.A, prob.b, 10, active_set="yes")
+
+
+def test_max_iter_default_depends_on_pipeline(make_problem):
+    # max_iter=None: 30 IHT iterations inside the refine pipeline, 100 for IHT alone; an
+    # explicit value is honoured in both. tol=0 keeps IHT going while it still moves.
+    prob = make_problem(50, 400, seed=97)
+    counts = []
+    for kwargs in ({}, {"max_iter": 45}):
+        pipeline = chita_core.iht(prob.A, prob.b, 20, tol=0.0, **kwargs)
+        alone = plain_iht(prob.A, prob.b, 20, tol=0.0, **kwargs)
+        counts.append((pipeline.n_iter, alone.n_iter))
+    (pipe_default, alone_default), (pipe_45, alone_45) = counts
+    # This problem keeps IHT moving for more than 100 iterations, so the caps are what stop it.
+    assert (pipe_default, alone_default) == (30, 100)
+    assert (pipe_45, alone_45) == (45, 45)
