@@ -588,56 +588,21 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f, cols):
     best_changed = False
     tau_best = 0.0
     f_best = f
-    # Forward doubling from just below the support-changing step; stop at the first candidate
-    # that does not improve on the best so far.
-    if tau_chg == inf:
-        base = tau_star
-    else:
-        base = tau_chg / (1.0 + 1e-4)
-    if base > 0.0:
-        tau = base
-        for _ in range(5):
-            fc, chg = _eval_candidate(
-                M,
-                fmode,
-                b,
-                w_bar,
-                ridge,
-                wbar_sq,
-                g,
-                w,
-                r,
-                Ad,
-                support,
-                tau,
-                v,
-                cidx,
-                cx,
-                cr,
-                didx,
-                dval,
-                delta,
-                xd,
-                absbuf,
-                cand,
-                hist,
-                cols,
-            )
-            n_cand += 1
-            if not (fc < f_best):
+    # Ladder 0, forward doubling from just below the support-changing step: keep improving
+    # candidates, stop at the first that does not. Ladder 1, only if nothing improved (e.g.
+    # tau_chg == 0 because the support holds zeros): backtrack from tau_star and stop at the
+    # first improvement.
+    for ladder in range(2):
+        if ladder == 0:
+            tau = tau_star if tau_chg == inf else tau_chg / (1.0 + 1e-4)
+            factor = 2.0
+        else:
+            if accepted:
                 break
-            f_best = fc
-            tau_best = tau
-            accepted = True
-            best_changed = chg
-            cidx, bidx = bidx, cidx
-            cx, bx = bx, cx
-            cr, br = br, cr
-            tau *= 2.0
-    # Nothing improved (e.g. tau_chg == 0 because the support holds zeros): backtrack from
-    # tau_star and take the first improvement.
-    if not accepted and tau_star > 0.0:
-        tau = tau_star
+            tau = tau_star
+            factor = 0.5
+        if not tau > 0.0:
+            continue
         for _ in range(5):
             fc, chg = _eval_candidate(
                 M,
@@ -666,7 +631,8 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f, cols):
                 cols,
             )
             n_cand += 1
-            if fc < f_best:
+            improved = fc < f_best
+            if improved:
                 f_best = fc
                 tau_best = tau
                 accepted = True
@@ -674,8 +640,9 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f, cols):
                 cidx, bidx = bidx, cidx
                 cx, bx = bx, cx
                 cr, br = br, cr
+            if improved == (ladder == 1):
                 break
-            tau *= 0.5
+            tau *= factor
     if not accepted:
         return f, 0.0, n_cand, False
 

@@ -261,10 +261,8 @@ def swap_search(
         return (*best, stats)
     lam = _scoring_ridge(prob, h)
     S = support.copy()
-    if Kinv is None or lam != prob.ridge:
+    if Kinv is None or lam != prob.ridge:  # (the caller's K^-1 is read, never modified)
         Kinv = _support_kinv(kernels, A, S, lam)
-    else:
-        Kinv = Kinv.copy()
     c = np.empty(n)
     kernels.support_matvec(A, S, np.ascontiguousarray(w_bar[S]), c)
     c = b - c
@@ -272,6 +270,7 @@ def swap_search(
     in_S = np.zeros(p, dtype=bool)
     m_in = int(min(n_candidates, p - k))  # columns screened to enter
     m_out = int(min(n_candidates, k))  # columns screened to leave
+    tol = 1e-12 * max(abs(f_start), 1e-300)
     while stats.swaps < max_swaps and stats.rounds < max_rounds:
         stats.rounds += 1
         # Screen with the gradient at the current point (zero on S at an exact optimum).
@@ -295,7 +294,6 @@ def swap_search(
         io = np.arange(m_in, m_in + m_out)
         free_j = np.ones(m_in, dtype=bool)
         free_i = np.ones(m_out, dtype=bool)
-        tol = 1e-12 * max(abs(f_start), 1e-300)
         new_S = set(S.tolist())
         c_new = c.copy()
         # K^{-1} itself is not needed inside the round (Y, G and q carry everything); its rank-2
