@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -11,10 +12,20 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._backends import get_backend
+from ._device import (
+    DeviceProblem,
+    device_indices,
+    device_matrix,
+    device_vector,
+    is_device_array,
+    on_stream,
+    to_caller,
+)
 from ._iht import active_set_iht, objective_value, plain_iht, residual
-from ._interop import library_of, to_library
+from ._interop import array_module, library_of, to_library
 from ._refine import (
     exhaustive_support,
+    largest,
     obs_multistep_support,
     obs_saliency,
     refit,
@@ -71,25 +82,78 @@ class IHTResult:
 
 
 class _Problem(NamedTuple):
-    A: np.ndarray  # [n, p] view of the caller's A, never copied
-    b: np.ndarray  # [n] float64
-    w_bar: np.ndarray  # [p] float64
+    A: Any  # [n, p] NumPy view of the caller's A, or a DeviceMatrix; never copied
+    b: Any  # [n] float64 (NumPy, or CuPy on A's device)
+    w_bar: Any  # [p] float64
     ridge: float
     lib: str  # array library of A, for the outputs
+    where: DeviceProblem | None = None  # set when A is on a GPU
+
+    def vector(self, x: Any, name: str, check_finite: bool) -> Any:
+        """A length-p input vector (like w_bar) checked and held like ``w_bar``."""
+        p = self.A.shape[1]
+        if self.where is not None:
+            return device_vector(
+                x, name, p, self.A, length_of="columns of `A`", check_finite=check_finite
+            )
+        return check_vector(
+            x, name, p, self.A.dtype, length_of="columns of `A`", check_finite=check_finite
+        )
+
+    def stream(self) -> contextlib.AbstractContextManager[Any]:
+        """Context in which the kernels run: A's device and the caller's stream."""
+        if self.where is None:
+            return contextlib.nullcontext()
+        return on_stream(self.A, self.where)
+
+    def output(self, x: Any, *, cast: bool = True) -> Any:
+        """A result vector in the caller's library (and, if ``cast``, A's dtype)."""
+        if self.where is not None:
+            return to_caller(x, self.where, cast=cast)
+        return to_library(x.astype(self.A.dtype) if cast else x, self.lib)
 
 
-def _prepare(A: Any, b: Any, ridge: Any, w_bar: Any, check_finite: bool) -> _Problem:
+def _prepare(
+    A: Any, b: Any, ridge: Any, w_bar: Any, check_finite: bool, backend: str
+) -> tuple[_Problem, str, Any]:
+    """Validated problem plus the backend (name, kernels) that runs it."""
+    if is_device_array(A):
+        return _prepare_device(A, b, ridge, w_bar, check_finite, backend)
     arr = check_matrix(A, check_finite=check_finite)
     n, p = arr.shape
     b64 = check_vector(b, "b", n, arr.dtype, length_of="rows of `A`", check_finite=check_finite)
     ridge = check_nonneg_float(ridge, "ridge")
-    if w_bar is None:
-        wbar64 = np.zeros(p)
-    else:
-        wbar64 = check_vector(
-            w_bar, "w_bar", p, arr.dtype, length_of="columns of `A`", check_finite=check_finite
-        )
-    return _Problem(arr, b64, wbar64, ridge, library_of(A))
+    prob = _Problem(arr, b64, np.zeros(p), ridge, library_of(A))
+    if w_bar is not None:
+        prob = prob._replace(w_bar=prob.vector(w_bar, "w_bar", check_finite))
+    name, kernels = get_backend(backend)
+    return prob, name, kernels
+
+
+def _prepare_device(
+    A: Any, b: Any, ridge: Any, w_bar: Any, check_finite: bool, backend: str
+) -> tuple[_Problem, str, Any]:
+    name, kernels = get_backend(backend, on_device=True)
+    mat, where = device_matrix(A)
+    ridge = check_nonneg_float(ridge, "ridge")
+    import cupy as cp
+
+    prob = _Problem(mat, None, None, ridge, where.lib, where)
+    with prob.stream():
+        b64 = device_vector(b, "b", mat.n, mat, length_of="rows of `A`", check_finite=check_finite)
+        prob = prob._replace(b=b64, w_bar=cp.zeros(mat.p))
+        if w_bar is not None:
+            prob = prob._replace(w_bar=prob.vector(w_bar, "w_bar", check_finite))
+        if check_finite:  # one pass: NaN/Inf in a column makes its squared norm non-finite
+            sq = cp.empty(mat.p)
+            kernels.column_sqnorms(mat, sq)
+            bad = cp.flatnonzero(~cp.isfinite(sq))
+            if bad.size:
+                raise ValueError(
+                    f"`A` contains NaN or Inf (first in column {int(bad[0])}; with float16/"
+                    "bfloat16 storage, entries beyond ~1e19 also overflow the float32 sum)"
+                )
+    return prob, name, kernels
 
 
 class _IterationLog:
@@ -217,18 +281,14 @@ def iht(
     True
     """
     t0 = time.perf_counter()
-    prob = _prepare(A, b, ridge, w_bar, check_finite)
+    prob, name, kernels = _prepare(A, b, ridge, w_bar, check_finite, backend)
     p = prob.A.shape[1]
     k = check_index(k, "k", 1, p)
     tol = check_nonneg_float(tol, "tol")
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` must be callable or None, got {type(callback).__name__}")
-    if w0 is None:
-        start = prob.w_bar
-    else:
-        start = check_vector(
-            w0, "w0", p, prob.A.dtype, length_of="columns of `A`", check_finite=check_finite
-        )
+    with prob.stream():
+        start = prob.w_bar if w0 is None else prob.vector(w0, "w0", check_finite)
     if init not in _INITS:
         raise ValueError(f"`init` must be one of {', '.join(map(repr, _INITS))}; got {init!r}")
     if not isinstance(active_set, (bool, np.bool_)):
@@ -242,8 +302,45 @@ def iht(
     if max_iter is None:
         max_iter = _PIPELINE_ITERS if refine else _PLAIN_ITERS
     max_iter = check_index(max_iter, "max_iter", 0, np.iinfo(np.int64).max)
-    name, kernels = get_backend(backend)
     log = _IterationLog(name, prob.A.shape, k) if verbose else None
+    with prob.stream():
+        return _solve(
+            prob,
+            name,
+            kernels,
+            k,
+            start,
+            max_iter,
+            tol,
+            init,
+            active_set,
+            refine,
+            max_swaps,
+            callback,
+            log,
+            t0,
+        )
+
+
+def _solve(
+    prob: _Problem,
+    name: str,
+    kernels: Any,
+    k: int,
+    start: Any,
+    max_iter: int,
+    tol: float,
+    init: str,
+    active_set: bool,
+    refine: bool,
+    max_swaps: int,
+    callback: Callable[[IHTProgress], bool | None] | None,
+    log: _IterationLog | None,
+    t0: float,
+) -> IHTResult:
+    """The stages of :func:`iht` on a validated problem (host or device vectors alike)."""
+    xp = array_module(prob.b)
+    p = prob.A.shape[1]
     stages: list[tuple[str, float, float]] = []
 
     def stage(label: str, f_value: float, since: float) -> float:
@@ -257,9 +354,9 @@ def iht(
     t = time.perf_counter()
     h = None
     if refine and (max_swaps > 0 or init != "magnitude"):
-        h = np.empty(p)
+        h = xp.empty(p)
         kernels.column_sqnorms(prob.A, h)
-    support = np.empty(k, dtype=np.int64)
+    support = xp.empty(k, dtype=np.int64)
     kernels.topk(start, k, support)
     kinv = None  # (support, K^-1) of the best refit, when refit formed it
     if refine:
@@ -276,13 +373,14 @@ def iht(
             others = [("obs", os_), ("obs_multistep", ms)]
         elif oneshot and k < p:
             saliency = obs_saliency(kernels, prob, h)
-            others = [("obs", np.sort(np.argpartition(-saliency, k - 1)[:k]).astype(np.int64))]
+            others = [("obs", largest(kernels, saliency, k))]
         for label, other in others:
             w2, r2, f2, inv = refit(kernels, prob, other, keep_inverse=True)
             t = stage(f"{label} + refit", f2, t)
             if f2 < f:
                 support, w, r, f, kinv = other, w2, r2, f2, (other.copy(), inv)
-        exact = exhaustive_support(prob, k) if init == "auto" and k < p else None
+        tiny = init == "auto" and k < p and prob.where is None  # (enumeration is host-only)
+        exact = exhaustive_support(prob, k) if tiny else None
         if exact is not None:
             w2, r2, f2 = refit(kernels, prob, exact)
             t = stage("exhaustive + refit", f2, t)
@@ -316,7 +414,8 @@ def iht(
 
     # Stage 3: swap local search from the exact optimum on the best support.
     if refine and max_swaps > 0 and not stopped and k < p:
-        known = kinv[1] if kinv is not None and np.array_equal(kinv[0], support) else None
+        same = kinv is not None and bool(xp.array_equal(kinv[0], support))
+        known = kinv[1] if same else None
         support, w, r, f, sw = swap_search(
             kernels,
             prob,
@@ -332,8 +431,8 @@ def iht(
         t = stage(f"swaps ({sw.swaps} in {sw.rounds} rounds)", f, t)
 
     return IHTResult(
-        w=to_library(w.astype(prob.A.dtype), prob.lib),
-        support=to_library(support, prob.lib),
+        w=prob.output(w),
+        support=prob.output(support, cast=False),
         objective=f,
         n_iter=n_iter,
         converged=converged,
@@ -392,16 +491,20 @@ def backsolve(
     >>> bool(np.allclose(w[[2, 5, 7]], ref))
     True
     """
-    prob = _prepare(A, b, ridge, w_bar, check_finite)
-    idx = check_support(support, prob.A.shape[1])
-    _, kernels = get_backend(backend)
-    values = np.empty(idx.size)
-    kernels.backsolve(
-        prob.A, prob.b, idx, np.ascontiguousarray(prob.w_bar[idx]), prob.ridge, values
-    )
-    w = np.zeros(prob.A.shape[1], dtype=prob.A.dtype)
-    w[idx] = values
-    return to_library(w, prob.lib)
+    prob, _, kernels = _prepare(A, b, ridge, w_bar, check_finite, backend)
+    with prob.stream():
+        if prob.where is None:
+            idx = check_support(support, prob.A.shape[1])
+        else:
+            idx = device_indices(support, prob.A.shape[1])
+        xp = array_module(prob.b)
+        values = xp.empty(idx.size)
+        kernels.backsolve(
+            prob.A, prob.b, idx, xp.ascontiguousarray(prob.w_bar[idx]), prob.ridge, values
+        )
+        w = xp.zeros(prob.A.shape[1])
+        w[idx] = values
+        return prob.output(w)
 
 
 def objective(
@@ -425,10 +528,8 @@ def objective(
     >>> chita_core.objective(A, b, np.array([1.0, 0.0, 0.0]))
     1.0
     """
-    prob = _prepare(A, b, ridge, w_bar, check_finite)
-    w64 = check_vector(
-        w, "w", prob.A.shape[1], prob.A.dtype, length_of="columns of `A`", check_finite=check_finite
-    )
-    _, kernels = get_backend(backend)
-    nz = np.flatnonzero(w64).astype(np.int64)
-    return objective_value(residual(kernels, prob, nz, w64[nz]), w64, prob.w_bar, prob.ridge)
+    prob, _, kernels = _prepare(A, b, ridge, w_bar, check_finite, backend)
+    with prob.stream():
+        w64 = prob.vector(w, "w", check_finite)
+        nz = array_module(w64).flatnonzero(w64).astype(np.int64)
+        return objective_value(residual(kernels, prob, nz, w64[nz]), w64, prob.w_bar, prob.ridge)

@@ -38,8 +38,19 @@ def config() -> dict[str, Any]:
         info["numba"] = numba.__version__
     except ImportError:
         info["numba"] = None
-    info["cuda"] = "not available: the CUDA backend is not part of this build"
+    info["cuda"] = _cuda_line(info["backends"].get("cuda"))
     return info
+
+
+def _cuda_line(reason: str | None) -> str:
+    try:
+        from . import _cuda
+    except ImportError as exc:
+        return f"not built ({exc})"
+    count = _cuda.device_count()
+    names = ", ".join(_cuda.device_name(i) for i in range(count)) or "no device visible"
+    state = "usable" if reason is None else f"unusable: {reason}"
+    return f"{_cuda.build_info}; {count} device(s): {names}; {state}"
 
 
 def show_config(file: TextIO | None = None) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ._interop import array_module
+
 __all__ = ["IHTRun", "active_set_iht", "lipschitz", "objective_value", "plain_iht", "residual"]
 
 #: on_iter(iteration, f_old, f_new, tau, support_changed) -> True to stop.
@@ -55,9 +57,10 @@ def objective_value(r: np.ndarray, w: np.ndarray, w_bar: np.ndarray, ridge: floa
 
 def residual(kernels: Any, prob: Any, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
     """A[:, idx] values - b (only the idx columns of A are read in F order)."""
-    r = np.zeros(prob.A.shape[0])
+    xp = array_module(prob.b)
+    r = xp.zeros(prob.A.shape[0])
     if idx.size:
-        kernels.support_matvec(prob.A, idx, np.ascontiguousarray(values), r)
+        kernels.support_matvec(prob.A, idx, xp.ascontiguousarray(values), r)
     r -= prob.b
     return r
 
@@ -70,16 +73,17 @@ def lipschitz(kernels: Any, prob: Any, iters: int = 4, seed: int = 0) -> float:
     """1.05 (sigma_max(A)^2 + ridge) from a few power iterations on A^T A (two passes each)."""
     A = prob.A
     n, p = A.shape
-    every = np.arange(p, dtype=np.int64)
-    v = np.random.default_rng(seed).standard_normal(p)
-    v /= np.linalg.norm(v)
-    Av = np.empty(n)
-    zeros = np.zeros(p)
+    xp = array_module(prob.b)
+    every = xp.arange(p, dtype=np.int64)
+    v = xp.asarray(np.random.default_rng(seed).standard_normal(p))
+    v /= xp.linalg.norm(v)
+    Av = xp.empty(n)
+    zeros = xp.zeros(p)
     sigma2 = 0.0
     for _ in range(iters):
         kernels.support_matvec(A, every, v, Av)
         kernels.gradient(A, Av, zeros, zeros, 0.0, v)  # v = A^T A v
-        sigma2 = float(np.linalg.norm(v))
+        sigma2 = float(xp.linalg.norm(v))
         if sigma2 == 0.0:
             break
         v /= sigma2
@@ -91,14 +95,15 @@ def plain_iht(
 ) -> IHTRun:
     """IHT on all columns from H_k(start)."""
     p = prob.A.shape[1]
-    support = np.empty(k, dtype=np.int64)
+    xp = array_module(prob.b)
+    support = xp.empty(k, dtype=np.int64)
     kernels.topk(start, k, support)
-    w = np.zeros(p)
+    w = xp.zeros(p)
     w[support] = start[support]
     r = residual(kernels, prob, support, w[support])
     run = IHTRun(support, w, r, objective_value(r, w, prob.w_bar, prob.ridge))
     run.history.append(run.f)
-    g = np.empty(p)
+    g = xp.empty(p)
     for it in range(1, max_iter + 1):
         kernels.gradient(prob.A, run.r, run.w, prob.w_bar, prob.ridge, g)
         f_new, tau, _, changed = kernels.chita_step(
@@ -129,21 +134,22 @@ def active_set_iht(
     bounds the IHT iterations over all rounds.
     """
     A, b, w_bar, ridge = prob.A, prob.b, prob.w_bar, prob.ridge
+    xp = array_module(b)
     p = A.shape[1]
     size = min(p, max(k, (3 * k) // 2))
     L = lipschitz(kernels, prob)
     # 1/L gradient step from the (dense) start.
-    every = np.arange(p, dtype=np.int64)
+    every = xp.arange(p, dtype=np.int64)
     r0 = residual(kernels, prob, every, start)
-    g = np.empty(p)
+    g = xp.empty(p)
     kernels.gradient(A, r0, start, w_bar, ridge, g)
-    active = np.empty(size, dtype=np.int64)
+    active = xp.empty(size, dtype=np.int64)
     kernels.topk(start - g / L, size, active)
 
     # IHT starts from H_k(start) restricted to the active set.
-    local = np.empty(k, dtype=np.int64)
-    kernels.topk(np.ascontiguousarray(start[active]), k, local)
-    w = np.zeros(p)
+    local = xp.empty(k, dtype=np.int64)
+    kernels.topk(xp.ascontiguousarray(start[active]), k, local)
+    w = xp.zeros(p)
     w[active[local]] = start[active[local]]
     support = active[local]
     r = residual(kernels, prob, support, w[support])
@@ -153,11 +159,11 @@ def active_set_iht(
     while True:
         # IHT on the active columns. chita_step works with the local objective, which lacks
         # the constant 0.5 ridge ||w_bar off the active set||^2.
-        wb_act = np.ascontiguousarray(w_bar[active])
+        wb_act = xp.ascontiguousarray(w_bar[active])
         off = 0.5 * ridge * (float(w_bar @ w_bar) - float(wb_act @ wb_act))
-        w_loc = np.ascontiguousarray(run.w[active])
-        local = np.searchsorted(active, run.support).astype(np.int64)
-        g_loc = np.empty(active.size)
+        w_loc = xp.ascontiguousarray(run.w[active])
+        local = xp.searchsorted(active, run.support).astype(np.int64)
+        g_loc = xp.empty(active.size)
         while it < max_iter:
             it += 1
             kernels.support_rmatvec(A, active, run.r, g_loc)
@@ -177,12 +183,12 @@ def active_set_iht(
         # Expansion search over all columns.
         kernels.gradient(A, run.r, run.w, w_bar, ridge, g)
         best = None
-        cand = np.empty(k, dtype=np.int64)
+        cand = xp.empty(k, dtype=np.int64)
         for t in range(10):
             v = run.w - (2.0**t / (2.0 * L)) * g
             kernels.topk(v, k, cand)
             rc = residual(kernels, prob, cand, v[cand])
-            wc = np.zeros(p)
+            wc = xp.zeros(p)
             wc[cand] = v[cand]
             fc = objective_value(rc, wc, w_bar, ridge)
             if fc < (run.f if best is None else best[3]):
@@ -192,4 +198,4 @@ def active_set_iht(
         run.expansions += 1
         run.support, run.w, run.r, run.f = best
         run.history.append(run.f)
-        active = np.union1d(active, run.support).astype(np.int64)
+        active = xp.unique(xp.concatenate([active, run.support])).astype(np.int64)

@@ -11,7 +11,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_host_array", "library_of", "to_library"]
+__all__ = ["array_module", "as_host_array", "library_of", "to_library"]
+
+
+def array_module(x: Any) -> Any:
+    """The namespace of the solver's own vectors: ``cupy`` for CuPy arrays, else ``numpy``.
+
+    The pipeline (IHT drivers, refits, swap search) is written once against this namespace, so
+    the same code runs on host vectors and, with the CUDA backend, on device vectors."""
+    if type(x).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
 
 
 def library_of(x: Any) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._iht import objective_value
+from ._interop import array_module
 
 __all__ = [
     "SwapStats",
@@ -66,22 +67,31 @@ def refit(
     cheaper route (ridge > 0 and |S| > n: the push-through form, same cost as backsolve), else
     None; swap search then starts from it instead of forming the same Gram again."""
     A, b, w_bar, ridge = prob.A, prob.b, prob.w_bar, prob.ridge
+    xp = array_module(b)
     n = A.shape[0]
     if keep_inverse and ridge > 0 and support.size > n:
         Kinv = _support_kinv(kernels, A, support, ridge)
-        c = np.empty(n)
-        kernels.support_matvec(A, support, np.ascontiguousarray(w_bar[support]), c)
+        c = xp.empty(n)
+        kernels.support_matvec(A, support, xp.ascontiguousarray(w_bar[support]), c)
         w, r, f = _state_on(kernels, prob, support, Kinv @ (b - c))
         return w, r, f, Kinv
-    values = np.empty(support.size)
-    kernels.backsolve(A, b, support, np.ascontiguousarray(w_bar[support]), ridge, values)
-    w = np.zeros(A.shape[1])
+    values = xp.empty(support.size)
+    kernels.backsolve(A, b, support, xp.ascontiguousarray(w_bar[support]), ridge, values)
+    w = xp.zeros(A.shape[1])
     w[support] = values
-    r = np.empty(A.shape[0])
+    r = xp.empty(A.shape[0])
     kernels.support_matvec(A, support, values, r)
     r -= b
     f = objective_value(r, w, w_bar, ridge)
     return (w, r, f, None) if keep_inverse else (w, r, f)
+
+
+def largest(kernels: Any, v: np.ndarray, k: int) -> np.ndarray:
+    """Sorted indices of the k largest entries of a non-negative vector (a selection, O(p))."""
+    xp = array_module(v)
+    out = xp.empty(k, dtype=np.int64)
+    kernels.topk(xp.ascontiguousarray(v), k, out)
+    return out
 
 
 def _scoring_ridge(prob: Any, h: np.ndarray) -> float:
@@ -93,32 +103,39 @@ def _scoring_ridge(prob: Any, h: np.ndarray) -> float:
 
 def _inverse_spd(K: np.ndarray) -> np.ndarray:
     """Inverse of a symmetric positive definite n x n matrix through its Cholesky factor."""
-    L = np.linalg.cholesky(K)
-    Linv = np.linalg.solve(L, np.eye(K.shape[0]))
+    xp = array_module(K)
+    L = xp.linalg.cholesky(K)
+    Linv = xp.linalg.solve(L, xp.eye(K.shape[0]))
     return Linv.T @ Linv
 
 
-def _columns(A: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """A[:, idx] as a float64 (n, len(idx)) array: a small gathered workspace, not a copy of A."""
-    return np.asarray(A[:, idx], dtype=np.float64)
+def _columns(A: Any, idx: np.ndarray) -> np.ndarray:
+    """A[:, idx] as a float64 (n, len(idx)) array: a small gathered workspace, not a copy of A.
+    (A device matrix gathers through its own ``columns``.)"""
+    if isinstance(A, np.ndarray):
+        return np.asarray(A[:, idx], dtype=np.float64)
+    return A.columns(idx)
 
 
-def _support_kinv(kernels: Any, A: np.ndarray, idx: np.ndarray, lam: float) -> np.ndarray:
+def _support_kinv(kernels: Any, A: Any, idx: np.ndarray, lam: float) -> np.ndarray:
+    xp = array_module(idx)
     n = A.shape[0]
-    K = np.empty((n, n))
+    K = xp.empty((n, n))
     kernels.support_gram(A, idx, K)
-    K[np.diag_indices(n)] += lam
+    diag = xp.arange(n)
+    K[diag, diag] += lam
     return _inverse_spd(K)
 
 
 def _hinv_diag(A: np.ndarray, idx: np.ndarray, Kinv: np.ndarray, lam: float) -> np.ndarray:
     """[H_S^{-1}]_qq for q in idx, H_S = A_S^T A_S + lam I, via Woodbury: (1 - a^T K^-1 a) / lam."""
-    out = np.empty(idx.size)
+    xp = array_module(idx)
+    out = xp.empty(idx.size)
     for s0 in range(0, idx.size, _BLOCK_COLS):
         V = _columns(A, idx[s0 : s0 + _BLOCK_COLS])
-        out[s0 : s0 + V.shape[1]] = 1.0 - np.einsum("ij,ij->j", V, Kinv @ V)
+        out[s0 : s0 + V.shape[1]] = 1.0 - (V * (Kinv @ V)).sum(axis=0)
     # a^T K^{-1} a < 1 in exact arithmetic; rounding must not make a diagonal negative.
-    return np.maximum(out, np.finfo(float).eps) / lam
+    return xp.maximum(out, np.finfo(float).eps) / lam
 
 
 def obs_saliency(kernels: Any, prob: Any, h: np.ndarray) -> np.ndarray:
@@ -127,14 +144,15 @@ def obs_saliency(kernels: Any, prob: Any, h: np.ndarray) -> np.ndarray:
     w is the unconstrained minimiser of the objective (w_bar itself when b = A w_bar, the
     pruning case), obtained from the same n x n factor."""
     A, b, w_bar = prob.A, prob.b, prob.w_bar
+    xp = array_module(b)
     n, p = A.shape
     lam = _scoring_ridge(prob, h)
-    every = np.arange(p, dtype=np.int64)
+    every = xp.arange(p, dtype=np.int64)
     Kinv = _support_kinv(kernels, A, every, lam)
-    c = np.empty(n)
+    c = xp.empty(n)
     kernels.support_matvec(A, every, w_bar, c)
     c = b - c
-    w = np.empty(p)
+    w = xp.empty(p)
     kernels.support_rmatvec(A, every, Kinv @ c, w)
     w += w_bar
     return w * w / _hinv_diag(A, every, Kinv, lam)
@@ -148,26 +166,26 @@ def obs_multistep_support(
     Returns (multistep support, one-shot OBS support): the first step's saliencies are those
     of all p weights, so the one-shot support comes for free."""
     A, b, w_bar = prob.A, prob.b, prob.w_bar
+    xp = array_module(b)
     n, p = A.shape
     lam = _scoring_ridge(prob, h)
-    support = np.arange(p, dtype=np.int64)
+    support = xp.arange(p, dtype=np.int64)
     oneshot = None
     for step in range(1, steps + 1):
         target = p - ((p - k) * step) // steps
         if target >= support.size:
             continue
         Kinv = _support_kinv(kernels, A, support, lam)
-        c = np.empty(n)
-        kernels.support_matvec(A, support, np.ascontiguousarray(w_bar[support]), c)
+        c = xp.empty(n)
+        kernels.support_matvec(A, support, xp.ascontiguousarray(w_bar[support]), c)
         c = b - c
-        x = np.empty(support.size)
+        x = xp.empty(support.size)
         kernels.support_rmatvec(A, support, Kinv @ c, x)
         x += w_bar[support]
         saliency = x * x / _hinv_diag(A, support, Kinv, lam)
         if oneshot is None and support.size == p:
-            oneshot = np.sort(np.argpartition(-saliency, k - 1)[:k]).astype(np.int64)
-        keep = np.argpartition(-saliency, target - 1)[:target]
-        support = np.sort(support[keep])
+            oneshot = largest(kernels, saliency, k)
+        support = support[largest(kernels, saliency, target)]
     if oneshot is None:  # k == p: nothing to prune
         oneshot = support
     return support, oneshot
@@ -206,17 +224,24 @@ def exhaustive_support(prob: Any, k: int) -> np.ndarray | None:
     return best
 
 
-def _pair_scores(
-    G: np.ndarray, q: np.ndarray, s0: float, wv: np.ndarray, jn: np.ndarray, io: np.ndarray
+def swap_scores(
+    G: np.ndarray,
+    q: np.ndarray,
+    s0: float,
+    wv: np.ndarray,
+    jn: np.ndarray,
+    io: np.ndarray,
+    lam: float,
 ) -> np.ndarray:
-    """Change of c^T K^{-1} c for every pair (io[a] leaves, jn[b] enters): [len(io), len(jn)].
+    """Change of f for every swap (io[a] leaves, jn[b] enters): [len(io), len(jn)].
 
-    With U = [a_j, a_i], D = diag(1, -1), delta = (-w_bar_j, w_bar_i): K' = K + U D U^T,
+    f changes by 0.5 lam (change of c^T K^{-1} c + w_bar_i^2 - w_bar_j^2). With
+    U = [a_j, a_i], D = diag(1, -1), delta = (-w_bar_j, w_bar_i): K' = K + U D U^T,
     c' = c + U delta, and c'^T K'^{-1} c' = c'^T K^{-1} c' - m^T (D + Q)^{-1} m with
-    Q = U^T K^{-1} U, m = U^T K^{-1} c' (Woodbury)."""
+    Q = U^T K^{-1} U, m = U^T K^{-1} c' (Woodbury). (The CUDA backend fuses this in one kernel.)"""
     qj, qi = q[jn][None, :], q[io][:, None]
     gjj, gii = G[jn, jn][None, :], G[io, io][:, None]
-    gij = G[np.ix_(io, jn)]
+    gij = G[io[:, None], jn[None, :]]
     dj, di = -wv[jn][None, :], wv[io][:, None]
     ckc = s0 + 2.0 * (dj * qj + di * qi) + dj * dj * gjj + di * di * gii + 2.0 * dj * di * gij
     m1 = qj + gjj * dj + gij * di
@@ -224,7 +249,7 @@ def _pair_scores(
     a11, a22, a12 = 1.0 + gjj, gii - 1.0, gij
     det = a11 * a22 - a12 * a12  # < 0: a_i^T K^{-1} a_i < 1 for a column of the support
     quad = (a22 * m1 * m1 - 2.0 * a12 * m1 * m2 + a11 * m2 * m2) / det
-    return ckc - quad - s0
+    return 0.5 * lam * (ckc - quad - s0 + wv[io][:, None] ** 2 - wv[jn][None, :] ** 2)
 
 
 def swap_search(
@@ -252,6 +277,7 @@ def swap_search(
     """
     t0 = time.perf_counter()
     A, b, w_bar, ridge = prob.A, prob.b, prob.w_bar, prob.ridge
+    xp = array_module(b)
     n, p = A.shape
     k = support.size
     stats = SwapStats()
@@ -260,14 +286,15 @@ def swap_search(
         stats.seconds = time.perf_counter() - t0
         return (*best, stats)
     lam = _scoring_ridge(prob, h)
+    score = getattr(kernels, "swap_scores", swap_scores)
     S = support.copy()
     if Kinv is None or lam != prob.ridge:  # (the caller's K^-1 is read, never modified)
         Kinv = _support_kinv(kernels, A, S, lam)
-    c = np.empty(n)
-    kernels.support_matvec(A, S, np.ascontiguousarray(w_bar[S]), c)
+    c = xp.empty(n)
+    kernels.support_matvec(A, S, xp.ascontiguousarray(w_bar[S]), c)
     c = b - c
-    g = np.empty(p)
-    in_S = np.zeros(p, dtype=bool)
+    g = xp.empty(p)
+    in_S = xp.zeros(p, dtype=bool)
     m_in = int(min(n_candidates, p - k))  # columns screened to enter
     m_out = int(min(n_candidates, k))  # columns screened to leave
     tol = 1e-12 * max(abs(f_start), 1e-300)
@@ -277,72 +304,65 @@ def swap_search(
         kernels.gradient(A, r, w, w_bar, ridge, g)
         in_S[:] = False
         in_S[S] = True
-        outside = np.flatnonzero(~in_S)
-        gain = g[outside] ** 2 / (h[outside] + lam)
-        jn_cols = outside[np.argpartition(-gain, m_in - 1)[:m_in]]
+        outside = xp.flatnonzero(~in_S)
+        jn_cols = outside[largest(kernels, g[outside] ** 2 / (h[outside] + lam), m_in)]
         cost = w[S] ** 2 * (h[S] + lam) - 2.0 * w[S] * g[S]
-        io_cols = S[np.argpartition(cost, m_out - 1)[:m_out]]
-        cols = np.concatenate([jn_cols, io_cols])
+        io_cols = S[xp.argpartition(cost, m_out - 1)[:m_out]]
+        cols = xp.concatenate([jn_cols, io_cols])
         V = _columns(A, cols)  # [n, m_in + m_out]
         Y = Kinv @ V
-        G = V.T @ Y
+        G = xp.ascontiguousarray(V.T @ Y)
         e = Kinv @ c
         q = V.T @ e
         s0 = float(c @ e)
-        wv = w_bar[cols]
-        jn = np.arange(m_in)
-        io = np.arange(m_in, m_in + m_out)
-        free_j = np.ones(m_in, dtype=bool)
+        wv = xp.ascontiguousarray(w_bar[cols])
+        free_j = np.ones(m_in, dtype=bool)  # host bookkeeping: scalars only cross over
         free_i = np.ones(m_out, dtype=bool)
-        new_S = set(S.tolist())
+        entered: list[int] = []
+        left: list[int] = []
         c_new = c.copy()
         # K^{-1} itself is not needed inside the round (Y, G and q carry everything); its rank-2
         # corrections are collected and applied once, as one product, if the round is kept.
         corr_z: list[np.ndarray] = []
         corr_c: list[np.ndarray] = []
         while stats.swaps + len(corr_z) < max_swaps:
-            jf, iff = jn[free_j], io[free_i]
+            jf, iff = np.flatnonzero(free_j), m_in + np.flatnonzero(free_i)
             if jf.size == 0 or iff.size == 0:
                 break
-            delta = (
-                0.5
-                * lam
-                * (
-                    _pair_scores(G, q, s0, wv, jf, iff)
-                    + (wv[iff] ** 2)[:, None]
-                    - (wv[jf] ** 2)[None, :]
-                )
-            )
-            a, bb = np.unravel_index(np.argmin(delta), delta.shape)
-            if not delta[a, bb] < -tol:
+            delta = score(G, q, s0, wv, xp.asarray(jf), xp.asarray(iff), lam)
+            flat = int(xp.argmin(delta))
+            a, bb = divmod(flat, jf.size)
+            if not float(delta[a, bb]) < -tol:
                 break
             jv, iv = int(jf[bb]), int(iff[a])
-            u = [jv, iv]
-            d = np.array([-wv[jv], wv[iv]])
-            Q2 = G[np.ix_(u, u)]
+            u = xp.asarray([jv, iv])
+            d = xp.stack([-wv[jv], wv[iv]])
+            Q2 = G[u][:, u]
             mvec = q[u] + Q2 @ d
-            Cinv = np.linalg.inv(np.diag([1.0, -1.0]) + Q2)
+            Cinv = xp.linalg.inv(xp.asarray([[1.0, 0.0], [0.0, -1.0]]) + Q2)
             s0 += 2.0 * float(d @ q[u]) + float(d @ Q2 @ d) - float(mvec @ Cinv @ mvec)
-            Gu = G[:, u].copy()
-            Yu = Y[:, u].copy()
+            Gu = G[:, u]
+            Yu = Y[:, u]
             q += Gu @ (d - Cinv @ mvec)
             G -= Gu @ Cinv @ Gu.T
             Y -= Yu @ (Cinv @ Gu.T)
             corr_z.append(Yu)
             corr_c.append(Cinv)
             c_new += V[:, u] @ d
-            new_S.discard(int(cols[iv]))
-            new_S.add(int(cols[jv]))
+            entered.append(jv)
+            left.append(iv)
             free_j[jv] = False
             free_i[iv - m_in] = False
         if not corr_z:
             break
-        Z = np.hstack(corr_z)  # [n, 2s]
-        B = np.zeros((Z.shape[1], Z.shape[1]))
+        Z = xp.hstack(corr_z)  # [n, 2s]
+        B = xp.zeros((Z.shape[1], Z.shape[1]))
         for t, Cinv in enumerate(corr_c):
             B[2 * t : 2 * t + 2, 2 * t : 2 * t + 2] = Cinv
         Kinv_new = Kinv - Z @ B @ Z.T
-        S_new = np.array(sorted(new_S), dtype=np.int64)
+        in_S[cols[xp.asarray(left)]] = False
+        in_S[cols[xp.asarray(entered)]] = True
+        S_new = xp.flatnonzero(in_S).astype(np.int64)
         w_new, r_new, f_new = _state_on(kernels, prob, S_new, Kinv_new @ c_new)
         if not f_new < best[3]:
             break  # rounding drift or a bad round: keep the last state
@@ -365,12 +385,13 @@ def _state_on(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(w, r, exact objective) at x_S = w_bar_S + A_S^T e, the optimum on S when e = K^-1 c."""
     A, b, w_bar, ridge = prob.A, prob.b, prob.w_bar, prob.ridge
-    x = np.empty(S.size)
+    xp = array_module(b)
+    x = xp.empty(S.size)
     kernels.support_rmatvec(A, S, e, x)
     x += w_bar[S]
-    w = np.zeros(A.shape[1])
+    w = xp.zeros(A.shape[1])
     w[S] = x
-    r = np.empty(A.shape[0])
+    r = xp.empty(A.shape[0])
     kernels.support_matvec(A, S, x, r)
     r -= b
     return w, r, objective_value(r, w, w_bar, ridge)

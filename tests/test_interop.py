@@ -141,8 +141,14 @@ def test_cuda_array_interface_rejected():
         def __cuda_array_interface__(self):
             return {"shape": (3, 4), "typestr": "<f4", "data": (0, False), "version": 3}
 
-    with pytest.raises(ValueError, match="`A` lives on a CUDA device"):
+    # Without a usable CUDA backend (no GPU here, or no CuPy), device arrays are refused with
+    # the reason, never copied to the host behind the caller's back.
+    if chita_core.available_backends()["cuda"] is None:
+        pytest.skip("a CUDA backend is usable here: the refusal path does not apply")
+    with pytest.raises(chita_core.BackendUnavailableError, match="`A` lives on a CUDA device"):
         chita_core.iht(FakeCuda(), np.zeros(3, dtype=np.float32), 1)
+    with pytest.raises(ValueError, match="backend 'cpp' runs on the host"):
+        chita_core.iht(FakeCuda(), np.zeros(3, dtype=np.float32), 1, backend="cpp")
 
 
 def test_library_of_and_to_library_numpy():
@@ -293,3 +299,50 @@ def test_dlpack_only_object():
 def test_unknown_object_type_error():
     with pytest.raises(TypeError, match="`A` must be an array"):
         chita_core.iht(types.SimpleNamespace(), np.zeros(3), 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Recognising device arrays (runs without a GPU)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_is_device_array():
+    from chita_core._device import is_device_array
+
+    class FakeCai:
+        __cuda_array_interface__ = {"shape": (2, 2), "typestr": "<f4", "data": (0, False)}
+
+    class FakeDlpack:
+        def __init__(self, kind):
+            self.kind = kind
+
+        def __dlpack_device__(self):
+            return (self.kind, 0)
+
+    assert not is_device_array(np.zeros(3))
+    assert is_device_array(FakeCai())
+    assert is_device_array(FakeDlpack(2))  # kDLCUDA
+    assert not is_device_array(FakeDlpack(1))  # kDLCPU
+    torch = pytest.importorskip("torch")
+    assert not is_device_array(torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("shape", "strides", "expected"),
+    [
+        ((3, 4), (4, 1), False),
+        ((3, 4), (1, 3), True),
+        ((1, 4), (4, 1), True),  # one row: stored alike in both orders, read as F
+        ((3, 1), (1, 1), False),
+        ((3, 4), (8, 2), None),
+        ((0, 4), (4, 1), None),
+    ],
+)
+def test_device_layout(shape, strides, expected):
+    from chita_core._device import _layout
+
+    if expected is None:
+        with pytest.raises(ValueError, match="`A` must"):
+            _layout(*shape, strides)
+    else:
+        assert _layout(*shape, strides) is expected

@@ -76,7 +76,8 @@ def solver_kernels(solver_backend):
 
 
 def _both_backends():
-    missing = {b: r for b, r in chita_core.available_backends().items() if r is not None}
+    reasons = chita_core.available_backends()
+    missing = {b: reasons[b] for b in BACKENDS if reasons[b] is not None}
     if missing:
         pytest.skip(f"needs every backend; unavailable: {missing}")
 
@@ -110,7 +111,7 @@ def correlated_pruning_problem(n, p, seed, order="C", dtype=np.float64, rho=0.8)
 
 def _prob_h(kernels, A, b, ridge, w_bar):
     """The solver's internal problem (exactly as ``iht`` builds it) and the column norms."""
-    prob = _prepare(A, b, ridge, w_bar, True)
+    prob = _prepare(A, b, ridge, w_bar, True, "auto")[0]
     h = np.empty(prob.A.shape[1])
     kernels.column_sqnorms(prob.A, h)
     return prob, h

@@ -12,7 +12,7 @@ import reference as ref
 import chita_core
 import chita_core._api
 from chita_core import IHTProgress, IHTResult
-from chita_core._backends import BACKENDS
+from chita_core._backends import BACKENDS, DEVICE_BACKENDS
 
 # Relative to max(|f|, 1), the scale of the solver's own stopping rule: f comes from a residual that
 # is updated (not recomputed) each iteration, so it may rise by rounding-level amounts.
@@ -34,7 +34,8 @@ def _f_scale(prob, ridge=0.0):
 
 
 def _both_backends():
-    missing = {b: r for b, r in chita_core.available_backends().items() if r is not None}
+    reasons = chita_core.available_backends()
+    missing = {b: reasons[b] for b in BACKENDS if reasons[b] is not None}
     if missing:
         pytest.skip(f"needs every backend; unavailable: {missing}")
 
@@ -417,7 +418,7 @@ def test_show_config_lists_backends():
     assert text.startswith(f"chita_core {chita_core.__version__}")
     assert "backends:" in text
     backend_lines = text.split("backends:", 1)[1].strip().splitlines()
-    assert len(backend_lines) == len(BACKENDS)
+    assert len(backend_lines) == len(BACKENDS) + len(DEVICE_BACKENDS)
     for name, reason in chita_core.available_backends().items():
         line = next(ln for ln in backend_lines if ln.strip().startswith(name + " "))
         if reason is None:
@@ -467,7 +468,7 @@ def test_active_set_iht_invariants(backend, make_problem, dtype, order, ridge, p
 
     n, p, k = 60, 500, 12
     prob = make_problem(n, p, dtype=dtype, order=order, seed=95, pruning=pruning)
-    P = _prepare(prob.A, prob.b, ridge, prob.w_bar, True)
+    P = _prepare(prob.A, prob.b, ridge, prob.w_bar, True, backend)[0]
     kernels = get_backend(backend)[1]
     start = P.w_bar if pruning else np.zeros(p)
     run = active_set_iht(kernels, P, k, start, 200, 1e-10, lambda *a: False)

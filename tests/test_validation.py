@@ -330,7 +330,7 @@ def test_bad_iht_options(monkeypatch, data, kw, exc, match):
         ("", ValueError, "`backend`"),
         (3, TypeError, "`backend` must be a string"),
         (None, TypeError, "`backend`"),
-        ("cuda", BackendUnavailableError, "cuda"),
+        ("cuda", ValueError, "needs `A` on a CUDA device"),
     ],
     ids=["unknown", "case", "empty", "int", "none", "cuda"],
 )
