@@ -310,7 +310,9 @@ def test_is_device_array():
     from chita_core._device import is_device_array
 
     class FakeCai:
-        __cuda_array_interface__ = {"shape": (2, 2), "typestr": "<f4", "data": (0, False)}
+        @property
+        def __cuda_array_interface__(self):
+            return {"shape": (2, 2), "typestr": "<f4", "data": (0, False)}
 
     class FakeDlpack:
         def __init__(self, kind):
