@@ -50,7 +50,8 @@ def _cuda_line(reason: str | None) -> str:
     count = _cuda.device_count()
     names = ", ".join(_cuda.device_name(i) for i in range(count)) or "no device visible"
     state = "usable" if reason is None else f"unusable: {reason}"
-    return f"{_cuda.build_info}; {count} device(s): {names}; {state}"
+    built = _cuda.build_info.rsplit(" | ", 1)[-1]  # (the rest repeats `build`)
+    return f"{built}; {count} device(s): {names}; {state}"
 
 
 def show_config(file: TextIO | None = None) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "chita_step",
     "column_sqnorms",
     "device_count",
+    "gather_columns",
     "gradient",
     "num_threads",
     "support_gram",
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 _F64 = np.dtype(np.float64)
+# Support columns gathered per panel (float64 [n, panel] workspace) for Gram products.
+_PANEL = 2048
 _I64 = np.dtype(np.int64)
 
 
@@ -87,10 +90,21 @@ def column_sqnorms(A: Any, out: Any) -> None:
     _cuda.column_sqnorms(A, _ptr(out, "out", _F64, A.p), _stream())
 
 
+def gather_columns(A: Any, idx: Any) -> Any:
+    """A[:, idx] converted to float64, as an [n, len(idx)] CuPy array (F order)."""
+    out = cp.empty((idx.size, A.n))  # row t = column idx[t] of A
+    _cuda.gather_columns(A, _ptr(idx, "idx", _I64), idx.size, int(out.data.ptr), _stream())
+    return out.T
+
+
 def support_gram(A: Any, idx: Any, out: Any) -> None:
-    _cuda.support_gram(
-        A, _ptr(idx, "idx", _I64), idx.size, _ptr(out, "out", _F64, A.n * A.n), _stream()
-    )
+    """out = A_S A_S^T (n x n): panels of gathered columns, products through cuBLAS (CuPy)."""
+    K = out.reshape(A.n, A.n)
+    _ptr(out, "out", _F64, A.n * A.n)
+    K[...] = 0.0
+    for s0 in range(0, idx.size, _PANEL):
+        V = gather_columns(A, idx[s0 : s0 + _PANEL])
+        K += V @ V.T
 
 
 def topk(v: Any, k: int, out: Any) -> None:
@@ -131,20 +145,55 @@ def chita_step(
     return float(f_new), float(tau), int(n_cand), bool(changed)
 
 
-def backsolve(A: Any, b: Any, idx: Any, w_bar_s: Any, ridge: float, out: Any) -> float:
-    m = idx.size
-    return float(
-        _cuda.backsolve(
-            A,
-            _ptr(b, "b", _F64, A.n),
-            _ptr(idx, "idx", _I64),
-            m,
-            _ptr(w_bar_s, "w_bar_s", _F64, m),
-            float(ridge),
-            _ptr(out, "out", _F64, m),
-            _stream(),
-        )
+def _factor_with_jitter(gram: Any, ridge: float) -> tuple[Any, float]:
+    """Cholesky factor of gram + ridge I, retrying with the CPU kernel's diagonal jitter
+    (1e-12 mean(diag), growing 100x, 8 attempts) when it is not positive definite."""
+    N = gram.shape[0]
+    mean_diag = float(cp.trace(gram)) / N if N else 0.0
+    base = 1e-12 * mean_diag if mean_diag > 0 else 1e-12
+    jitter = 0.0
+    eye = cp.eye(N)
+    for attempt in range(8):
+        try:
+            L = cp.linalg.cholesky(gram + (ridge + jitter) * eye)
+        except np.linalg.LinAlgError:
+            L = None
+        if L is not None and bool(cp.isfinite(L).all()):
+            return L, jitter
+        jitter = base if attempt == 0 else jitter * 100.0
+    raise RuntimeError(
+        "backsolve: the Gram matrix on the support is singular even with jitter; use ridge > 0"
     )
+
+
+def _cho_solve(L: Any, rhs: Any) -> Any:
+    from cupyx.scipy.linalg import solve_triangular
+
+    y = solve_triangular(L, rhs, lower=True)
+    return solve_triangular(L.T, y, lower=False)
+
+
+def backsolve(A: Any, b: Any, idx: Any, w_bar_s: Any, ridge: float, out: Any) -> float:
+    """Same maths as the CPU kernel (chita/backsolve.hpp): with c = b - A_S w_bar_s,
+    m <= n: (A_S^T A_S + ridge I) z = A_S^T c; m > n: z = A_S^T (A_S A_S^T + ridge I)^{-1} c;
+    out = w_bar_s + z. Returns the jitter used."""
+    m = idx.size
+    _ptr(out, "out", _F64, m)
+    c = cp.empty(A.n)
+    support_matvec(A, idx, w_bar_s, c)
+    c = b - c
+    if m <= A.n:
+        V = gather_columns(A, idx)
+        L, jitter = _factor_with_jitter(V.T @ V, float(ridge))
+        z = _cho_solve(L, V.T @ c)
+    else:
+        K = cp.empty(A.n * A.n)
+        support_gram(A, idx, K)
+        L, jitter = _factor_with_jitter(K.reshape(A.n, A.n), float(ridge))
+        z = cp.empty(m)
+        support_rmatvec(A, idx, cp.ascontiguousarray(_cho_solve(L, c)), z)
+    out[...] = w_bar_s + z
+    return jitter
 
 
 def swap_scores(G: Any, q: Any, s0: float, wv: Any, jn: Any, io: Any, lam: float) -> Any:

@@ -82,25 +82,11 @@ class DeviceMatrix:
     def itemsize(self) -> int:
         return _ITEMSIZE[self.dtype]
 
-    def view(self) -> Any:
-        """A zero-copy CuPy view of A (uint16 bit patterns for bfloat16, which CuPy lacks)."""
-        cp = _cupy()
-        dt = np.uint16 if self.dtype == "bfloat16" else np.dtype(self.dtype)
-        mem = cp.cuda.UnownedMemory(
-            self.ptr, self.n * self.p * self.itemsize, self.owner, self.device
-        )
-        order = "F" if self.col_major else "C"
-        return cp.ndarray(
-            (self.n, self.p), dtype=dt, memptr=cp.cuda.MemoryPointer(mem, 0), order=order
-        )
-
     def columns(self, idx: Any) -> Any:
         """A[:, idx] as a float64 CuPy array [n, len(idx)]: a small gathered workspace."""
-        cp = _cupy()
-        cols = self.view()[:, idx]
-        if self.dtype == "bfloat16":  # bfloat16 is the top half of a float32
-            cols = (cols.astype(cp.uint32) << 16).view(cp.float32)
-        return cols.astype(cp.float64)
+        from ._cuda_kernels import gather_columns
+
+        return gather_columns(self, idx)
 
 
 @dataclass(frozen=True)
