@@ -25,9 +25,12 @@ def test_readme_has_python_examples():
 
 @pytest.mark.parametrize("block", _python_blocks(README.read_text()))
 def test_readme_python_blocks_run(block, capsys):
+    if "import torch" in block:
+        pytest.importorskip("torch")
+    # Every block checks its own results: one without an assert would prove nothing.
+    assert re.search(r"^\s*assert ", block, flags=re.MULTILINE), "README block asserts nothing"
     namespace: dict = {}
-    exec(compile(block, str(README), "exec"), namespace)  # the blocks assert their own results
-    assert "res" in namespace or "w" in namespace
+    exec(compile(block, str(README), "exec"), namespace)
 
 
 def test_public_docstring_examples_pass():

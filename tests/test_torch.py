@@ -1,0 +1,301 @@
+"""The PyTorch adapter (chita_core.torch) on the CPU: sparsity, masks, gradients, stages, errors."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import chita_core  # noqa: E402
+import chita_core.torch as ct  # noqa: E402
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 8),
+        nn.Tanh(),
+        nn.Linear(8, 4),
+    )
+
+
+def _data(n: int = 96, batch: int = 32, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 1, 6, 6, generator=g)
+    y = torch.randint(0, 4, (n,), generator=g)
+    return [(X[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
+
+
+LOSS = nn.CrossEntropyLoss()
+
+
+def _weights(model):
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def test_core_package_does_not_import_torch():
+    code = "import sys, chita_core; chita_core.iht; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
+def test_exact_sparsity_as_reported(per_layer, sparsity):
+    model = _model()
+    rep = ct.prune(model, LOSS, _data(), sparsity, n_grads=64, per_layer=per_layer, progress=False)
+    total = zeros = 0
+    for (name, (sp, m)), w in zip(rep.tensors.items(), _weights(model), strict=True):
+        z = int((w == 0).sum())
+        assert m == w.numel() and sp == pytest.approx(z / m), name
+        mask = dict(model.named_buffers())[name + "_mask"]
+        assert int((mask == 0).sum()) == z  # the mask is the support, zeros and all
+        if per_layer:
+            assert z == w.numel() - max(1, round((1 - sparsity) * w.numel())), name
+        total, zeros = total + m, zeros + z
+    assert rep.sparsity == pytest.approx(zeros / total)
+    if not per_layer:
+        assert total - zeros == max(1, round((1 - sparsity) * total))
+    assert "sparsity" in str(rep) and len(rep.stages) == 1
+
+
+def test_masks_keep_pruned_weights_zero_after_optimizer_steps():
+    model = _model()
+    ct.prune(model, LOSS, _data(), 0.8, n_grads=64, progress=False)
+    pruned = [(w == 0).clone() for w in _weights(model)]
+    for opt in (
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2),
+        torch.optim.Adam(model.parameters(), lr=1e-2),
+    ):
+        for x, y in _data(seed=5):
+            opt.zero_grad()
+            LOSS(model(x), y).backward()
+            opt.step()
+        for w, z in zip(_weights(model), pruned, strict=True):
+            assert torch.all(w[z] == 0)
+            assert torch.any(w[~z] != 0)
+    names = ct.remove_masks(model)
+    assert names == ["0.weight", "3.weight", "5.weight"]
+    for w, z in zip(_weights(model), pruned, strict=True):
+        assert isinstance(w, nn.Parameter) and torch.all(w[z] == 0)
+    assert not any(n.endswith("_mask") for n, _ in model.named_buffers())
+    assert not any(n.endswith("_orig") for n, _ in model.named_parameters())
+
+
+def test_gradients_equal_a_per_sample_loop():
+    model = _model(3)
+    data = _data(n=40, batch=16)
+    selected = ct._select(model, None)
+    X, Y = ct._draw(data, 40, torch.device("cpu"))
+    A = ct._gradient_matrix(model, LOSS, X, Y, selected, chunk=7, progress=False)
+    assert A.shape == (40, sum(p.numel() for *_, p in selected))
+    assert A.t().is_contiguous()  # F order: what the solver reads fastest
+    for i in range(40):
+        model.zero_grad()
+        LOSS(model(X[i : i + 1]), Y[i : i + 1]).backward()
+        g = torch.cat([p.grad.reshape(-1) for *_, p in selected]).double()
+        np.testing.assert_allclose(
+            A[i].double().numpy() * np.sqrt(40), g.numpy(), rtol=1e-5, atol=1e-7
+        )
+
+
+def test_params_selection_by_module_parameter_and_name():
+    model = _model()
+    conv, lin = model[0], model[5]
+    for params in ([conv, lin], [conv.weight, lin.weight], ["0.weight", "5.weight"]):
+        m = _model()
+        m.load_state_dict(model.state_dict())
+        sel = (
+            [m[0], m[5]]
+            if params[0] is conv
+            else ([m[0].weight, m[5].weight] if isinstance(params[0], nn.Parameter) else params)
+        )
+        rep = ct.prune(m, LOSS, _data(), 0.5, n_grads=32, params=sel, progress=False)
+        assert list(rep.tensors) == ["0.weight", "5.weight"]
+        assert torch.all(m[3].weight != 0)  # not selected: untouched
+    rep = ct.prune(_model(), LOSS, _data(), 0.5, n_grads=32, params=["3.bias"], progress=False)
+    assert list(rep.tensors) == ["3.bias"]
+
+
+def test_multistage_recomputes_gradients_at_pruned_weights(monkeypatch):
+    seen = []
+    real = ct._gradient_matrix
+
+    def spy(model, loss_fn, X, Y, selected, chunk, progress):
+        seen.append(sum(int((p == 0).sum()) for *_, p in selected))
+        return real(model, loss_fn, X, Y, selected, chunk, progress)
+
+    monkeypatch.setattr(ct, "_gradient_matrix", spy)
+    model = _model()
+    rep = ct.prune(
+        model, LOSS, _data(), 0.9, n_grads=64, stages=3, schedule="linear", progress=False
+    )
+    assert len(seen) == 3 and len(rep.stages) == 3
+    total = sum(p.numel() for p in _weights(model))
+    # before stage t the weights are those pruned by stage t-1
+    assert seen[0] == 0
+    for t in (1, 2):
+        assert seen[t] >= total - rep.stages[t - 1].k
+    assert [s.target_sparsity for s in rep.stages] == pytest.approx([0.3, 0.6, 0.9])
+    assert rep.stages[-1].k == round(0.1 * total)
+
+
+@pytest.mark.parametrize("schedule", ["poly", "exp", "linear"])
+def test_schedules_increase_to_target(schedule):
+    s = ct.schedule_sparsities(0.95, 5, schedule)
+    assert len(s) == 5 and s[-1] == 0.95 and all(a < b for a, b in itertools.pairwise(s))
+    assert ct.schedule_sparsities(0.5, 1, schedule) == [0.5]
+
+
+def test_baselines_and_chita_on_the_same_model():
+    """magnitude keeps the largest |w|; magnitude + backsolve has the same support and a lower
+    objective; chita's objective is no higher than magnitude + backsolve's."""
+    base = _model()
+    reports = {}
+    for method in ("magnitude", "magnitude+backsolve", "chita"):
+        m = _model()
+        m.load_state_dict(base.state_dict())
+        reports[method] = (
+            ct.prune(m, LOSS, _data(), 0.7, n_grads=64, method=method, progress=False),
+            m,
+        )
+    w0 = torch.cat([w.detach().reshape(-1) for w in _weights(base)])
+    k = round(0.3 * w0.numel())
+    mag = torch.cat([w.detach().reshape(-1) for w in _weights(reports["magnitude"][1])])
+    keep = torch.topk(w0.abs(), k).indices
+    assert torch.equal(mag[keep], w0[keep]) and int((mag != 0).sum()) == k
+    mb = torch.cat([w.detach().reshape(-1) for w in _weights(reports["magnitude+backsolve"][1])])
+    assert set(torch.nonzero(mb).flatten().tolist()) <= set(keep.tolist())
+    f = {name: r.objectives[0] for name, (r, _) in reports.items()}
+    assert f["magnitude+backsolve"] <= f["magnitude"]
+    assert f["chita"] <= f["magnitude+backsolve"] * (1 + 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"sparsity": 1.0}, ValueError, r"`sparsity` must be in \[0, 1\)"),
+        ({"sparsity": -0.1}, ValueError, r"`sparsity` must be in \[0, 1\)"),
+        ({"sparsity": "0.5"}, TypeError, "`sparsity`"),
+        ({"params": ["nope.weight"]}, ValueError, "'nope.weight' is not a parameter"),
+        ({"params": [nn.Parameter(torch.zeros(3))]}, ValueError, "not in `model`"),
+        ({"params": [nn.Linear(2, 2)]}, ValueError, "not in `model`"),
+        ({"params": [3]}, TypeError, "`params` entries"),
+        ({"n_grads": 500}, ValueError, "yielded 96 samples but n_grads=500"),
+        ({"n_grads": 0}, ValueError, "`n_grads`"),
+        ({"stages": 0}, ValueError, "`stages`"),
+        ({"schedule": "cosine"}, ValueError, "`schedule`"),
+        ({"method": "obs"}, ValueError, "`method`"),
+        ({"ridge": -1.0}, ValueError, "`ridge`"),
+        ({"backend": "cuda"}, ValueError, "needs `A` on a CUDA device"),
+    ],
+)
+def test_errors(kwargs, exc, match):
+    args = {"sparsity": 0.5, **kwargs}
+    model = _model()
+    before = [w.clone() for w in _weights(model)]
+    with pytest.raises(exc, match=match):
+        ct.prune(model, LOSS, _data(), progress=False, **args)
+    for w, w0 in zip(_weights(model), before, strict=True):
+        assert torch.equal(w, w0)  # nothing touched on error
+
+
+def test_bad_data_and_devices():
+    with pytest.raises(TypeError, match="`data` must yield"):
+        ct.prune(_model(), LOSS, [torch.zeros(3)], 0.5, progress=False)
+    with pytest.raises(ValueError, match="same leading"):
+        ct.prune(_model(), LOSS, [(torch.zeros(4, 1, 6, 6), torch.zeros(3))], 0.5, progress=False)
+    meta = _model().to("meta")
+    with pytest.raises(ValueError, match="runs on the CPU or CUDA"):
+        ct.prune(meta, LOSS, _data(), 0.5, progress=False)
+    model = _model()
+    ct.prune(model, LOSS, _data(), 0.5, n_grads=32, progress=False)
+    with pytest.raises(ValueError, match="already carries a pruning mask"):
+        ct.prune(model, LOSS, _data(), 0.5, progress=False)
+
+
+def test_progress_bars_and_solver_options(capsys):
+    model = _model()
+    rep = ct.prune(
+        model,
+        LOSS,
+        _data(),
+        0.6,
+        n_grads=64,
+        stages=2,
+        progress=True,
+        swaps=False,
+        init="magnitude",
+    )
+    assert all(r.backend in chita_core.available_backends() for s in rep.stages for r in s.results)
+    assert all(
+        not any("swaps" in label for label, _, _ in r.stages) for s in rep.stages for r in s.results
+    )
+    err = capsys.readouterr().err
+    assert "per-sample gradients" in err
+
+
+def test_ridge_path_picks_the_lowest_selection_loss():
+    """ridge=None: each stage keeps the candidate with the lowest loss on val_data; chita's
+    candidates include magnitude + backsolve's, so chita's kept loss is never above it."""
+    data, val = _data(seed=1), _data(n=64, seed=2)
+    base = _model()
+    losses = {}
+    for method in ("magnitude+backsolve", "chita"):
+        m = _model()
+        m.load_state_dict(base.state_dict())
+        rep = ct.prune(m, LOSS, data, 0.8, n_grads=64, val_data=val, method=method, progress=False)
+        X = torch.cat([x for x, _ in val])
+        Y = torch.cat([y for _, y in val])
+        with torch.no_grad():
+            assert rep.stages[0].loss == pytest.approx(float(LOSS(m(X), Y)), rel=1e-5)
+        assert rep.stages[0].chosen in ("chita", "magnitude+backsolve")
+        losses[method] = rep.stages[0].loss
+    assert losses["chita"] <= losses["magnitude+backsolve"] * (1 + 1e-6)
+
+
+def test_fixed_ridge_solves_once():
+    calls = []
+    real = ct._solve
+
+    def spy(*args):
+        calls.append(args[7])  # the ridge
+        return real(*args)
+
+    m = _model()
+    import unittest.mock
+
+    with unittest.mock.patch.object(ct, "_solve", spy):
+        rep = ct.prune(m, LOSS, _data(), 0.5, n_grads=64, ridge=0.25, progress=False)
+    assert calls == [0.25] and rep.stages[0].ridge == 0.25 and rep.stages[0].chosen == "chita"
+    with pytest.raises(ValueError, match="`val_data` yielded no samples"):
+        ct.prune(_model(), LOSS, _data(), 0.5, n_grads=64, val_data=[], progress=False)
+
+
+def test_demo_runs_and_prints_its_table(capsys):
+    pytest.importorskip("sklearn")
+    from chita_core import demo
+
+    demo.main(["--sparsities", "0.9", "--epochs", "2", "--n-grads", "200", "--stages", "2"])
+    out = capsys.readouterr().out
+    assert "trained in" in out and "test accuracy" in out
+    rows = [ln for ln in out.splitlines() if ln.strip().startswith("90%")]
+    header = next(ln for ln in out.splitlines() if "method" in ln)
+    col, name = header.index("test acc"), header.index("method")
+    assert [r[name:col].strip() for r in rows] == [
+        "magnitude",
+        "magnitude + backsolve",
+        "chita_core, 1 stage",
+        "chita_core, 2 stages",
+    ]
+    for r in rows:
+        acc = float(r[col : col + len("test acc") + 1])
+        assert 0.0 <= acc <= 1.0
