@@ -8,7 +8,7 @@ Problem: ``min 0.5 ||A w - b||^2 + 0.5 ridge ||w - w_bar||^2`` s.t. ``||w||_0 <=
 
 Instances:
 
-- **real**: the NumPy MLP of ``chita_core.demo`` (64-h-10 on scikit-learn's digits, 60 epochs,
+- **real**: the NumPy MLP of ``bench/digits_mlp.py`` (64-h-10 on scikit-learn's digits, 60 epochs,
   seed 0) for h = 64 (p = 4 736) and h = 256 (p = 18 944; not with ``--quick``). A holds the
   closed-form per-sample gradients of the first 1 000 training samples (n = 1 000, F order,
   float64), ``w_bar`` the trained weights, ``ridge = ridge_scale * mean_j ||a_j||^2`` with
@@ -85,7 +85,7 @@ def _ridge(A: np.ndarray, scale: float) -> float:
 def real_instances(
     hiddens: list[int], ridge_scales: list[float], n_grads: int, epochs: int, seed: int
 ) -> list[Instance]:
-    from chita_core.demo import MLP, load_digits
+    from bench.digits_mlp import MLP, load_digits
 
     Xtr, ytr, Xte, yte = load_digits(seed)
     out = []
