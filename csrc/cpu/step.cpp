@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "chita/matvec.hpp"
+#include "chita/step_ladder.hpp"
 #include "chita/topk.hpp"
 
 namespace chita {
@@ -217,47 +218,18 @@ StepResult chita_step(const MatView<T>& A, const double* b, const double* w_bar,
   }
 
   CandidateSearch<T> search(columns, b, w_bar, ridge, g, w, r, support, k, Ad);
-  double f_best = f, tau_best = 0.0;
-  bool accepted = false, best_changed = false;
-  int n_cand = 0;
+  bool best_changed = false;
   std::vector<std::int64_t> best_support(k);
   std::vector<double> best_x(k), best_r(n);
-  auto keep = [&](double tau, double fc) {
-    f_best = fc;
-    tau_best = tau;
-    accepted = true;
+  auto keep = [&](double, double) {
     best_changed = search.changed;
     best_support = search.cand;
     for (std::int64_t s = 0; s < k; ++s) best_x[s] = search.v[search.cand[s]];
     best_r = search.cand_r;
   };
-
-  // Forward doubling from just below the support-changing step: keep improving, stop at the
-  // first candidate that does not.
-  const double base = std::isinf(tau_chg) ? tau_star : tau_chg / (1.0 + 1e-4);
-  if (base > 0.0) {
-    double tau = base;
-    for (int j = 0; j < 5; ++j, tau *= 2.0) {
-      const double fc = search.evaluate(tau);
-      ++n_cand;
-      if (!(fc < f_best)) break;
-      keep(tau, fc);
-    }
-  }
-  // Nothing improved (e.g. tau_chg == 0 because the support holds zeros): backtrack from
-  // tau_star and take the first improvement.
-  if (!accepted && tau_star > 0.0) {
-    double tau = tau_star;
-    for (int j = 0; j < 5; ++j, tau *= 0.5) {
-      const double fc = search.evaluate(tau);
-      ++n_cand;
-      if (fc < f_best) {
-        keep(tau, fc);
-        break;
-      }
-    }
-  }
-  if (!accepted) return {f, 0.0, n_cand, false};
+  const LadderResult best = step_ladder(
+      tau_chg, tau_star, f, [&](double tau) { return search.evaluate(tau); }, keep);
+  if (!best.accepted) return {f, 0.0, best.n_candidates, false};
 
   for (std::int64_t s = 0; s < k; ++s) w[support[s]] = 0.0;
   for (std::int64_t s = 0; s < k; ++s) {
@@ -265,7 +237,7 @@ StepResult chita_step(const MatView<T>& A, const double* b, const double* w_bar,
     w[support[s]] = best_x[s];
   }
   for (std::int64_t i = 0; i < n; ++i) r[i] = best_r[i];
-  return {f_best, tau_best, n_cand, best_changed};
+  return {best.f, best.tau, best.n_candidates, best_changed};
 }
 
 template StepResult chita_step<float>(const MatView<float>&, const double*, const double*, double,

@@ -11,6 +11,7 @@
 #include "chita/cuda/matvec.hpp"
 #include "chita/cuda/step.hpp"
 #include "chita/cuda/topk.hpp"
+#include "chita/step_ladder.hpp"
 #include "device_utils.cuh"
 
 namespace chita::cuda {
@@ -343,43 +344,14 @@ StepResult chita_step(const DeviceMatrix& A, const double* b, const double* w_ba
 
   // Step 5: candidates H_k(w - tau g).
   CandidateSearch search(ctx, b, w_bar, ridge, g, w, r, old_mask.get(), Ad.get());
-  double f_best = f, tau_best = 0.0;
-  bool accepted = false, best_changed = false;
-  int n_cand = 0;
-  auto keep = [&](double tau, double fc) {
-    f_best = fc;
-    tau_best = tau;
-    accepted = true;
+  bool best_changed = false;
+  auto keep = [&](double, double) {
     best_changed = search.changed;
     search.keep();
   };
-
-  // Forward doubling from just below the support-changing step: keep improving, stop at the
-  // first candidate that does not.
-  const double base = std::isinf(tau_chg) ? tau_star : tau_chg / (1.0 + 1e-4);
-  if (base > 0.0) {
-    double tau = base;
-    for (int j = 0; j < 5; ++j, tau *= 2.0) {
-      const double fc = search.evaluate(tau);
-      ++n_cand;
-      if (!(fc < f_best)) break;
-      keep(tau, fc);
-    }
-  }
-  // Nothing improved (e.g. tau_chg == 0 because the support holds zeros): backtrack from
-  // tau_star and take the first improvement.
-  if (!accepted && tau_star > 0.0) {
-    double tau = tau_star;
-    for (int j = 0; j < 5; ++j, tau *= 0.5) {
-      const double fc = search.evaluate(tau);
-      ++n_cand;
-      if (fc < f_best) {
-        keep(tau, fc);
-        break;
-      }
-    }
-  }
-  if (!accepted) return {f, 0.0, n_cand, false};
+  const LadderResult best = step_ladder(
+      tau_chg, tau_star, f, [&](double tau) { return search.evaluate(tau); }, keep);
+  if (!best.accepted) return {f, 0.0, best.n_candidates, false};
 
   ctx.scatter(w, support, k, 0.0, 0.0, nullptr);
   CHITA_CUDA_CHECK(cudaMemcpyAsync(support, search.best_cand, sizeof(std::int64_t) * k,
@@ -387,7 +359,7 @@ StepResult chita_step(const DeviceMatrix& A, const double* b, const double* w_ba
   ctx.scatter(w, support, k, 0.0, 1.0, search.best_x.get());
   CHITA_CUDA_CHECK(
       cudaMemcpyAsync(r, search.best_r, sizeof(double) * n, cudaMemcpyDeviceToDevice, stream));
-  return {f_best, tau_best, n_cand, best_changed};
+  return {best.f, best.tau, best.n_candidates, best_changed};
 }
 
 }  // namespace chita::cuda
