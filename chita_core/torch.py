@@ -314,6 +314,26 @@ def _gradient_matrix(
 # ----------------------------------------------------------------------------------------------
 
 
+def _column_blocks(A: torch.Tensor):
+    """Column blocks of A upcast to float64, about 32 MB each: A itself is never copied."""
+    step = max(1, (32 << 20) // (8 * max(1, A.shape[0])))
+    for j0 in range(0, A.shape[1], step):
+        yield j0, A[:, j0 : j0 + step].double()
+
+
+def _matvec64(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A @ x accumulated in float64, by column blocks."""
+    out = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
+    for j0, block in _column_blocks(A):
+        out += block @ x[j0 : j0 + block.shape[1]].double()
+    return out
+
+
+def _mean_sq_column_norm(A: torch.Tensor) -> float:
+    """Mean over columns of ||A[:, j]||^2 (the average curvature of one weight), in float64."""
+    return sum(float((block * block).sum()) for _, block in _column_blocks(A)) / A.shape[1]
+
+
 def _solve(
     A: torch.Tensor,
     w_bar: torch.Tensor,
@@ -328,7 +348,7 @@ def _solve(
 ) -> tuple[torch.Tensor, torch.Tensor, float, list[IHTResult]]:
     """(w, kept, objective, results) for one stage and one ridge; ``kept`` is the boolean
     support (exactly k entries per block, even where a kept weight happens to be zero)."""
-    b = (A.double() @ w_bar.double()).to(A.dtype)
+    b = _matvec64(A, w_bar).to(A.dtype)
     blocks = [(0, A.shape[1], k_total)]
     if per_layer:
         blocks, off = [], 0
@@ -340,7 +360,7 @@ def _solve(
     results, objective = [], 0.0
     for lo, hi, k in blocks:
         As, wbs = A[:, lo:hi], w_bar[lo:hi]
-        bs = b if not per_layer else (As.double() @ wbs.double()).to(A.dtype)
+        bs = b if not per_layer else _matvec64(As, wbs).to(A.dtype)
         if method == "chita":
             res = iht(As, bs, k, ridge=ridge, w_bar=wbs, backend=backend, **solver_options)
             w[lo:hi] = res.w
@@ -507,7 +527,7 @@ def prune(
             if ridge is not None or method == "magnitude":
                 ridges = [0.0 if ridge is None else float(ridge)]
             else:  # a short path of ridges; the real loss on the samples picks one
-                curvature = float((A.double() ** 2).sum()) / A.shape[1]
+                curvature = _mean_sq_column_norm(A)
                 ridges = [scale * curvature for scale in RIDGE_SCALES]
             # chita also weighs magnitude + backsolve at each ridge, so that on the real loss it
             # is never worse than that baseline (the solver guarantees it on the quadratic).
