@@ -24,3 +24,29 @@ __all__ = [
     "objective",
     "show_config",
 ]
+
+
+def _find_compiled_modules() -> None:
+    """Run from a source checkout (``python -m chita_core.demo`` in the repository root), this
+    directory shadows the installed package, which holds the compiled modules (_core, _cuda).
+    Let submodules also be found in the installed copy, so the checkout works once installed."""
+    import importlib.machinery
+    import importlib.metadata
+    from pathlib import Path
+
+    def compiled(folder: Path) -> bool:
+        return any((folder / f"_core{s}").exists() for s in importlib.machinery.EXTENSION_SUFFIXES)
+
+    here = Path(__file__).resolve().parent
+    if compiled(here):
+        return
+    try:
+        installed = Path(str(importlib.metadata.distribution("chita_core").locate_file("")))
+    except importlib.metadata.PackageNotFoundError:
+        return
+    other = (installed / "chita_core").resolve()
+    if other != here and compiled(other):
+        __path__.append(str(other))
+
+
+_find_compiled_modules()
