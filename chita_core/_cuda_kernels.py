@@ -32,9 +32,9 @@ __all__ = [
 ]
 
 _F64 = np.dtype(np.float64)
+_I64 = np.dtype(np.int64)
 # Support columns gathered per panel (float64 [n, panel] workspace) for Gram products.
 _PANEL = 2048
-_I64 = np.dtype(np.int64)
 
 
 def device_count() -> int:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from ._api import IHTResult, backsolve, iht
+from ._api import IHTResult, backsolve, iht, objective
 from ._backends import get_backend
 
 __all__ = ["PruneReport", "StageReport", "prune", "remove_masks", "schedule_sparsities"]
@@ -334,13 +334,31 @@ def _mean_sq_column_norm(A: torch.Tensor) -> float:
     return sum(float((block * block).sum()) for _, block in _column_blocks(A)) / A.shape[1]
 
 
-def _solve(
+def _blocks(
     A: torch.Tensor,
     w_bar: torch.Tensor,
     k_total: int,
     sizes: list[int],
     sparsity: float,
     per_layer: bool,
+) -> list[tuple[int, int, int, torch.Tensor]]:
+    """The problems of one stage as (first column, end column, k, b = A_block w_bar_block):
+    one global problem, or one per tensor. Built once per stage (b is one pass over A)."""
+    if not per_layer:
+        return [(0, A.shape[1], k_total, _matvec64(A, w_bar).to(A.dtype))]
+    out, off = [], 0
+    for size in sizes:
+        k = max(1, round((1.0 - sparsity) * size))
+        lo, hi = off, off + size
+        out.append((lo, hi, k, _matvec64(A[:, lo:hi], w_bar[lo:hi]).to(A.dtype)))
+        off = hi
+    return out
+
+
+def _solve(
+    A: torch.Tensor,
+    w_bar: torch.Tensor,
+    blocks: list[tuple[int, int, int, torch.Tensor]],
     method: str,
     ridge: float,
     backend: str,
@@ -348,25 +366,17 @@ def _solve(
 ) -> tuple[torch.Tensor, torch.Tensor, float, list[IHTResult]]:
     """(w, kept, objective, results) for one stage and one ridge; ``kept`` is the boolean
     support (exactly k entries per block, even where a kept weight happens to be zero)."""
-    b = _matvec64(A, w_bar).to(A.dtype)
-    blocks = [(0, A.shape[1], k_total)]
-    if per_layer:
-        blocks, off = [], 0
-        for size in sizes:
-            blocks.append((off, off + size, max(1, round((1.0 - sparsity) * size))))
-            off += size
     w = torch.zeros_like(w_bar)
     kept = torch.zeros(w_bar.shape, dtype=torch.bool, device=w_bar.device)
-    results, objective = [], 0.0
-    for lo, hi, k in blocks:
+    results, f_total = [], 0.0
+    for lo, hi, k, bs in blocks:
         As, wbs = A[:, lo:hi], w_bar[lo:hi]
-        bs = b if not per_layer else _matvec64(As, wbs).to(A.dtype)
         if method == "chita":
             res = iht(As, bs, k, ridge=ridge, w_bar=wbs, backend=backend, **solver_options)
             w[lo:hi] = res.w
             kept[lo:hi][res.support] = True
             results.append(res)
-            objective += res.objective
+            f_total += res.objective
             continue
         support = torch.topk(wbs.abs(), k, sorted=False).indices.sort().values
         kept[lo:hi][support] = True
@@ -374,10 +384,8 @@ def _solve(
             w[lo:hi][support] = wbs[support]
         else:
             w[lo:hi] = backsolve(As, bs, support, ridge=ridge, w_bar=wbs, backend=backend)
-        from ._api import objective as _objective
-
-        objective += _objective(As, bs, w[lo:hi], ridge=ridge, w_bar=wbs, backend=backend)
-    return w, kept, objective, results
+        f_total += objective(As, bs, w[lo:hi], ridge=ridge, w_bar=wbs, backend=backend)
+    return w, kept, f_total, results
 
 
 def _mean_loss(model, loss_fn, X, Y, batch: int = 1024) -> float:
@@ -534,11 +542,10 @@ def prune(
             runs = [(lam, method) for lam in ridges]
             if method == "chita" and len(ridges) > 1:
                 runs += [(lam, "magnitude+backsolve") for lam in ridges]
+            blocks = _blocks(A, w_bar, k, sizes, target, per_layer)
             best = None
             for lam, how in runs:
-                w, kept, f, results = _solve(
-                    A, w_bar, k, sizes, target, per_layer, how, lam, backend, solver_options
-                )
+                w, kept, f, results = _solve(A, w_bar, blocks, how, lam, backend, solver_options)
                 _write_back(selected, w)
                 loss = _mean_loss(model, loss_fn, Xv, Yv)
                 if best is None or loss < best[0]:

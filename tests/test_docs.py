@@ -55,3 +55,17 @@ def test_verbose_prints_one_line_per_iteration(capsys):
     assert float(stage_lines[-1].split("objective")[1].split()[0]) == pytest.approx(
         res.objective, rel=1e-6
     )
+
+
+def test_source_checkout_finds_the_compiled_modules():
+    """The README's `python -m chita_core.demo` runs in the repository root, where the source
+    package shadows the installed one: the compiled backend must still be found."""
+    import subprocess
+    import sys
+
+    code = (
+        "import chita_core, pathlib; "
+        "assert pathlib.Path(chita_core.__file__).parent.parent == pathlib.Path.cwd(); "
+        "assert chita_core.available_backends()['cpp'] is None, chita_core.available_backends()"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=README.parent, check=True)

@@ -267,7 +267,7 @@ def test_fixed_ridge_solves_once():
     real = ct._solve
 
     def spy(*args):
-        calls.append(args[7])  # the ridge
+        calls.append(args[4])  # the ridge
         return real(*args)
 
     m = _model()
