@@ -25,6 +25,8 @@ from ._iht import active_set_iht, objective_value, plain_iht, residual
 from ._interop import array_module, library_of, to_library
 from ._refine import (
     exhaustive_support,
+    greedy_obs_support,
+    greedy_screen_size,
     largest,
     obs_multistep_support,
     obs_saliency,
@@ -42,11 +44,15 @@ from ._validation import (
 __all__ = ["IHTProgress", "IHTResult", "backsolve", "iht", "objective"]
 
 
-_INITS = ("auto", "magnitude", "obs", "obs_multistep")
+_INITS = ("auto", "magnitude", "obs", "obs_multistep", "greedy")
 # init="auto" adds one-shot OBS saliencies when n^2 p (their cost in multiply-adds) is below
 # _OBS_AUTO, and multistep OBS (about 2.5x that cost, one-shot included) below _MULTISTEP_AUTO.
 _OBS_AUTO = 2e10
 _MULTISTEP_AUTO = 1e10
+# Greedy OBS starts from the largest (multiple x k) weights, the best support so far among
+# them; init="auto" caps its cost (greedy_cost, multiply-adds) at _GREEDY_AUTO.
+_GREEDY_MULTIPLE = 3.0
+_GREEDY_AUTO = 4e10
 # Default IHT iterations alone / inside the full pipeline (max_iter=None).
 _PLAIN_ITERS = 100
 _PIPELINE_ITERS = 30
@@ -199,17 +205,19 @@ def iht(
     verbose: bool = False,
     check_finite: bool = True,
 ) -> IHTResult:
-    """Sparse least squares: CHITA's IHT, exact refits and swap local search.
+    """Sparse least squares: CHITA's IHT, greedy OBS, exact refits and swap local search.
 
     Minimises ``0.5 ||A w - b||^2 + 0.5 ridge ||w - w_bar||^2`` subject to at most ``k``
     nonzeros, in stages, each keeping the best point found so far:
 
     1. start supports (``init``): the k largest ``|w0|`` (magnitude pruning when ``w0`` is
-       ``w_bar``) and, where affordable, the k largest OBS saliencies; with ``refine`` each is
-       refit exactly, so the result is never worse than "magnitude + backsolve";
+       ``w_bar``) and, with the OBS inits, the k largest OBS saliencies; with ``refine`` each
+       is refit exactly, so the result is never worse than "magnitude + backsolve";
     2. IHT with CHITA's line search on CHITA's active set (DESIGN.md section 2), followed by
        an exact refit on its support when ``refine``;
-    3. swap local search (``swaps``): exchanges of one kept and one pruned weight, each scored
+    3. greedy OBS (``init`` "auto" where affordable, or "greedy"): backward elimination, one
+       weight at a time with exact updates, from a superset of the best support so far;
+    4. swap local search (``swaps``): exchanges of one kept and one pruned weight, each scored
        exactly through rank-2 updates of an ``n x n`` inverse, applied while they lower f.
 
     Parameters
@@ -234,14 +242,19 @@ def iht(
         slow tail (measured at ResNet20 size: 100 iterations improved nothing after refits).
     tol : float, default 1e-6
         Stop IHT when ``|f_old - f| <= tol * max(|f|, |f_old|, 1)``.
-    init : {"auto", "magnitude", "obs", "obs_multistep"}, default "auto"
-        Start supports. "magnitude": the k largest ``|w0|``. "obs": the k largest OBS
-        saliencies ``w_q^2 / [H^-1]_qq`` (H = A^T A + ridge I through Woodbury, O(n^2 p)).
-        "obs_multistep": OBS in 4 steps with refits in between (about 2.5x the cost; the
-        one-shot OBS support comes with it). "auto": magnitude, plus multistep and one-shot OBS
-        when ``n^2 p <= 1e10``, one-shot OBS alone when ``n^2 p <= 2e10`` (about a second
-        here); the best refit is kept. Tiny problems (p <= 32 and at most 2e5 supports) are
-        also solved exactly by enumeration.
+    init : {"auto", "magnitude", "obs", "obs_multistep", "greedy"}, default "auto"
+        Start supports, each refit exactly, plus a greedy stage after IHT. "magnitude": the k
+        largest ``|w0|``. "obs": the k largest OBS saliencies ``w_q^2 / [H^-1]_qq``
+        (H = A^T A + ridge I through Woodbury, O(n^2 p)). "obs_multistep": OBS in 4 steps with
+        refits in between (about 2.5x the cost; the one-shot OBS support comes with it).
+        "greedy": after IHT, greedy OBS (remove the least salient weight, update the others,
+        repeat) from a superset of ``max(3k, 2n)`` columns, the best support so far plus the
+        largest ``|w0|``; it runs in n-space, O(n m^2 / 2 + n^2 m) for m columns, never with a
+        p x p matrix. "auto": magnitude, then greedy OBS with m capped so that it costs at most
+        4e10 multiply-adds (about 2 s here); where not even that fits, one-shot OBS when
+        ``n^2 p <= 2e10`` and multistep OBS when ``n^2 p <= 1e10``. The best refit is kept.
+        Tiny problems (p <= 32 and at most 2e5 supports) are also solved exactly by
+        enumeration.
     active_set : bool, default True
         CHITA's active set: IHT on the floor(1.5 k) columns picked by a 1/L gradient step
         (L from power iterations), enlarged by full-gradient steps that lower f. Iterations
@@ -352,6 +365,12 @@ def _solve(
 
     # Stage 1: start supports.
     t = time.perf_counter()
+    n = prob.A.shape[0]
+    # Size of the superset greedy OBS (stage 3) starts from; None: no greedy stage.
+    greedy_m = None
+    if refine and k < p and init in ("auto", "greedy"):
+        budget = _GREEDY_AUTO if init == "auto" else float("inf")
+        greedy_m = greedy_screen_size(n, p, k, _GREEDY_MULTIPLE, budget)
     h = None
     if refine and (max_swaps > 0 or init != "magnitude"):
         h = xp.empty(p)
@@ -363,10 +382,11 @@ def _solve(
         w, r, f, inv = refit(kernels, prob, support, keep_inverse=True)
         kinv = (support.copy(), inv)
         t = stage("magnitude + refit", f, t)
-        n, _ = prob.A.shape
         cost = float(n) * n * p  # multiply-adds of one OBS saliency pass
-        multistep = init == "obs_multistep" or (init == "auto" and cost <= _MULTISTEP_AUTO)
-        oneshot = init == "obs" or (init == "auto" and cost <= _OBS_AUTO)
+        # With "auto", OBS starts only where greedy OBS does not run (it supersedes them).
+        obs_auto = init == "auto" and greedy_m is None
+        multistep = init == "obs_multistep" or (obs_auto and cost <= _MULTISTEP_AUTO)
+        oneshot = init == "obs" or (obs_auto and cost <= _OBS_AUTO)
         others: list[tuple[str, np.ndarray]] = []
         if multistep and k < p:
             ms, os_ = obs_multistep_support(kernels, prob, k, h)
@@ -412,7 +432,19 @@ def _solve(
         label = "active-set iht" if active_set else "iht"
         t = stage(label + (" + refit" if refine else ""), f, t)
 
-    # Stage 3: swap local search from the exact optimum on the best support.
+    # Stage 3: greedy OBS down to k from a superset: the best support so far plus the largest
+    # |w0| (magnitude screening), as large as the budget allows.
+    if greedy_m is not None and not stopped:
+        score = xp.abs(start)
+        score[support] = xp.inf
+        screen = largest(kernels, score, greedy_m)
+        greedy = greedy_obs_support(kernels, prob, screen, k, h)
+        w2, r2, f2, inv = refit(kernels, prob, greedy, keep_inverse=True)
+        t = stage(f"greedy obs from {greedy_m} + refit", f2, t)
+        if f2 < f:
+            support, w, r, f, kinv = greedy, w2, r2, f2, (greedy.copy(), inv)
+
+    # Stage 4: swap local search from the exact optimum on the best support.
     if refine and max_swaps > 0 and not stopped and k < p:
         same = kinv is not None and bool(xp.array_equal(kinv[0], support))
         known = kinv[1] if same else None

@@ -31,6 +31,9 @@ from ._interop import array_module
 __all__ = [
     "SwapStats",
     "exhaustive_support",
+    "greedy_cost",
+    "greedy_obs_support",
+    "greedy_screen_size",
     "obs_multistep_support",
     "obs_saliency",
     "refit",
@@ -47,6 +50,15 @@ _BLOCK_COLS = 2048
 # With ridge == 0 the n-space form needs a positive shift; this one is relative to the mean
 # curvature and only used for scoring and OBS saliencies; objectives are always exact.
 _SCORE_SHIFT = 1e-6
+# Greedy OBS from a screened superset: removals per block (one GEMM over the superset's
+# columns): 1 per _GREEDY_BLOCK_SHARE surviving columns, at most _GREEDY_BLOCK; each block's
+# removals are chosen one at a time, exactly, within a pool of the block's size plus
+# _GREEDY_POOL_EXTRA least salient weights.
+_GREEDY_BLOCK = 32
+_GREEDY_BLOCK_SHARE = 64
+_GREEDY_POOL_EXTRA = 16
+# Compact the greedy workspace to the surviving columns when they fall below this fraction.
+_GREEDY_COMPACT = 0.8
 
 
 @dataclass
@@ -210,6 +222,132 @@ def obs_multistep_support(
     if oneshot is None:  # k == p: nothing to prune
         oneshot = support
     return support, oneshot
+
+
+def greedy_cost(n: int, k: int, m: int) -> float:
+    """Multiply-adds of :func:`greedy_obs_support` from ``m`` columns down to ``k``: the Gram
+    and inverse of the superset, its initial diagonal, then per block the pool's products, the
+    pass over the surviving columns and the rank-``block`` update of the n x n inverse."""
+    n, k, m = float(n), float(k), float(m)
+    # Per removal, with blocks of B (at most _GREEDY_BLOCK, fewer below 64 B columns): the
+    # pool's K^-1 A_C and G_CC, n^2 (B + extra) / B + n (B + extra)^2 / B, and the rank-B
+    # update of K^-1, n^2. Bounded by the smallest blocks' cost where m is small.
+    B = float(max(1, min(_GREEDY_BLOCK, math.ceil(m / _GREEDY_BLOCK_SHARE))))
+    P = B + _GREEDY_POOL_EXTRA
+    per_removal = n * n * (P / B + 1.0) + n * P * P / B
+    return 2.0 * n * n * m + n**3 + 0.5 * n * (m * m - k * k) + (m - k) * per_removal
+
+
+def greedy_screen_size(n: int, p: int, k: int, multiple: float, budget: float) -> int | None:
+    """Size of the superset greedy OBS starts from: ``multiple * k`` columns, or 2n if more (up
+    to that size the n x n algebra, O(n^3) anyway, dominates the cost), capped by p and by
+    ``budget`` multiply-adds (:func:`greedy_cost`); None when not even one removal fits."""
+    hi = min(p, max(math.ceil(multiple * k), 2 * n))
+    if hi <= k or greedy_cost(n, k, k + 1) > budget:
+        return None
+    lo = k + 1  # greedy_cost grows with m: bisect for the largest m within budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if greedy_cost(n, k, mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def greedy_obs_support(
+    kernels: Any,
+    prob: Any,
+    screen: np.ndarray,
+    k: int,
+    h: np.ndarray,
+    *,
+    block: int | None = None,
+    pool: int | None = None,
+) -> np.ndarray:
+    """Greedy OBS (backward elimination) from the columns ``screen`` down to ``k`` of them.
+
+    Greedy OBS removes, one at a time, the weight whose removal raises f the least (saliency
+    x_q^2 / [H_S^-1]_qq at the exact optimum x on the current support S) and moves the others
+    to the new optimum. Here it runs in n-space: with K = lam I + A_S A_S^T,
+    [H_S^-1]_qq = (1 - d_q) / lam with d_q = a_q^T K^-1 a_q, and x_S = w_bar_S + A_S^T K^-1 c,
+    c = b - A_S w_bar_S. Removing q changes K by -a_q a_q^T, so x and d follow from
+    G_jq = a_j^T K^-1 a_q: x_j += G_jq x_q / (1 - d_q), d_j += G_jq^2 / (1 - d_q).
+
+    Blocked: each block takes the ``pool`` weights of least saliency, forms their exact
+    G_CC = A_C^T K^-1 A_C, removes ``block`` of them one at a time with the rank-1 updates
+    above restricted to the pool, then brings x and d of every surviving column and K^-1 up to
+    date at once (Woodbury with the removed set Q: one GEMM A_S^T K^-1 A_Q). That is exact
+    greedy OBS except that a block's removals are chosen within its pool (a weight outside the
+    pool would have to become the least salient within the same block). Default ``block``:
+    one per 64 surviving columns, at most 32; default ``pool``: ``block`` + 16. block = pool = 1
+    is textbook greedy OBS.
+
+    The superset's columns are gathered into an [n, |screen|] float64 workspace, so the cost is
+    :func:`greedy_cost` multiply-adds and 8 n |screen| bytes; no p x p or |S| x |S| matrix is
+    formed. Returns the sorted int64 support of size k."""
+    A, b, w_bar = prob.A, prob.b, prob.w_bar
+    xp = array_module(b)
+    n = A.shape[0]
+    lam = _scoring_ridge(prob, h)
+    tiny = np.finfo(float).eps
+    S = screen
+    AS = _columns(A, S)  # [n, m] float64 workspace
+    Kinv = _shifted_inverse(AS @ AS.T, lam)
+    c = b - AS @ w_bar[S]
+    x = w_bar[S] + AS.T @ (Kinv @ c)
+    d = xp.empty(S.size)
+    for s0 in range(0, S.size, _BLOCK_COLS):
+        V = AS[:, s0 : s0 + _BLOCK_COLS]
+        d[s0 : s0 + V.shape[1]] = (V * (Kinv @ V)).sum(axis=0)
+    alive = xp.ones(S.size, dtype=bool)
+    n_alive = S.size
+    while n_alive > k:
+        if block is None:
+            nb = max(1, min(_GREEDY_BLOCK, -(-n_alive // _GREEDY_BLOCK_SHARE)))
+        else:
+            nb = block
+        nb = min(nb, n_alive - k)
+        npool = nb + _GREEDY_POOL_EXTRA if pool is None else pool
+        npool = min(max(npool, nb), n_alive)
+        sal = x * x / xp.maximum(1.0 - d, tiny)
+        sal[~alive] = xp.inf
+        C = xp.argpartition(sal, npool - 1)[:npool] if npool < S.size else xp.flatnonzero(alive)
+        AC = AS[:, C]
+        ZC = Kinv @ AC
+        G0 = AC.T @ ZC
+        # The pool's x and d afresh from K^-1 (no drift from the running updates), then exact
+        # greedy removals within the pool.
+        xc = w_bar[S[C]] + AC.T @ (Kinv @ c)
+        G = G0.copy()
+        live = np.ones(npool, dtype=bool)  # host bookkeeping: scalars only cross over
+        order: list[int] = []
+        for _ in range(nb):
+            dc = xp.maximum(1.0 - xp.diagonal(G), tiny)
+            s = xc * xc / dc
+            s[xp.asarray(~live)] = xp.inf
+            q = int(xp.argmin(s))
+            g = G[:, q].copy()
+            xc += g * (xc[q] / dc[q])
+            G += xp.outer(g / dc[q], g)
+            live[q] = False
+            order.append(q)
+        oq = xp.asarray(order)
+        Q = C[oq]
+        ZQ = ZC[:, oq]
+        M = _inverse_spd(xp.eye(nb) - G0[oq][:, oq])  # SPD: a_q^T K^-1 a_q < 1 on S
+        c = c + AS[:, Q] @ w_bar[S[Q]]
+        Y = AS.T @ ZQ  # [m, nb]: the pass over the surviving columns
+        x += Y @ (w_bar[S[Q]] + M @ (ZQ.T @ c))
+        d += ((Y @ M) * Y).sum(axis=1)
+        Kinv += ZQ @ M @ ZQ.T
+        alive[Q] = False
+        n_alive -= nb
+        if n_alive < _GREEDY_COMPACT * S.size and n_alive > k:
+            keep = xp.flatnonzero(alive)
+            S, AS, x, d = S[keep], AS[:, keep], x[keep], d[keep]
+            alive = xp.ones(S.size, dtype=bool)
+    return xp.sort(S[alive]).astype(np.int64)
 
 
 def exhaustive_support(prob: Any, k: int) -> np.ndarray | None:

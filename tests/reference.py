@@ -22,6 +22,7 @@ __all__ = [
     "best_subset",
     "chita_step",
     "gradient",
+    "greedy_obs",
     "iht",
     "objective",
     "obs_saliency",
@@ -132,6 +133,32 @@ def obs_saliency(A, b, ridge, w_bar=None):
     Hinv = np.linalg.inv(H)
     w = Hinv @ (A.T @ _f64(b) + float(ridge) * w_bar)
     return w * w / np.diag(Hinv)
+
+
+def greedy_obs(A, b, k, ridge, w_bar=None, start=None):
+    """Textbook greedy OBS: from the support ``start`` (default: every column), remove one weight
+    at a time, the one of least saliency x_q^2 / [H_S^-1]_qq at the exact minimiser x on the
+    current support S (H_S = A_S^T A_S + ridge I, dense |S| x |S|, inverted afresh every step).
+    Returns (sorted support of size k, [(removed weight, its saliency margin)] in order), where
+    the margin is the relative gap to the second-least saliency (ties make the order arbitrary).
+    Needs ridge > 0. Small problems only."""
+    A = _f64(A)
+    b = _f64(b)
+    p = A.shape[1]
+    w_bar = np.zeros(p) if w_bar is None else _f64(w_bar)
+    S = np.arange(p) if start is None else np.sort(np.asarray(start, dtype=np.int64))
+    path = []
+    while S.size > k:
+        AS = A[:, S]
+        Hinv = np.linalg.inv(AS.T @ AS + float(ridge) * np.eye(S.size))
+        x = Hinv @ (AS.T @ b + float(ridge) * w_bar[S])
+        sal = x * x / np.diag(Hinv)
+        order = np.argsort(sal, kind="stable")
+        q = order[0]
+        margin = (sal[order[1]] - sal[q]) / max(sal[order[1]], 1e-300) if S.size > 1 else 1.0
+        path.append((int(S[q]), float(margin)))
+        S = np.delete(S, q)
+    return S, path
 
 
 @dataclass
