@@ -249,11 +249,16 @@ def _run_method(
 
 
 def _chita_split(stages: list[list[Any]], total: float) -> dict[str, float]:
-    """chita's stages grouped: start supports (magnitude / OBS + refits), IHT (+ refit), swaps,
-    other (validation, set-up outside the stages)."""
-    out = {"start": 0.0, "iht": 0.0, "swaps": 0.0}
+    """chita's stages grouped: start supports (magnitude / OBS + refits), IHT (+ refit), greedy
+    OBS (+ refit), swaps, other (validation, set-up outside the stages)."""
+    out = {"start": 0.0, "iht": 0.0, "greedy": 0.0, "swaps": 0.0}
     for label, _, sec in stages:
-        key = "swaps" if label.startswith("swaps") else "iht" if "iht" in label else "start"
+        if label.startswith("swaps"):
+            key = "swaps"
+        elif label.startswith("greedy"):
+            key = "greedy"
+        else:
+            key = "iht" if "iht" in label else "start"
         out[key] += sec
     out["other"] = max(0.0, total - sum(out.values()))
     return out
@@ -765,7 +770,7 @@ def markdown(rows: list[dict[str, Any]], verd: list[dict[str, Any]], summ: dict[
         "",
         f"**Time split at {s_hi:.0%}** (s). OBS: build (Gram products) / factor "
         "(Cholesky, inverses) / prune (saliencies, greedy path) / refit. chita: start "
-        "supports (magnitude / OBS + refits) / IHT + refit / swaps / other.",
+        "supports (magnitude / OBS + refits) / IHT + refit / greedy OBS + refit / swaps / other.",
         "",
         "| instance | p | greedy OBS | one-shot OBS | chita |",
         "|---|---:|---|---|---|",

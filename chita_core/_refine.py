@@ -288,7 +288,6 @@ def greedy_obs_support(
     formed. Returns the sorted int64 support of size k."""
     A, b, w_bar = prob.A, prob.b, prob.w_bar
     xp = array_module(b)
-    n = A.shape[0]
     lam = _scoring_ridge(prob, h)
     tiny = np.finfo(float).eps
     S = screen

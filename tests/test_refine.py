@@ -8,9 +8,9 @@ brute force), never from chita_core itself.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import functools
 import inspect
+import itertools
 import re
 
 import numpy as np

@@ -165,9 +165,7 @@ def test_baselines_and_chita_on_the_same_model():
         m = _model()
         m.load_state_dict(base.state_dict())
         reports[method] = (
-            ct.prune(
-                m, LOSS, _data(), 0.7, n_grads=64, ridge=1e-3, method=method, progress=False
-            ),
+            ct.prune(m, LOSS, _data(), 0.7, n_grads=64, ridge=1e-3, method=method, progress=False),
             m,
         )
     w0 = torch.cat([w.detach().reshape(-1) for w in _weights(base)])
