@@ -26,6 +26,7 @@ from ._interop import array_module, library_of, to_library
 from ._refine import (
     exhaustive_support,
     greedy_obs_support,
+    greedy_screen,
     greedy_screen_size,
     largest,
     obs_multistep_support,
@@ -249,8 +250,9 @@ def iht(
         refits in between (about 2.5x the cost; the one-shot OBS support comes with it).
         "greedy": after IHT, greedy OBS (remove the least salient weight, update the others,
         repeat) from a superset of ``max(3k, 2n)`` columns, the best support so far plus the
-        largest ``|w0|``; it runs in n-space, O(n m^2 / 2 + n^2 m) for m columns, never with a
-        p x p matrix. "auto": magnitude, then greedy OBS with m capped so that it costs at most
+        weights ranked highest by ``|w0|`` or by ``w0_j^2 (||a_j||^2 + ridge)``; it runs in
+        n-space, O(n m^2 / 2 + n^2 m) for m columns, never with a p x p matrix. "auto":
+        magnitude, then greedy OBS with m capped so that it costs at most
         4e10 multiply-adds (about 2 s here); where not even that fits, one-shot OBS when
         ``n^2 p <= 2e10`` and multistep OBS when ``n^2 p <= 1e10``. The best refit is kept.
         Tiny problems (p <= 32 and at most 2e5 supports) are also solved exactly by
@@ -432,15 +434,13 @@ def _solve(
         label = "active-set iht" if active_set else "iht"
         t = stage(label + (" + refit" if refine else ""), f, t)
 
-    # Stage 3: greedy OBS down to k from a superset: the best support so far plus the largest
-    # |w0| (magnitude screening), as large as the budget allows.
+    # Stage 3: greedy OBS down to k from a superset: the best support so far plus the weights
+    # ranked highest by |w0| or by their OBD saliency, as large as the budget allows.
     if greedy_m is not None and not stopped:
-        score = xp.abs(start)
-        score[support] = xp.inf
-        screen = largest(kernels, score, greedy_m)
+        screen = greedy_screen(kernels, prob, start, support, greedy_m, h)
         greedy = greedy_obs_support(kernels, prob, screen, k, h)
         w2, r2, f2, inv = refit(kernels, prob, greedy, keep_inverse=True)
-        t = stage(f"greedy obs from {greedy_m} + refit", f2, t)
+        t = stage(f"greedy obs from {screen.size} + refit", f2, t)
         if f2 < f:
             support, w, r, f, kinv = greedy, w2, r2, f2, (greedy.copy(), inv)
 

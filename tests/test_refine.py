@@ -941,6 +941,45 @@ def test_greedy_obs_ridge_zero_and_edges(solver_kernels):
     np.testing.assert_array_equal(got, screen)
 
 
+def _reference_screen(start, h, lam, forced, m):
+    """Union of the top t by |start| and by start^2 (h + lam), forced always in, t the largest
+    with at most m columns; by full sorts."""
+    mag, obd = np.abs(start), start * start * (h + lam)
+    mag[forced] = obd[forced] = np.inf
+    rank_mag = np.empty(start.size, dtype=np.int64)
+    rank_obd = np.empty(start.size, dtype=np.int64)
+    rank_mag[np.argsort(-mag, kind="stable")] = np.arange(start.size)
+    rank_obd[np.argsort(-obd, kind="stable")] = np.arange(start.size)
+    best = np.asarray(forced)
+    for t in range(1, m + 1):
+        union = np.flatnonzero(np.minimum(rank_mag, rank_obd) < t)
+        if union.size > m:
+            break
+        best = np.union1d(union, forced)
+    return best
+
+
+@pytest.mark.parametrize("m", [7, 40, 111, 300])
+def test_greedy_screen_is_union_of_magnitude_and_obd(solver_kernels, m):
+    A, b, w_bar = correlated_pruning_problem(30, 300, 840, "F")
+    # One half of the weights 10x larger with 10x smaller gradients: the same problem to OBS
+    # and OBD, not to magnitude.
+    A = np.asfortranarray(A.copy())
+    A[:, :150] /= 10
+    w_bar = w_bar.copy()
+    w_bar[:150] *= 10
+    b = A @ w_bar
+    prob, h = _prob_h(solver_kernels, A, b, 0.01, w_bar)
+    forced = np.array([2, 160, 299], dtype=np.int64)
+    got = _refine.greedy_screen(solver_kernels, prob, prob.w_bar, forced, m, h)
+    expected = _reference_screen(w_bar, h, 0.01, forced, m)
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.int64 and got.size <= max(m, forced.size)
+    assert got.size >= m // 2 and np.isin(forced, got).all()
+    if m >= 40:  # both halves are represented: magnitude alone would take the first half only
+        assert (got < 150).sum() < got.size and (got >= 150).sum() > 0
+
+
 def test_greedy_cost_and_screen_size():
     n, k = 1000, 1000
     costs = [_refine.greedy_cost(n, k, m) for m in (1001, 2000, 3000, 6000)]
