@@ -230,20 +230,25 @@ def greedy_cost(n: int, k: int, m: int) -> float:
     and inverse of the superset, its initial diagonal, then per block the pool's products, the
     pass over the surviving columns and the rank-``block`` update of the n x n inverse."""
     n, k, m = float(n), float(k), float(m)
-    # Per removal, with blocks of B (at most _GREEDY_BLOCK, fewer below 64 B columns): the
-    # pool's K^-1 A_C and G_CC, n^2 (B + extra) / B + n (B + extra)^2 / B, and the rank-B
-    # update of K^-1, n^2. Bounded by the smallest blocks' cost where m is small.
-    B = float(max(1, min(_GREEDY_BLOCK, math.ceil(m / _GREEDY_BLOCK_SHARE))))
+    # Per removal while more than n columns survive (blocks of B >= m / 64 > n / 64, pools
+    # of B + 16): the pool's K^-1 A_C and G_CC, n^2 (B + 16) / B + n (B + 16)^2 / B, and the
+    # rank-B update of K^-1, n^2. Below n survivors T = K^-1 A_S (n^3 once) replaces K^-1 and
+    # a removal costs at most 2 n^2 + n (B + 16)^2 / B, bounded by the same.
+    B = float(max(1, min(_GREEDY_BLOCK, math.ceil(max(m, n) / _GREEDY_BLOCK_SHARE))))
     P = B + _GREEDY_POOL_EXTRA
     per_removal = n * n * (P / B + 1.0) + n * P * P / B
-    return 2.0 * n * n * m + n**3 + 0.5 * n * (m * m - k * k) + (m - k) * per_removal
+    return 2.0 * n * n * m + 2.0 * n**3 + 0.5 * n * (m * m - k * k) + (m - k) * per_removal
 
 
-def greedy_screen_size(n: int, p: int, k: int, multiple: float, budget: float) -> int | None:
-    """Size of the superset greedy OBS starts from: ``multiple * k`` columns, or 2n if more (up
-    to that size the n x n algebra, O(n^3) anyway, dominates the cost), capped by p and by
-    ``budget`` multiply-adds (:func:`greedy_cost`); None when not even one removal fits."""
-    hi = min(p, max(math.ceil(multiple * k), 2 * n))
+def greedy_screen_size(
+    n: int, p: int, k: int, multiple: float, budget: float, share: float = 0.25
+) -> int | None:
+    """Size of the superset greedy OBS starts from: the largest of ``multiple * k`` columns, 2n
+    (up to that size the n x n algebra, O(n^3) anyway, dominates the cost) and ``share * p``
+    (at high sparsity a screen by magnitude and OBD should not decide about more than
+    1 - share of the weights on its own), capped by p and by ``budget`` multiply-adds
+    (:func:`greedy_cost`); None when not even one removal fits."""
+    hi = min(p, max(math.ceil(multiple * k), 2 * n, math.ceil(share * p)))
     if hi <= k or greedy_cost(n, k, k + 1) > budget:
         return None
     lo = k + 1  # greedy_cost grows with m: bisect for the largest m within budget
@@ -319,27 +324,38 @@ def greedy_obs_support(
     greedy OBS except that a block's removals are chosen within its pool (a weight outside the
     pool would have to become the least salient within the same block). Default ``block``:
     one per 64 surviving columns, at most 32; default ``pool``: ``block`` + 16. block = pool = 1
-    is textbook greedy OBS.
+    is textbook greedy OBS. Once no more than n columns survive, T = K^-1 A_S replaces K^-1
+    (no n x n work per block from there).
 
     The superset's columns are gathered into an [n, |screen|] float64 workspace, so the cost is
     :func:`greedy_cost` multiply-adds and 8 n |screen| bytes; no p x p or |S| x |S| matrix is
     formed. Returns the sorted int64 support of size k."""
     A, b, w_bar = prob.A, prob.b, prob.w_bar
     xp = array_module(b)
+    n = A.shape[0]
     lam = _scoring_ridge(prob, h)
     tiny = np.finfo(float).eps
     S = screen
     AS = _columns(A, S)  # [n, m] float64 workspace
     Kinv = _shifted_inverse(AS @ AS.T, lam)
     c = b - AS @ w_bar[S]
-    x = w_bar[S] + AS.T @ (Kinv @ c)
+    e = Kinv @ c  # K^-1 c: x = w_bar_S + A_S^T e
+    x = w_bar[S] + AS.T @ e
     d = xp.empty(S.size)
     for s0 in range(0, S.size, _BLOCK_COLS):
         V = AS[:, s0 : s0 + _BLOCK_COLS]
         d[s0 : s0 + V.shape[1]] = (V * (Kinv @ V)).sum(axis=0)
+    # Once no more than n columns survive, T = K^-1 A_S (n x survivors) replaces K^-1: the
+    # pool's columns are then read from T and no block does n x n work.
+    T = None
     alive = xp.ones(S.size, dtype=bool)
     n_alive = S.size
     while n_alive > k:
+        if T is None and n_alive <= n:
+            keep = xp.flatnonzero(alive)
+            S, AS, x, d = S[keep], AS[:, keep], x[keep], d[keep]
+            alive = xp.ones(S.size, dtype=bool)
+            T, Kinv = Kinv @ AS, None
         if block is None:
             nb = max(1, min(_GREEDY_BLOCK, -(-n_alive // _GREEDY_BLOCK_SHARE)))
         else:
@@ -351,11 +367,10 @@ def greedy_obs_support(
         sal[~alive] = xp.inf
         C = xp.argpartition(sal, npool - 1)[:npool] if npool < S.size else xp.flatnonzero(alive)
         AC = AS[:, C]
-        ZC = Kinv @ AC
+        ZC = Kinv @ AC if T is None else T[:, C]
         G0 = AC.T @ ZC
-        # The pool's x and d afresh from K^-1 (no drift from the running updates), then exact
-        # greedy removals within the pool.
-        xc = w_bar[S[C]] + AC.T @ (Kinv @ c)
+        # The pool's exact x and cross terms, then greedy removals within it, one at a time.
+        xc = w_bar[S[C]] + AC.T @ e
         G = G0.copy()
         live = np.ones(npool, dtype=bool)  # host bookkeeping: scalars only cross over
         order: list[int] = []
@@ -375,14 +390,21 @@ def greedy_obs_support(
         M = _inverse_spd(xp.eye(nb) - G0[oq][:, oq])  # SPD: a_q^T K^-1 a_q < 1 on S
         c = c + AS[:, Q] @ w_bar[S[Q]]
         Y = AS.T @ ZQ  # [m, nb]: the pass over the surviving columns
-        x += Y @ (w_bar[S[Q]] + M @ (ZQ.T @ c))
+        v = w_bar[S[Q]] + M @ (ZQ.T @ c)  # e changes by ZQ v
+        e += ZQ @ v
+        x += Y @ v
         d += ((Y @ M) * Y).sum(axis=1)
-        Kinv += ZQ @ M @ ZQ.T
+        if T is None:
+            Kinv += ZQ @ M @ ZQ.T
+        else:
+            T += ZQ @ (M @ Y.T)
         alive[Q] = False
         n_alive -= nb
         if n_alive < _GREEDY_COMPACT * S.size and n_alive > k:
             keep = xp.flatnonzero(alive)
             S, AS, x, d = S[keep], AS[:, keep], x[keep], d[keep]
+            if T is not None:
+                T = T[:, keep]
             alive = xp.ones(S.size, dtype=bool)
     return xp.sort(S[alive]).astype(np.int64)
 

@@ -909,7 +909,7 @@ def test_greedy_obs_blocks_with_full_pools_are_exact(solver_kernels, n, p, k, rf
 
 
 def test_greedy_obs_default_blocks_close_to_textbook(solver_kernels):
-    """Default blocks (32 removals chosen within pools of 48): within 2% of textbook greedy,
+    """Default blocks (removals chosen within pools 16 larger): within 2% of textbook greedy,
     and far better than magnitude + backsolve on problems where that is weak."""
     rows = []
     for i in range(6):
@@ -984,10 +984,11 @@ def test_greedy_cost_and_screen_size():
     n, k = 1000, 1000
     costs = [_refine.greedy_cost(n, k, m) for m in (1001, 2000, 3000, 6000)]
     assert all(a < b for a, b in itertools.pairwise(costs))
-    # Unlimited budget: max(3k, 2n), capped by p.
+    # Unlimited budget: max(3k, 2n, p / 4), capped by p.
     assert _refine.greedy_screen_size(n, 10_000, k, 3.0, np.inf) == 3000
     assert _refine.greedy_screen_size(n, 2500, k, 3.0, np.inf) == 2500
-    assert _refine.greedy_screen_size(n, 10_000, 100, 3.0, np.inf) == 2000  # 2n > 3k
+    assert _refine.greedy_screen_size(n, 6000, 100, 3.0, np.inf) == 2000  # 2n > p / 4 > 3k
+    assert _refine.greedy_screen_size(n, 40_000, 100, 3.0, np.inf) == 10_000  # p / 4
     # A budget: the largest m within it.
     budget = _refine.greedy_cost(n, k, 2500)
     m = _refine.greedy_screen_size(n, 10_000, k, 3.0, budget)
