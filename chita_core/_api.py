@@ -266,7 +266,9 @@ def iht(
         False runs plain IHT from the thresholded ``w0``.
     swaps : bool or int, default True
         Swap local search after IHT: True allows up to 2000 swaps, an int sets the budget,
-        False or 0 turns it off. It stops earlier when no screened swap lowers f.
+        False or 0 turns it off. It stops earlier when no screened swap lowers f. With True it
+        also runs from IHT's support when that beat the start supports but greedy OBS then
+        found a better one, and keeps the better end point.
     backend : {"auto", "cpp", "numba"}, default "auto"
         Kernel backend; "auto" takes the compiled one when it is importable.
     callback : callable, optional
@@ -334,6 +336,7 @@ def iht(
             callback,
             log,
             t0,
+            swap_both=swaps is True or swaps is np.True_,
         )
 
 
@@ -352,6 +355,7 @@ def _solve(
     callback: Callable[[IHTProgress], bool | None] | None,
     log: _IterationLog | None,
     t0: float,
+    swap_both: bool = False,
 ) -> IHTResult:
     """The stages of :func:`iht` on a validated problem (host or device vectors alike)."""
     xp = array_module(prob.b)
@@ -423,11 +427,13 @@ def _solve(
     history, n_iter = list(run.history), run.n_iter
     if best is None or run.f < best[3]:
         best = (run.support.copy(), run.w.copy(), run.r.copy(), run.f)
+    iht_point = None  # IHT's refit, where it beat every start support (its own basin)
     if refine and not run.stopped:
         w, r, f, inv = refit(kernels, prob, run.support, keep_inverse=True)
         if f < best[3]:
             best = (run.support.copy(), w, r, f)
             kinv = (run.support.copy(), inv)
+            iht_point = (*best, inv)
     support, w, r, f = best
     converged, stopped = run.converged, run.stopped
     if max_iter > 0:
@@ -444,7 +450,9 @@ def _solve(
         if f2 < f:
             support, w, r, f, kinv = greedy, w2, r2, f2, (greedy.copy(), inv)
 
-    # Stage 4: swap local search from the exact optimum on the best support.
+    # Stage 4: swap local search from the exact optimum on the best support; with the default
+    # budget also from IHT's support when greedy OBS then found a better one (two basins: local
+    # search from the worse start sometimes ends lower). The better end point is kept.
     if refine and max_swaps > 0 and not stopped and k < p:
         same = kinv is not None and bool(xp.array_equal(kinv[0], support))
         known = kinv[1] if same else None
@@ -461,6 +469,25 @@ def _solve(
             Kinv=known,
         )
         t = stage(f"swaps ({sw.swaps} in {sw.rounds} rounds)", f, t)
+        if swap_both and iht_point is not None and not xp.array_equal(iht_point[0], support):
+            S2, w2, r2, f2, inv2 = iht_point
+            S2, w2, r2, f2, sw2 = swap_search(
+                kernels,
+                prob,
+                S2,
+                w2,
+                r2,
+                f2,
+                h,
+                max_swaps=max_swaps,
+                max_rounds=_SWAP_ROUNDS,
+                Kinv=inv2,
+            )
+            if f2 < f:
+                support, w, r, f = S2, w2, r2, f2
+            t = stage(
+                f"local search from IHT's support ({sw2.swaps} swaps in {sw2.rounds} rounds)", f, t
+            )
 
     return IHTResult(
         w=prob.output(w),

@@ -980,6 +980,26 @@ def test_greedy_screen_is_union_of_magnitude_and_obd(solver_kernels, m):
         assert (got < 150).sum() < got.size and (got >= 150).sum() > 0
 
 
+def test_default_also_searches_from_the_iht_support(solver_backend):
+    """With swaps=True, IHT's support (better than the starts, worse than greedy OBS) gets its
+    own swap search; here that one ends lower, and its end point is the exact result."""
+    prob = _make_problem(40, 300, seed=950, pruning=False)
+    A, b, w_bar, k = prob.A, prob.b, prob.w_bar, 30
+    res = chita_core.iht(A, b, k, ridge=0.01, w_bar=w_bar, backend=solver_backend)
+    names = _stage_names(res)
+    assert names[-1].startswith("local search from IHT's support"), names
+    f = dict((s[0], s[1]) for s in res.stages)
+    iht_f = f[names[1]]
+    greedy_f = f[names[2]]
+    assert names[2].startswith("greedy obs") and greedy_f < iht_f < res.stages[0][1], res.stages
+    assert res.objective < res.stages[3][1] * (1 - 1e-9), res.stages  # it found a lower point
+    _, f_exact = ref.support_objective(A, b, np.asarray(res.support), 0.01, w_bar)
+    np.testing.assert_allclose(res.objective, f_exact, rtol=1e-9)
+    # An explicit budget runs one search only (so it bounds the moves from the swap-free result).
+    res3 = chita_core.iht(A, b, k, ridge=0.01, w_bar=w_bar, swaps=3, backend=solver_backend)
+    assert not any(s.startswith("local search") for s in _stage_names(res3)), res3.stages
+
+
 def test_greedy_cost_and_screen_size():
     n, k = 1000, 1000
     costs = [_refine.greedy_cost(n, k, m) for m in (1001, 2000, 3000, 6000)]
