@@ -249,7 +249,7 @@ def iht(
         (H = A^T A + ridge I through Woodbury, O(n^2 p)). "obs_multistep": OBS in 4 steps with
         refits in between (about 2.5x the cost; the one-shot OBS support comes with it).
         "greedy": after IHT, greedy OBS (remove the least salient weight, update the others,
-        repeat) from a superset of ``max(3k, 2n)`` columns, the best support so far plus the
+        repeat) from a superset of ``max(3k, 2n, p/4)`` columns, the best support so far plus the
         weights ranked highest by ``|w0|`` or by ``w0_j^2 (||a_j||^2 + ridge)``; it runs in
         n-space, O(n m^2 / 2 + n^2 m) for m columns, never with a p x p matrix. "auto":
         magnitude, then greedy OBS with m capped so that it costs at most

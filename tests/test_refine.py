@@ -581,7 +581,7 @@ def test_init_auto_runs_greedy_obs_on_small_problems(solver_backend):
     res = chita_core.iht(A, b, k, ridge=ridge, w_bar=w_bar, backend=solver_backend)
     names = _stage_names(res)
     # Affordable greedy OBS supersedes the OBS starts: magnitude, IHT, greedy OBS from the whole
-    # support (max(3k, 2n) = 450 > p = 300 columns), swaps.
+    # support (max(3k, 2n, p/4) = 450 > p = 300 columns), swaps.
     assert names[0] == "magnitude + refit" and names[1].endswith("iht + refit"), names
     assert names[2] == "greedy obs from 300 + refit", names
     assert names[3].startswith("swaps") and len(names) == 4, names
@@ -1023,7 +1023,7 @@ def test_init_greedy_runs_its_stage(solver_backend):
     k, ridge = 40, 0.01
     res = chita_core.iht(A, b, k, ridge=ridge, w_bar=w_bar, init="greedy", backend=solver_backend)
     names = _stage_names(res)
-    # max(3k, 2n) = 120 columns: the support IHT reached and the 80 other largest |w_bar|.
+    # max(3k, 2n, p/4) = 120 columns: the support IHT reached plus the top |w_bar| and OBD ranks.
     assert names[2] == "greedy obs from 120 + refit", names
     assert not any(s.startswith("obs") for s in names), names
     f_stage = res.stages[2][1]
