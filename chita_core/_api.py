@@ -50,8 +50,9 @@ _INITS = ("auto", "magnitude", "obs", "obs_multistep", "greedy")
 # _OBS_AUTO, and multistep OBS (about 2.5x that cost, one-shot included) below _MULTISTEP_AUTO.
 _OBS_AUTO = 2e10
 _MULTISTEP_AUTO = 1e10
-# Greedy OBS starts from the largest (multiple x k) weights, the best support so far among
-# them; init="auto" caps its cost (greedy_cost, multiply-adds) at _GREEDY_AUTO.
+# Greedy OBS starts from a superset of max(_GREEDY_MULTIPLE k, 2n, p/4) columns around the best
+# support so far (greedy_screen_size); init="auto" caps its cost (greedy_cost, multiply-adds)
+# at _GREEDY_AUTO.
 _GREEDY_MULTIPLE = 3.0
 _GREEDY_AUTO = 4e10
 # Default IHT iterations alone / inside the full pipeline (max_iter=None).

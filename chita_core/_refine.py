@@ -155,10 +155,19 @@ def _hinv_diag(A: np.ndarray, idx: np.ndarray, Kinv: np.ndarray, lam: float) -> 
     xp = array_module(idx)
     out = xp.empty(idx.size)
     for s0 in range(0, idx.size, _BLOCK_COLS):
-        V = _columns(A, idx[s0 : s0 + _BLOCK_COLS])
-        out[s0 : s0 + V.shape[1]] = 1.0 - (V * (Kinv @ V)).sum(axis=0)
+        out[s0 : s0 + _BLOCK_COLS] = 1.0 - _kinv_quad(_columns(A, idx[s0 : s0 + _BLOCK_COLS]), Kinv)
     # a^T K^{-1} a < 1 in exact arithmetic; rounding must not make a diagonal negative.
     return xp.maximum(out, np.finfo(float).eps) / lam
+
+
+def _kinv_quad(V: np.ndarray, Kinv: np.ndarray) -> np.ndarray:
+    """a^T K^-1 a for every column a of V (float64, in memory), _BLOCK_COLS columns at a time."""
+    xp = array_module(V)
+    out = xp.empty(V.shape[1])
+    for s0 in range(0, V.shape[1], _BLOCK_COLS):
+        B = V[:, s0 : s0 + _BLOCK_COLS]
+        out[s0 : s0 + B.shape[1]] = (B * (Kinv @ B)).sum(axis=0)
+    return out
 
 
 def obs_saliency(kernels: Any, prob: Any, h: np.ndarray) -> np.ndarray:
@@ -341,10 +350,7 @@ def greedy_obs_support(
     c = b - AS @ w_bar[S]
     e = Kinv @ c  # K^-1 c: x = w_bar_S + A_S^T e
     x = w_bar[S] + AS.T @ e
-    d = xp.empty(S.size)
-    for s0 in range(0, S.size, _BLOCK_COLS):
-        V = AS[:, s0 : s0 + _BLOCK_COLS]
-        d[s0 : s0 + V.shape[1]] = (V * (Kinv @ V)).sum(axis=0)
+    d = _kinv_quad(AS, Kinv)  # a_j^T K^-1 a_j
     # Once no more than n columns survive, T = K^-1 A_S (n x survivors) replaces K^-1: the
     # pool's columns are then read from T and no block does n x n work.
     T = None
