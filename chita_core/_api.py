@@ -32,6 +32,7 @@ from ._refine import (
     obs_multistep_support,
     obs_saliency,
     refit,
+    support_values,
     swap_search,
 )
 from ._validation import (
@@ -341,6 +342,28 @@ def iht(
         )
 
 
+# The solver forms squared gradients and curvatures: ||A||_F^2 (||b||^2 + ||A||_F^2 ||w||^2) must
+# stay well inside float64's range (about 1.8e308), leaving room for sums over p entries.
+_MAGNITUDE_LIMIT = 1e280
+
+
+def _check_magnitude(prob: _Problem, h: Any, start: Any) -> None:
+    """ValueError naming `A` when the problem's squares overflow float64 (entries near 1e70 or
+    more); such a problem is solved exactly as well after rescaling, which leaves w unchanged."""
+    xp = array_module(h)
+    fro2 = float(h.sum())
+    with np.errstate(over="ignore", invalid="ignore"):
+        wmax = max(float(xp.abs(start).max()), float(xp.abs(prob.w_bar).max()))
+        bmax = float(xp.abs(prob.b).max())
+        size = fro2 * (bmax * bmax * prob.A.shape[0] + fro2 * wmax * wmax * prob.A.shape[1])
+    if not (np.isfinite(fro2) and np.isfinite(size) and size < _MAGNITUDE_LIMIT):
+        raise ValueError(
+            f"`A` and `b` are too large in magnitude for float64 (||A||_F^2 = {fro2:.3g}, "
+            f"max |b| = {bmax:.3g}): the squared gradients the solver forms would overflow. "
+            "Rescale them: iht(A / s, b / s, k, ridge=ridge / s**2) has the same solution w"
+        )
+
+
 def _solve(
     prob: _Problem,
     name: str,
@@ -378,10 +401,10 @@ def _solve(
     if refine and k < p and init in ("auto", "greedy"):
         budget = _GREEDY_AUTO if init == "auto" else float("inf")
         greedy_m = greedy_screen_size(n, p, k, _GREEDY_MULTIPLE, budget)
-    h = None
-    if refine and (max_swaps > 0 or init != "magnitude"):
-        h = xp.empty(p)
-        kernels.column_sqnorms(prob.A, h)
+    # Column curvatures ||a_j||^2 (one pass over A): scores, and the range check below.
+    h = xp.empty(p)
+    kernels.column_sqnorms(prob.A, h)
+    _check_magnitude(prob, h, start)
     support = xp.empty(k, dtype=np.int64)
     kernels.topk(start, k, support)
     kinv = None  # (support, K^-1) of the best refit, when refit formed it
@@ -558,10 +581,7 @@ def backsolve(
         else:
             idx = device_indices(support, prob.A.shape[1])
         xp = array_module(prob.b)
-        values = xp.empty(idx.size)
-        kernels.backsolve(
-            prob.A, prob.b, idx, xp.ascontiguousarray(prob.w_bar[idx]), prob.ridge, values
-        )
+        values, _ = support_values(kernels, prob, idx)
         w = xp.zeros(prob.A.shape[1])
         w[idx] = values
         return prob.output(w)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._interop import library_of
+from ._interop import library_of, resolve_torch_view
 
 __all__ = [
     "DeviceMatrix",
@@ -109,6 +109,7 @@ def _torch_matrix(A: Any) -> tuple[DeviceMatrix, DeviceProblem]:
         )
     if A.dim() != 2:
         raise ValueError(f"`A` must be 2-D (n samples x p weights), got shape {tuple(A.shape)}")
+    resolve_torch_view(A, "A", copy_ok=False)  # raw pointers would miss a lazy sign bit
     n, p = A.shape
     col_major = _layout(n, p, tuple(A.stride()))
     dev = A.device.index if A.device.index is not None else torch.cuda.current_device()
@@ -206,7 +207,8 @@ def device_vector(
             )
         if x.device.index != mat.device:
             raise ValueError(f"`{name}` is on {x.device} but `A` is on cuda:{mat.device}")
-        arr = cp.from_dlpack(x.detach().to(torch.float64).contiguous())
+        x = resolve_torch_view(x.detach(), name, copy_ok=True)
+        arr = cp.from_dlpack(x.to(torch.float64).contiguous())
     else:
         arr = cp.asarray(x) if hasattr(x, "__cuda_array_interface__") else cp.from_dlpack(x)
         if arr.device.id != mat.device:
@@ -232,7 +234,7 @@ def device_indices(x: Any, p: int) -> Any:
 
     cp = _cupy()
     if library_of(x) == "torch" and is_device_array(x):
-        host = x.detach().cpu().numpy()
+        host = resolve_torch_view(x.detach(), "support", copy_ok=True).cpu().numpy()
     elif is_device_array(x):
         host = cp.asnumpy(
             cp.asarray(x) if hasattr(x, "__cuda_array_interface__") else cp.from_dlpack(x)

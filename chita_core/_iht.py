@@ -69,6 +69,15 @@ def _converged(f_old: float, f_new: float, tol: float) -> bool:
     return abs(f_old - f_new) <= tol * max(abs(f_old), abs(f_new), 1.0)
 
 
+def scaled_norm(xp: Any, v: Any) -> float:
+    """||v||_2 without overflow or underflow of the squares (entries from 1e-300 to 1e300)."""
+    m = float(xp.abs(v).max()) if v.size else 0.0
+    if m == 0.0 or not np.isfinite(m):
+        return m
+    u = v / m
+    return m * float(xp.sqrt(u @ u))
+
+
 def lipschitz(kernels: Any, prob: Any, iters: int = 4, seed: int = 0) -> float:
     """1.05 (sigma_max(A)^2 + ridge) from a few power iterations on A^T A (two passes each)."""
     A = prob.A
@@ -76,14 +85,14 @@ def lipschitz(kernels: Any, prob: Any, iters: int = 4, seed: int = 0) -> float:
     xp = array_module(prob.b)
     every = xp.arange(p, dtype=np.int64)
     v = xp.asarray(np.random.default_rng(seed).standard_normal(p))
-    v /= xp.linalg.norm(v)
+    v /= scaled_norm(xp, v)
     Av = xp.empty(n)
     zeros = xp.zeros(p)
     sigma2 = 0.0
     for _ in range(iters):
         kernels.support_matvec(A, every, v, Av)
         kernels.gradient(A, Av, zeros, zeros, 0.0, v)  # v = A^T A v
-        sigma2 = float(xp.linalg.norm(v))
+        sigma2 = scaled_norm(xp, v)
         if sigma2 == 0.0:
             break
         v /= sigma2
@@ -144,7 +153,8 @@ def active_set_iht(
     g = xp.empty(p)
     kernels.gradient(A, r0, start, w_bar, ridge, g)
     active = xp.empty(size, dtype=np.int64)
-    kernels.topk(start - g / L, size, active)
+    # L == 0 only when A and ridge are zero: then g is zero too and the step is the start.
+    kernels.topk(start - g / L if L > 0 else start, size, active)
 
     # IHT starts from H_k(start) restricted to the active set.
     local = xp.empty(k, dtype=np.int64)
@@ -177,7 +187,7 @@ def active_set_iht(
         run.w[:] = 0.0
         run.w[active] = w_loc
         run.support = active[local]
-        if run.stopped or it >= max_iter or run.expansions >= max_expansions:
+        if run.stopped or it >= max_iter or run.expansions >= max_expansions or not L > 0:
             return run
 
         # Expansion search over all columns.

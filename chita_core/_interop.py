@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["array_module", "as_host_array", "library_of", "to_library"]
+__all__ = [
+    "array_module",
+    "as_host_array",
+    "library_of",
+    "resolve_torch_view",
+    "to_library",
+]
 
 
 def array_module(x: Any) -> Any:
@@ -41,13 +47,43 @@ def _device_error(name: str, where: str) -> ValueError:
     )
 
 
-def as_host_array(x: Any, name: str) -> np.ndarray:
+def resolve_torch_view(x: Any, name: str, *, copy_ok: bool) -> Any:
+    """``x`` (a torch tensor) with its lazy negation / conjugation applied.
+
+    A tensor with the negative bit (``t._neg_view()``, ``z.conj().imag``) or the conjugate bit
+    holds the un-negated values in memory; DLPack and raw pointers would read them with the
+    wrong sign. Small vectors (``copy_ok``) are materialised (an O(length) copy); ``A`` is
+    refused, since resolving it means copying it."""
+    lazy = [what for what, on in (("negative", x.is_neg()), ("conjugate", x.is_conj())) if on]
+    if not lazy:
+        return x
+    if not copy_ok:
+        raise ValueError(
+            f"`{name}` is a torch view with the lazy {' and '.join(lazy)} bit set: its memory "
+            "holds different values from the tensor, and chita_core never copies A silently; "
+            f"pass `{name}.resolve_neg().resolve_conj()` (a copy) instead"
+        )
+    return x.resolve_neg().resolve_conj()
+
+
+def _refuse_masked(x: Any, name: str) -> None:
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"`{name}` is a numpy masked array; its mask would be ignored. Pass "
+            f"`{name}.filled(value)` (or the unmasked data) explicitly"
+        )
+
+
+def as_host_array(x: Any, name: str, *, copy_ok: bool = True) -> np.ndarray:
     """A NumPy view of ``x`` without copying; raises if ``x`` is not on the host.
 
     Accepts NumPy arrays, torch CPU tensors and JAX CPU arrays (DLPack), objects with
-    ``__array_interface__`` or the buffer protocol, and Python sequences (converted).
+    ``__array_interface__`` or the buffer protocol, and Python sequences (converted). Masked
+    arrays are refused (their mask would be lost). ``copy_ok`` allows the small conversions a
+    vector may need (a torch view with a lazy sign bit); ``A`` passes ``False``.
     """
     if isinstance(x, np.ndarray):
+        _refuse_masked(x, name)
         return x
     if isinstance(x, (str, bytes)):
         raise TypeError(f"`{name}` must be an array, got {type(x).__name__} {x!r:.40}")
@@ -57,6 +93,7 @@ def as_host_array(x: Any, name: str) -> np.ndarray:
             raise _device_error(name, f"torch device {x.device}")
         if x.dtype.is_complex:
             raise TypeError(f"`{name}` must be real floating point, got torch {x.dtype}")
+        x = resolve_torch_view(x, name, copy_ok=copy_ok)
         try:
             return np.from_dlpack(x.detach())
         except (TypeError, RuntimeError, BufferError) as exc:
@@ -76,7 +113,12 @@ def as_host_array(x: Any, name: str) -> np.ndarray:
                 f"DLPack on the host: {exc}"
             ) from exc
     if isinstance(x, (list, tuple)) or np.isscalar(x):
-        return np.asarray(x)
+        try:
+            return np.asarray(x)
+        except ValueError as exc:  # ragged nesting
+            raise ValueError(
+                f"`{name}` is a nested sequence that does not form a rectangular array: {exc}"
+            ) from None
     raise TypeError(
         f"`{name}` must be an array (NumPy, torch, JAX, or anything with __array_interface__ "
         f"or __dlpack__), got {type(x).__module__}.{type(x).__name__}"

@@ -27,6 +27,7 @@ import numpy as np
 
 from ._iht import objective_value
 from ._interop import array_module
+from ._linalg import least_squares, spd_inverse, spd_solve
 
 __all__ = [
     "SwapStats",
@@ -48,6 +49,9 @@ _EXHAUSTIVE_BATCH = 20_000
 _ROW_BLOCK = 8192
 # Columns gathered per block when a pass needs A's columns in float64 (bounded memory).
 _BLOCK_COLS = 2048
+# An ill-conditioned refit with |S| > n falls back to an SVD of the gathered A_S (8 n |S| bytes)
+# up to this size; beyond it the n-space pseudo-inverse (exact for ridge well above rounding).
+_SVD_BYTES = 1 << 30
 # With ridge == 0 the n-space form needs a positive shift; this one is relative to the mean
 # curvature and only used for scoring and OBS saliencies; objectives are always exact.
 _SCORE_SHIFT = 1e-6
@@ -76,27 +80,68 @@ def refit(
 ) -> tuple[np.ndarray, np.ndarray, float] | tuple[np.ndarray, np.ndarray, float, Any]:
     """Exact minimiser on ``support`` (sorted int64): returns (w [p], r [n], objective).
 
-    With ``keep_inverse`` it also returns K^{-1} = (ridge I + A_S A_S^T)^{-1} when it was the
-    cheaper route (ridge > 0 and |S| > n: the push-through form, same cost as backsolve), else
-    None; swap search then starts from it instead of forming the same Gram again."""
+    With ``keep_inverse`` it also returns K^{-1} = (ridge I + A_S A_S^T)^{-1} when it was formed
+    on the way (ridge > 0 and |S| > n: the push-through form), else None; swap search then starts
+    from it instead of forming the same Gram again."""
     A, b, w_bar, ridge = prob.A, prob.b, prob.w_bar, prob.ridge
     xp = array_module(b)
-    n = A.shape[0]
-    if keep_inverse and ridge > 0 and support.size > n:
-        Kinv = _support_kinv(kernels, A, support, ridge)
-        c = xp.empty(n)
-        kernels.support_matvec(A, support, xp.ascontiguousarray(w_bar[support]), c)
-        w, r, f = _state_on(kernels, prob, support, Kinv @ (b - c))
-        return w, r, f, Kinv
-    values = xp.empty(support.size)
-    kernels.backsolve(A, b, support, xp.ascontiguousarray(w_bar[support]), ridge, values)
+    values, Kinv = support_values(kernels, prob, support, keep_inverse=keep_inverse)
     w = xp.zeros(A.shape[1])
     w[support] = values
     r = xp.empty(A.shape[0])
-    kernels.support_matvec(A, support, values, r)
+    kernels.support_matvec(A, support, xp.ascontiguousarray(values), r)
     r -= b
     f = objective_value(r, w, w_bar, ridge)
-    return (w, r, f, None) if keep_inverse else (w, r, f)
+    return (w, r, f, Kinv) if keep_inverse else (w, r, f)
+
+
+def support_values(
+    kernels: Any, prob: Any, support: np.ndarray, *, keep_inverse: bool = False
+) -> tuple[np.ndarray, Any]:
+    """x_S minimising the objective with nonzeros on ``support`` only, accurate to rounding.
+
+    In z = x - w_bar_S it is the ridge regression min ||A_S z - c||^2 + ridge ||z||^2 with
+    c = b - A_S w_bar_S. With |S| <= n: the m x m normal equations (BLAS Gram, guarded Cholesky,
+    iterative refinement against A_S itself), or an SVD of A_S when they are ill-conditioned.
+    With |S| > n: z = A_S^T y, (ridge I + A_S A_S^T) y = c, an n x n system refined against
+    mat-vecs over A_S (the m x m matrix is never formed). Returns (x_S, K^{-1} or None)."""
+    A, b, w_bar, ridge = prob.A, prob.b, prob.w_bar, prob.ridge
+    xp = array_module(b)
+    n = A.shape[0]
+    m = support.size
+    wb = xp.ascontiguousarray(w_bar[support])
+    c = xp.empty(n)
+    kernels.support_matvec(A, support, wb, c)
+    c = b - c
+    Kinv = None
+    if m <= n:
+        X = _columns(A, support)  # [n, m] float64, m <= n: at most n^2 numbers
+        G = X.T @ X
+        G[xp.diag_indices(m)] += ridge
+        z, good = spd_solve(G, X.T @ c, lambda v: X.T @ (X @ v) + ridge * v)
+        if not good:
+            z = least_squares(X, c, ridge)
+    else:
+        K = _support_gram(kernels, A, support)
+        K[xp.diag_indices(n)] += ridge
+
+        def apply(y: Any) -> Any:
+            t = xp.empty(m)
+            kernels.support_rmatvec(A, support, xp.ascontiguousarray(y), t)
+            out = xp.empty(n)
+            kernels.support_matvec(A, support, t, out)
+            return out + ridge * y
+
+        y, good = spd_solve(K, c, apply)
+        if not good and 8 * n * m <= _SVD_BYTES:
+            # Ill-conditioned beyond what n-space can resolve (ridge ~ 0): SVD of A_S itself.
+            z = least_squares(_columns(A, support), c, ridge)
+        else:
+            z = xp.empty(m)
+            kernels.support_rmatvec(A, support, xp.ascontiguousarray(y), z)
+        if keep_inverse and ridge > 0:
+            Kinv = spd_inverse(K)
+    return z + wb, Kinv
 
 
 def largest(kernels: Any, v: np.ndarray, k: int) -> np.ndarray:
@@ -108,20 +153,14 @@ def largest(kernels: Any, v: np.ndarray, k: int) -> np.ndarray:
 
 
 def _scoring_ridge(prob: Any, h: np.ndarray) -> float:
-    if prob.ridge > 0:
-        return prob.ridge
+    """The ridge of the n-space scores: the problem's, but at least _SCORE_SHIFT times the mean
+    curvature, so that tiny ridges score like ridge -> 0 instead of through the cancellation in
+    (1 - a^T K^-1 a) / ridge."""
     scale = float(h.mean()) if h.size else 0.0
-    return _SCORE_SHIFT * scale if scale > 0 else _SCORE_SHIFT
-
-
-def _inverse_spd(K: np.ndarray) -> np.ndarray:
-    """Inverse of a symmetric positive definite n x n matrix (positive definiteness is checked
-    by a Cholesky factorisation, which raises otherwise; LU inversion is then the fastest
-    route NumPy offers, about half the cost of inverting through the factor)."""
-    xp = array_module(K)
-    xp.linalg.cholesky(K)
-    Kinv = xp.linalg.inv(K)
-    return 0.5 * (Kinv + Kinv.T)
+    shift = _SCORE_SHIFT * scale if scale > 0 else 0.0
+    if not shift > 0.0:  # all-zero (or underflowing) columns
+        shift = prob.ridge if prob.ridge > 0 else _SCORE_SHIFT
+    return max(prob.ridge, shift)
 
 
 def _columns(A: Any, idx: np.ndarray) -> np.ndarray:
@@ -143,7 +182,7 @@ def _support_gram(kernels: Any, A: Any, idx: np.ndarray) -> np.ndarray:
 def _shifted_inverse(K: np.ndarray, lam: float) -> np.ndarray:
     """(K + lam I)^{-1}, K left unchanged."""
     xp = array_module(K)
-    return _inverse_spd(K + lam * xp.eye(K.shape[0]))
+    return spd_inverse(K + lam * xp.eye(K.shape[0]))
 
 
 def _support_kinv(kernels: Any, A: Any, idx: np.ndarray, lam: float) -> np.ndarray:
@@ -393,7 +432,7 @@ def greedy_obs_support(
         oq = xp.asarray(order)
         Q = C[oq]
         ZQ = ZC[:, oq]
-        M = _inverse_spd(xp.eye(nb) - G0[oq][:, oq])  # SPD: a_q^T K^-1 a_q < 1 on S
+        M = spd_inverse(xp.eye(nb) - G0[oq][:, oq])  # SPD: a_q^T K^-1 a_q < 1 on S
         c = c + AS[:, Q] @ w_bar[S[Q]]
         Y = AS.T @ ZQ  # [m, nb]: the pass over the surviving columns
         v = w_bar[S[Q]] + M @ (ZQ.T @ c)  # e changes by ZQ v
@@ -439,8 +478,9 @@ def exhaustive_support(prob: Any, k: int) -> np.ndarray | None:
             break
         Gs = G[batch[:, :, None], batch[:, None, :]]
         hs = h[batch][..., None]
-        # pinv: with lam == 0 and k > n the k x k blocks are singular (h_S is in their range).
-        x = np.linalg.solve(Gs, hs) if lam > 0 else np.linalg.pinv(Gs, hermitian=True) @ hs
+        # pinv: with lam == 0 and k > n the k x k blocks are singular (h_S is in their range),
+        # and with duplicate columns they are singular up to a tiny lam.
+        x = np.linalg.pinv(Gs, hermitian=True) @ hs
         q = np.einsum("nk,nk->n", hs[..., 0], x[..., 0])
         j = int(np.argmax(q))
         if q[j] > best_q:

@@ -31,6 +31,19 @@ def _describe(arr: np.ndarray) -> str:
     return f"{arr.dtype} array of shape {arr.shape}"
 
 
+def _native(arr: np.ndarray, name: str, *, copy_ok: bool) -> np.ndarray:
+    """``arr`` in native byte order: vectors are converted (O(length)), ``A`` is refused."""
+    if arr.dtype.isnative:
+        return arr
+    if not copy_ok:
+        raise TypeError(
+            f"`{name}` has non-native byte order (dtype {arr.dtype.str!r}); the kernels read "
+            f"native {arr.dtype.newbyteorder('=').name} and chita_core never copies A silently: "
+            f"pass `{name}.astype({arr.dtype.newbyteorder('=').name!r})` (a copy)"
+        )
+    return arr.astype(np.dtype(arr.dtype.newbyteorder("=").type))  # the canonical native dtype
+
+
 def _check_float_dtype(arr: np.ndarray, name: str) -> None:
     dt = arr.dtype
     if dt in _FLOAT_DTYPES:
@@ -66,7 +79,7 @@ def check_finite_array(arr: np.ndarray, name: str) -> None:
 
 def check_matrix(A: Any, *, check_finite: bool = True) -> np.ndarray:
     """The (n, p) gradient matrix as a NumPy view: float32/float64, C- or F-contiguous."""
-    arr = as_host_array(A, "A")
+    arr = _native(as_host_array(A, "A", copy_ok=False), "A", copy_ok=False)
     _check_float_dtype(arr, "A")
     if arr.ndim != 2:
         raise ValueError(
@@ -89,7 +102,7 @@ def check_vector(
     x: Any, name: str, length: int, dtype: np.dtype, *, length_of: str, check_finite: bool = True
 ) -> np.ndarray:
     """A 1-D float vector of ``length`` entries and the same dtype as A, returned as float64."""
-    arr = as_host_array(x, name)
+    arr = _native(as_host_array(x, name), name, copy_ok=True)
     if arr.dtype.kind not in "fc" or arr.dtype not in _FLOAT_DTYPES:
         _check_float_dtype(arr, name)
     if arr.dtype != dtype:
@@ -133,7 +146,7 @@ def check_nonneg_float(value: Any, name: str) -> float:
 
 def check_support(support: Any, p: int) -> np.ndarray:
     """Distinct column indices in [0, p), returned sorted as int64."""
-    arr = as_host_array(support, "support")
+    arr = _native(as_host_array(support, "support"), "support", copy_ok=True)
     if arr.size == 0:
         raise ValueError("`support` must not be empty")
     if arr.dtype.kind == "b" or arr.dtype.kind not in "iu":
