@@ -6,9 +6,9 @@ through :func:`spd_solve` or :func:`spd_inverse`. Both are written against the a
 (NumPy on the host, CuPy on a GPU), so every backend takes the same decisions:
 
 1. Cholesky (LAPACK / cuSOLVER). It is accepted when it succeeds and its diagonal bounds the
-   condition number below ``COND_LIMIT`` (``kappa >= (max L_ii / min L_ii)^2``); the solve is then
-   followed by iterative refinement against the caller's exact operator, so a well-conditioned
-   system costs one factorisation and a few mat-vecs.
+   condition number below ``COND_LIMIT`` (``kappa >= (max L_ii / min L_ii)^2``); above
+   ``_REFINE_FROM`` the solve is followed by iterative refinement against the caller's exact
+   operator, so a well-conditioned system costs one factorisation and nothing more.
 2. Otherwise (not positive definite in floating point, tiny ridges, column scales spread over many
    orders of magnitude) a symmetric eigendecomposition: solves use the pseudo-inverse (eigenvalues
    below ``n eps lambda_max`` dropped, the minimum-norm solution), inverses floor the eigenvalues at
@@ -35,25 +35,28 @@ __all__ = ["COND_LIMIT", "least_squares", "spd_inverse", "spd_solve"]
 COND_LIMIT = 1e10
 #: Iterative-refinement steps after a Cholesky solve; stops earlier once corrections stall.
 _REFINE_STEPS = 2
+#: Refinement runs only above this condition estimate: below it one solve is already accurate to
+#: about kappa * eps, and the objective (quadratic in the error) to rounding.
+_REFINE_FROM = 1e6
 _EPS = float(np.finfo(np.float64).eps)
 
 
-def _cholesky(K: Any) -> Any | None:
-    """The lower Cholesky factor of K, or None when it fails or K is too ill-conditioned."""
+def _cholesky(K: Any) -> tuple[Any | None, float]:
+    """(lower Cholesky factor of K, condition estimate), the factor None when the factorisation
+    fails or K is too ill-conditioned."""
     xp = array_module(K)
     if K.shape[0] == 0:
-        return K
+        return K, 1.0
     try:
         L = xp.linalg.cholesky(K)
     except np.linalg.LinAlgError:  # NumPy; CuPy returns NaN instead of raising
-        return None
+        return None, np.inf
     d = xp.diagonal(L)
     lo, hi = float(d.min()), float(d.max())
     if not (np.isfinite(lo) and np.isfinite(hi) and lo > 0.0):
-        return None
-    if (hi / lo) ** 2 > COND_LIMIT:
-        return None
-    return L
+        return None, np.inf
+    cond = (hi / lo) ** 2
+    return (L if cond <= COND_LIMIT else None), cond
 
 
 def _eigh(K: Any) -> tuple[Any, Any]:
@@ -69,7 +72,7 @@ def spd_inverse(K: Any) -> Any:
     ``lambda_max / COND_LIMIT``. Callers use it for scores (OBS saliencies, swap and greedy
     scores), never for a final objective."""
     xp = array_module(K)
-    if _cholesky(K) is not None:
+    if _cholesky(K)[0] is not None:
         # Positive definite and well-conditioned: LU inversion is the fastest route offered.
         Kinv = xp.linalg.inv(K)
         return 0.5 * (Kinv + Kinv.T)
@@ -86,10 +89,10 @@ def spd_solve(K: Any, rhs: Any, apply: Callable[[Any], Any] | None = None) -> tu
     A, not from the rounded K); when given, the solution is refined against it. A singular K
     gets the minimum-norm least-squares solution."""
     xp = array_module(K)
-    L = _cholesky(K)
+    L, cond = _cholesky(K)
     if L is not None:
         y = xp.linalg.solve(K, rhs)
-        if apply is not None:
+        if apply is not None and cond > _REFINE_FROM:
             prev = None
             for _ in range(_REFINE_STEPS):
                 dy = xp.linalg.solve(K, rhs - apply(y))
