@@ -512,8 +512,11 @@ def swap_scores(
     m2 = qi + gij * dj + gii * di
     a11, a22, a12 = 1.0 + gjj, gii - 1.0, gij
     det = a11 * a22 - a12 * a12  # < 0: a_i^T K^{-1} a_i < 1 for a column of the support
-    quad = (a22 * m1 * m1 - 2.0 * a12 * m1 * m2 + a11 * m2 * m2) / det
-    return 0.5 * lam * (ckc - quad - s0 + wv[io][:, None] ** 2 - wv[jn][None, :] ** 2)
+    ok = det < 0.0  # rounding can break it for a degenerate pair: never chosen then
+    xp = array_module(G)
+    quad = (a22 * m1 * m1 - 2.0 * a12 * m1 * m2 + a11 * m2 * m2) / xp.where(ok, det, -1.0)
+    delta = 0.5 * lam * (ckc - quad - s0 + wv[io][:, None] ** 2 - wv[jn][None, :] ** 2)
+    return xp.where(ok & xp.isfinite(delta), delta, xp.inf)
 
 
 def swap_search(
