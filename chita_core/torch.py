@@ -18,6 +18,11 @@ What :func:`prune` does (CHITA, and CHITA++ with ``stages > 1``):
 3. writes the pruned weights back and registers masks with ``torch.nn.utils.prune``, so the
    pruned weights stay zero in later training; :func:`remove_masks` makes them permanent.
 
+Tied weights (one Parameter held by several modules, e.g. an LM whose output layer shares the
+embedding's ``weight``) are one variable: one block of columns in A, whose gradient is the sum
+over the tensor's uses; every module holding it gets the same mask and keeps reading the one
+``weight_orig`` Parameter, so the tie survives pruning, training and :func:`remove_masks`.
+
 With ``stages > 1`` the target is reached through a schedule of sparsities, recomputing the
 gradients at the pruned weights between stages. torch is an optional dependency
 (``pip install "chita_core[torch]"``); ``import chita_core`` never imports it.
@@ -25,13 +30,17 @@ gradients at the pruned weights between stages. torch is an optional dependency
 
 from __future__ import annotations
 
+import itertools
 import math
+import numbers
+import operator
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -70,8 +79,15 @@ class StageReport:
 class PruneReport:
     """What :func:`prune` did. ``str(report)`` is a readable table."""
 
-    sparsity: float  #: achieved sparsity over all selected tensors
-    tensors: dict[str, tuple[float, int]]  #: name -> (achieved sparsity, number of weights)
+    #: achieved sparsity: the fraction of the selected weights (all tensors together, a tied
+    #: tensor once) that are exactly zero in the pruned model, for every ``method`` alike. It
+    #: counts the weights the masks prune and any kept weight that is zero (e.g. zero in the
+    #: dense model already), so it can exceed the target; the masks are the supports (exactly
+    #: ``k`` kept entries, see ``stages[i].k``).
+    sparsity: float
+    #: name (as in ``model.named_parameters()``; a tied tensor under its first name) ->
+    #: (fraction of its weights that are zero, as for ``sparsity``; number of weights)
+    tensors: dict[str, tuple[float, int]]
     stages: list[StageReport]
     n_grads: int  #: samples in A
     method: str
@@ -130,27 +146,54 @@ def schedule_sparsities(sparsity: float, stages: int, schedule: str = "poly") ->
 # ----------------------------------------------------------------------------------------------
 
 
-def _owner_map(model: nn.Module) -> dict[int, tuple[str, nn.Module, str]]:
-    """id(parameter) -> (qualified name, owning module, attribute name)."""
-    out: dict[int, tuple[str, nn.Module, str]] = {}
+def _qualified(mod_name: str, attr: str) -> str:
+    return f"{mod_name}.{attr}" if mod_name else attr
+
+
+def _aliases(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
+    """id(tensor) -> every (qualified name, module, attribute) that holds that parameter or
+    buffer, one per distinct module (a module reachable by two paths counts once). A tied tensor
+    has several; the first is its name in ``model.named_parameters()`` / ``named_buffers()``."""
+    out: dict[int, list[tuple[str, nn.Module, str]]] = {}
     for mod_name, mod in model.named_modules():
-        for attr, par in mod.named_parameters(recurse=False):
-            qual = f"{mod_name}.{attr}" if mod_name else attr
-            out.setdefault(id(par), (qual, mod, attr))
+        for attr, t in itertools.chain(mod._parameters.items(), mod._buffers.items()):
+            if t is not None:
+                out.setdefault(id(t), []).append((_qualified(mod_name, attr), mod, attr))
     return out
 
 
+def _masked(mod: nn.Module, attr: str) -> bool:
+    """Whether ``mod.attr`` is already reparametrised by a ``torch.nn.utils.prune`` mask."""
+    return hasattr(mod, attr + "_mask") and attr + "_orig" in mod._parameters
+
+
+def _already_masked(qual: str) -> ValueError:
+    return ValueError(
+        f"`params`: {qual} already carries a pruning mask; call "
+        "chita_core.torch.remove_masks(model) first"
+    )
+
+
 def _select(model: nn.Module, params: Any) -> list[tuple[str, nn.Module, str, nn.Parameter]]:
-    owners = _owner_map(model)
-    by_name = {q: (q, m, a) for q, m, a in owners.values()}
-    chosen: list[tuple[str, nn.Module, str]] = []
+    """The parameters to prune as (name, module, attribute, parameter), each parameter once.
+
+    A parameter tied between modules (e.g. an embedding shared with the output layer) is one
+    entry whatever alias selected it, named as in ``model.named_parameters()``; the module and
+    attribute are its first alias (:func:`_aliases` lists them all)."""
+    aliases = _aliases(model)
+    by_id = {id(par): par for par in model.parameters()}
+    by_name = dict(model.named_parameters(remove_duplicate=False))  # every alias's name
+    module_names = {id(mod): name for name, mod in model.named_modules()}
+    chosen: list[nn.Parameter] = []
     if params is None:
         for mod_name, mod in model.named_modules():
-            masked = hasattr(mod, "weight_mask")  # pruned before: reported below
-            if isinstance(mod, _PRUNABLE) and (
-                masked or isinstance(getattr(mod, "weight", None), nn.Parameter)
-            ):
-                chosen.append((f"{mod_name}.weight" if mod_name else "weight", mod, "weight"))
+            if not isinstance(mod, _PRUNABLE):
+                continue
+            if _masked(mod, "weight"):  # pruned before
+                raise _already_masked(_qualified(mod_name, "weight"))
+            weight = mod._parameters.get("weight")
+            if isinstance(weight, nn.Parameter) and weight.numel() > 0:  # empty: nothing to do
+                chosen.append(weight)
         if not chosen:
             raise ValueError(
                 "`model` has no Linear or Conv layer with a weight to prune; pass `params` "
@@ -159,43 +202,71 @@ def _select(model: nn.Module, params: Any) -> list[tuple[str, nn.Module, str, nn
     else:
         if isinstance(params, (str, nn.Module, nn.Parameter)):
             params = [params]
-        for item in params:
+        try:
+            items = list(params)
+        except TypeError:
+            raise TypeError(
+                "`params` must be None or a list of modules, parameters or parameter names, got "
+                f"{type(params).__name__}"
+            ) from None
+        if not items:
+            raise ValueError(
+                "`params` is empty: pass the modules, parameters or parameter names to prune, or "
+                "None for the weights of every Linear and Conv layer"
+            )
+        for item in items:
             if isinstance(item, str):
                 if item not in by_name:
+                    mod_name, _, attr = item.rpartition(".")
+                    try:
+                        mod = model.get_submodule(mod_name)
+                    except AttributeError:
+                        mod = None
+                    if mod is not None and _masked(mod, attr):
+                        raise _already_masked(item)
                     raise ValueError(f"`params`: {item!r} is not a parameter of `model`")
                 chosen.append(by_name[item])
             elif isinstance(item, nn.Parameter):
-                if id(item) not in owners:
+                if id(item) not in by_id:
                     raise ValueError(
                         f"`params`: a parameter of shape {tuple(item.shape)} is not in `model`"
                     )
-                chosen.append(owners[id(item)])
+                chosen.append(item)
             elif isinstance(item, nn.Module):
+                mod_name = module_names.get(id(item))
+                if mod_name is not None and _masked(item, "weight"):
+                    raise _already_masked(_qualified(mod_name, "weight"))
                 weight = getattr(item, "weight", None)
-                if not isinstance(weight, nn.Parameter) or id(weight) not in owners:
+                if not isinstance(weight, nn.Parameter) or id(weight) not in by_id:
                     raise ValueError(
                         f"`params`: module {type(item).__name__} is not in `model` or has no "
                         "`weight` parameter"
                     )
-                chosen.append(owners[id(weight)])
+                chosen.append(weight)
             else:
                 raise TypeError(
                     "`params` entries must be modules, parameters or parameter names, got "
                     f"{type(item).__name__}"
                 )
     out, seen = [], set()
-    for qual, mod, attr in chosen:
-        if qual in seen:
+    for par in chosen:
+        if id(par) in seen:  # named twice, or through two aliases of a tied parameter
             continue
-        seen.add(qual)
-        if torch_prune.is_pruned(mod) and hasattr(mod, attr + "_mask"):
-            raise ValueError(
-                f"`params`: {qual} already carries a pruning mask; call "
-                "chita_core.torch.remove_masks(model) first"
-            )
-        par = getattr(mod, attr)
+        seen.add(id(par))
+        (qual, mod, attr), *_ = holders = aliases[id(par)]
+        for q, m, a in holders:
+            if a.endswith("_orig") and _masked(m, a[: -len("_orig")]):
+                raise _already_masked(q[: -len("_orig")])
         if not par.is_floating_point():
             raise TypeError(f"`params`: {qual} is {par.dtype}, not floating point")
+        if par.dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"`params`: {qual} is {par.dtype}; chita_core computes the gradients and solves "
+                "in float32 or float64: prune a float32 copy of the model (`model.float()`, with "
+                f"float32 inputs) and cast it back afterwards (`model.to({par.dtype})`)"
+            )
+        if par.numel() == 0:
+            raise ValueError(f"`params`: {qual} has no elements, so nothing to prune")
         out.append((qual, mod, attr, par))
     return out
 
@@ -281,10 +352,30 @@ def _gradient_matrix(
     A = storage.t()  # (n, p), F order: column j contiguous
     state = {k: v.detach() for k, v in model.named_parameters()}
     state.update({k: v.detach() for k, v in model.named_buffers()})
+    # Tied tensors: one entry in `state` (and in `sel`), under their named_parameters() name;
+    # every other module holding them gets the very same tensor, so that a tied weight is one
+    # variable and its gradient the sum over its uses. This is what functional_call's
+    # tie_weights=True does, except that it also swaps a module reachable by two paths twice
+    # and then restores it to the swapped-in tensor (torch 2.x), corrupting the model.
+    tied = {
+        q: holders[0][0]
+        for holders in _aliases(model).values()
+        if holders[0][0] in state
+        for q, _, _ in holders[1:]
+    }
 
     def sample_loss(sel: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
-        out = functional_call(model, {**state, **sel}, (x.unsqueeze(0),))
-        return loss_fn(out, y.unsqueeze(0))
+        tensors = {**state, **sel}
+        tensors.update({q: tensors[first] for q, first in tied.items()})
+        out = functional_call(model, tensors, (x.unsqueeze(0),), tie_weights=False)
+        loss = loss_fn(out, y.unsqueeze(0))
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(
+                "`loss_fn` must return a scalar tensor (the mean or sum over the batch, e.g. "
+                f"reduction='mean'), got {got}"
+            )
+        return loss
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
     sel = {q: par.detach() for q, _, _, par in selected}
@@ -412,6 +503,26 @@ def _write_back(selected, w: torch.Tensor) -> None:
             off += m
 
 
+def _is_real(value: Any) -> bool:
+    """A real number (Python or NumPy scalar, ...), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _integer(name: str, value: Any, low: int, what: str | None = None) -> int:
+    """``value`` as a Python int >= low: anything ``operator.index`` accepts (int, NumPy
+    integers, ...), but not a bool."""
+    what = what or f"an integer >= {low}"
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be {what}, got {value!r}")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise ValueError(f"`{name}` must be {what}, got {value!r}") from None
+    if out < low:
+        raise ValueError(f"`{name}` must be {what}, got {value!r}")
+    return out
+
+
 def prune(
     model: nn.Module,
     loss_fn: Callable[..., torch.Tensor],
@@ -445,18 +556,24 @@ def prune(
         Batches with samples along the first dimension (a DataLoader, a list of pairs, ...);
         the first ``n_grads`` samples are used.
     sparsity : float in [0, 1)
-        Fraction of the selected weights set to zero.
+        Fraction of the selected weights set to zero (any real number: Python or NumPy).
     params : optional
-        What to prune: a list of modules (their ``weight``), parameters or parameter names.
-        Default: the weights of every Linear and Conv layer (biases and norms are left alone).
+        What to prune: a non-empty list of modules (their ``weight``), parameters or parameter
+        names. Default: the weights of every Linear and Conv layer (biases and norms are left
+        alone; empty weights are skipped). A tied parameter is selected once, by any of its
+        names (or several), and masked in every module that holds it. The selected tensors
+        must be float32 or float64 (prune a ``model.float()`` copy of a half-precision model)
+        on one device; a model on the meta device holds no data and is refused.
     n_grads : int, default 1000
-        Samples in the gradient matrix A (its rows).
+        Samples in the gradient matrix A (its rows). Integers here and in ``stages`` and
+        ``chunk_size`` may be NumPy integers (anything ``operator.index`` takes, not bools).
     ridge : float, optional
         Weight of ``0.5 ||w - w_bar||^2``, which keeps the solution where the quadratic model
-        of the loss holds. Default: a short path, ``RIDGE_SCALES`` (0.01, 0.1, 1, 10) times the
-        mean squared column norm of A (the average curvature of one weight); each is solved and
-        the solution with the lowest real loss on the ``n_grads`` samples is kept (at every
-        stage, and for "magnitude+backsolve" alike).
+        of the loss holds; finite and >= 0. Default: a short path, ``RIDGE_SCALES`` (0.01,
+        0.1, 1, 10) times the mean squared column norm of A (the average curvature of one
+        weight; 0 alone when every gradient is zero); each is solved and the solution with the
+        lowest real loss on the ``n_grads`` samples is kept (at every stage, and for
+        "magnitude+backsolve" alike).
     stages : int, default 1
         CHITA++: reach ``sparsity`` through ``stages`` solves following ``schedule``,
         recomputing the gradients at the pruned weights before each.
@@ -489,23 +606,37 @@ def prune(
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise TypeError(f"`loss_fn` must be callable, got {type(loss_fn).__name__}")
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+    if not _is_real(sparsity):
         raise TypeError(f"`sparsity` must be a number in [0, 1), got {sparsity!r}")
     if not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"`sparsity` must be in [0, 1), got {sparsity!r}")
     sparsity = float(sparsity)
-    for name, value, low in (("n_grads", n_grads, 1), ("stages", stages, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}")
+    n_grads = _integer("n_grads", n_grads, 1)
+    stages = _integer("stages", stages, 1)
+    if chunk_size is not None:
+        chunk_size = _integer("chunk_size", chunk_size, 1, "a positive integer")
     if method not in _METHODS:
         raise ValueError(
             f"`method` must be one of {', '.join(map(repr, _METHODS))}; got {method!r}"
         )
-    if ridge is not None and (not isinstance(ridge, (int, float)) or not ridge >= 0):
-        raise ValueError(f"`ridge` must be a number >= 0 or None, got {ridge!r}")
+    if ridge is not None:
+        if not _is_real(ridge) or not (math.isfinite(float(ridge)) and float(ridge) >= 0.0):
+            raise ValueError(f"`ridge` must be a finite number >= 0 or None, got {ridge!r}")
+        ridge = float(ridge)
     targets = schedule_sparsities(sparsity, stages, schedule)
+    meta = [
+        name
+        for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
+        if t.is_meta
+    ]
+    if meta:
+        more = f" and {len(meta) - 1} more" if len(meta) > 1 else ""
+        raise ValueError(
+            f"`model` has tensors on the meta device ({meta[0]}{more}): meta tensors hold no "
+            "data (only shapes), so there are no weights to prune and no gradients to compute; "
+            "chita_core runs on the CPU or CUDA GPUs: materialise the model first (e.g. "
+            "`model.to_empty(device='cpu')`, then `model.load_state_dict(...)`)"
+        )
     selected = _select(model, params)
     devices = {par.device for *_, par in selected}
     dtypes = {par.dtype for *_, par in selected}
@@ -518,6 +649,7 @@ def prune(
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"`model` is on {device}; chita_core runs on the CPU or CUDA GPUs")
     get_backend(backend, on_device=device.type == "cuda")  # fail before any gradient work
+    holders = _aliases(model)  # every (module, attribute) holding each selected tensor
     sizes = [par.numel() for *_, par in selected]
     p = sum(sizes)
 
@@ -533,14 +665,16 @@ def prune(
             t1 = time.perf_counter()
             k = max(1, round((1.0 - target) * p))
             if ridge is not None or method == "magnitude":
-                ridges = [0.0 if ridge is None else float(ridge)]
+                ridges = [0.0 if ridge is None else ridge]
             else:  # a short path of ridges; the real loss on the samples picks one
                 curvature = _mean_sq_column_norm(A)
-                ridges = [scale * curvature for scale in RIDGE_SCALES]
+                # distinct ridges only: with zero curvature (all gradients zero, e.g. dead
+                # ReLUs everywhere) the path collapses to ridge 0
+                ridges = list(dict.fromkeys(scale * curvature for scale in RIDGE_SCALES))
             # chita also weighs magnitude + backsolve at each ridge, so that on the real loss it
             # is never worse than that baseline (the solver guarantees it on the quadratic).
             runs = [(lam, method) for lam in ridges]
-            if method == "chita" and len(ridges) > 1:
+            if method == "chita" and ridge is None:
                 runs += [(lam, "magnitude+backsolve") for lam in ridges]
             blocks = _blocks(A, w_bar, k, sizes, target, per_layer)
             best = None
@@ -562,17 +696,27 @@ def prune(
         bar.close()
 
     tensors: dict[str, tuple[float, int]] = {}
-    zeros = 0
+    zeros_total = 0
     off = 0
-    for qual, mod, attr, par in selected:
-        mask = kept[off : off + par.numel()].view_as(par).to(par.dtype)
-        off += par.numel()
-        torch_prune.custom_from_mask(mod, attr, mask)
-        nz = int(mask.sum())
-        tensors[qual] = (1.0 - nz / par.numel(), par.numel())
-        zeros += par.numel() - nz
+    for qual, _, _, par in selected:
+        m = par.numel()
+        keep = kept[off : off + m].view_as(par)
+        off += m
+        # zeros of the pruned tensor: the pruned entries and any kept entry that is zero
+        zeros = int(((par.detach() == 0) | ~keep).sum())
+        tensors[qual] = (zeros / m, m)
+        zeros_total += zeros
+        # the same mask on every (module, attribute) holding the tensor: each keeps reading the
+        # one `<attr>_orig` Parameter (the tie survives training) through the one mask buffer
+        shared = None
+        for _, mod, attr in holders[id(par)]:
+            torch_prune.custom_from_mask(mod, attr, keep.to(par.dtype))
+            if shared is None:
+                shared = getattr(mod, attr + "_mask")
+            else:
+                mod.register_buffer(attr + "_mask", shared)
     return PruneReport(
-        sparsity=zeros / p,
+        sparsity=zeros_total / p,
         tensors=tensors,
         stages=stage_reports,
         n_grads=n_grads,
@@ -584,7 +728,8 @@ def prune(
 
 def remove_masks(model: nn.Module) -> list[str]:
     """Makes every ``torch.nn.utils.prune`` mask in ``model`` permanent (the zeros stay, the
-    masks and ``*_orig`` parameters go). Returns the names of the tensors unmasked."""
+    masks and ``*_orig`` parameters go). Returns the names of the tensors unmasked (every
+    module of a tied tensor: they end up holding the one Parameter again, still tied)."""
     done = []
     for mod_name, mod in model.named_modules():
         hooks = [
