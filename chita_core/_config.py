@@ -30,6 +30,7 @@ def config() -> dict[str, Any]:
         info["build"] = _core.build_info
         info["openmp"] = bool(_core.openmp)
         info["threads"] = _core.num_threads()
+        info["forked_child"] = bool(getattr(_core, "forked_child", lambda: False)())
     except ImportError as exc:
         info["build"] = f"compiled module missing ({exc})"
     try:
@@ -63,9 +64,10 @@ def show_config(file: TextIO | None = None) -> None:
     print(f"  numpy      {info['numpy']}", file=out)
     print(f"  build      {info['build']}", file=out)
     if "threads" in info:
-        print(
-            f"  openmp     {'on' if info['openmp'] else 'off'}, {info['threads']} threads", file=out
-        )
+        threads = f"{'on' if info['openmp'] else 'off'}, {info['threads']} threads"
+        if info.get("forked_child"):
+            threads += " (forked child: kernels single-threaded on the forking thread)"
+        print(f"  openmp     {threads}", file=out)
     print(f"  numba      {info['numba'] or 'not installed (pip install numba)'}", file=out)
     print(f"  cuda       {info['cuda']}", file=out)
     print("  backends:", file=out)

@@ -13,12 +13,25 @@ count (parallel loops only split independent outputs, or fixed chunks reduced in
 so results are bit-identical from run to run on one machine.
 
 Kernels compile on first use (``cache=True`` keeps them on disk afterwards).
+
+Threads and fork: unless the user chose numba's threading layer (``NUMBA_THREADING_LAYER`` or
+``NUMBA_THREADING_LAYER_PRIORITY`` in the environment, ``numba.config.THREADING_LAYER`` set in
+code, or a layer already started by their own numba code), importing this module selects
+``tbb`` when it is installed and works (thread- and fork-safe), else ``workqueue`` (fork-safe,
+not thread-safe), never GNU OpenMP (not fork-safe). Under a layer that is not thread-safe every
+call into a parallel kernel holds one module-level lock, so Python threads take turns instead of
+aborting the process; the lock is renewed in a forked child. A child forked from a process that
+had started the GNU OpenMP layer cannot run parallel numba code: the kernels raise RuntimeError.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import os
+import sys
+import threading
+import warnings
 
 import numba
 import numpy as np
@@ -55,6 +68,106 @@ _GRAM_COLBLOCK = 1024  # Woodbury Gram (m > n): support columns gathered per blo
 _GRAM_BUF = 1 << 19  # Normal-equations Gram (m <= n): float64 entries in the gathered block
 _STATIONARY = 1e-12  # max |g_S| <= this * max |g off S|: tau_star = 0 (as the C++ kStationary)
 _JITTER_TRIES = 7  # retries with jitter 1e-12 * mean(diag) * 100**t, t = 0..6 (as the C++)
+
+
+# ----------------------------------------------------------------------------------------------
+# Threading layer, thread and fork safety (set up before any parallel kernel compiles or runs)
+# ----------------------------------------------------------------------------------------------
+
+
+def _started_layer():
+    """The threading layer numba has started in this process, or None if none yet."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
+def _tbb_works():
+    """Whether numba's TBB layer would load (TBB installed, recent enough, extension loads)."""
+    try:
+        from numba.np.ufunc import parallel
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            check = getattr(parallel, "_check_tbb_version_compatible", None)
+            if check is not None:
+                check()
+            from numba.np.ufunc import tbbpool  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _choose_threading_layer():
+    """Selects a fork-safe layer (tbb, else workqueue) unless the user already chose one."""
+    if _started_layer() is not None:
+        return  # started by the user's own numba code: theirs, and it cannot change now
+    if "NUMBA_THREADING_LAYER" in os.environ or "NUMBA_THREADING_LAYER_PRIORITY" in os.environ:
+        return
+    if str(numba.config.THREADING_LAYER).lower() != "default":
+        return  # set in code (numba.config.THREADING_LAYER = ...)
+    numba.config.THREADING_LAYER = "tbb" if _tbb_works() else "workqueue"
+
+
+_choose_threading_layer()
+
+# How the wrappers enter a parallel kernel. _UNKNOWN until the first call looks at the layer
+# numba started; _FREE: directly (thread-safe layer); _SERIAL: holding _kernel_lock (workqueue);
+# _FORKED_OMP: refused (a child of a process that had started GNU OpenMP: numba would kill it).
+_UNKNOWN, _FREE, _SERIAL, _FORKED_OMP = 0, 1, 2, 3
+_mode = _UNKNOWN
+_kernel_lock = threading.Lock()
+
+_FORKED_OMP_MSG = (
+    "chita_core's numba backend cannot run in this process: it was forked from a process that "
+    "had started numba's GNU OpenMP threading layer ('omp'), which is not fork-safe (numba would "
+    "terminate the process). Use backend='cpp', start worker processes with multiprocessing's "
+    "'spawn' or 'forkserver' method, or choose a fork-safe layer (NUMBA_THREADING_LAYER=tbb or "
+    "workqueue) before numba's first parallel call."
+)
+
+
+def _is_gnu_omp(layer):
+    if layer != "omp":
+        return False
+    omppool = sys.modules.get("numba.np.ufunc.omppool")
+    return getattr(omppool, "openmp_vendor", "GNU") == "GNU"
+
+
+def _resolve_mode():
+    global _mode
+    numba.get_num_threads()  # starts numba's threading layer if nothing has yet
+    if _mode == _UNKNOWN:
+        _mode = _SERIAL if _started_layer() == "workqueue" else _FREE
+    return _mode
+
+
+def _after_fork_in_child():
+    global _kernel_lock, _mode
+    # The parent's lock may have been held by a thread that does not exist in the child.
+    _kernel_lock = threading.Lock()
+    if _is_gnu_omp(_started_layer()):
+        _mode = _FORKED_OMP
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _run(kernel, *args):
+    """kernel(*args), serialised or refused as the active threading layer requires."""
+    mode = _mode
+    if mode == _FREE:
+        return kernel(*args)
+    if mode == _UNKNOWN:
+        mode = _resolve_mode()
+    if mode == _SERIAL:
+        with _kernel_lock:
+            return kernel(*args)
+    if mode == _FORKED_OMP:
+        raise RuntimeError(_FORKED_OMP_MSG)
+    return kernel(*args)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -935,9 +1048,9 @@ def support_matvec(A, idx, x, out):
     _vec(x, "x", m, "the length of `idx`")
     _vec(out, "out", n, "the number of rows of `A`", writable=True)
     if fmode:
-        _smv_cols(M, idx, x, out)
+        _run(_smv_cols, M, idx, x, out)
     else:
-        _smv_rows(M, idx, x, out, np.empty(p) if m * 16 >= p else np.empty(0))
+        _run(_smv_rows, M, idx, x, out, np.empty(p) if m * 16 >= p else np.empty(0))
 
 
 def support_rmatvec(A, idx, y, out):
@@ -949,9 +1062,9 @@ def support_rmatvec(A, idx, y, out):
     _vec(y, "y", n, "the number of rows of `A`")
     _vec(out, "out", m, "the length of `idx`", writable=True)
     if fmode:
-        _srmv_cols(M, idx, y, out)
+        _run(_srmv_cols, M, idx, y, out)
     else:
-        _srmv_rows(M, idx, y, out)
+        _run(_srmv_rows, M, idx, y, out)
 
 
 def gradient(A, r, w, w_bar, ridge, out):
@@ -964,12 +1077,12 @@ def gradient(A, r, w, w_bar, ridge, out):
     ridge = _scalar(ridge, "ridge")
     _vec(out, "out", p, "the number of columns of `A`", writable=True)
     if fmode:
-        _grad_cols(M, r, w, w_bar, ridge, out)
+        _run(_grad_cols, M, r, w, w_bar, ridge, out)
     else:
         nt = numba.get_num_threads()
         want = -(-p // (4 * nt))
         bs = _GRAD_COLBLOCK if want >= _GRAD_COLBLOCK else max(64, -(-want // 64) * 64)
-        _grad_rows(M, r, w, w_bar, ridge, out, bs)
+        _run(_grad_rows, M, r, w, w_bar, ridge, out, bs)
 
 
 def column_sqnorms(A, out):
@@ -978,9 +1091,9 @@ def column_sqnorms(A, out):
     _, p = _shape(A)
     _vec(out, "out", p, "the number of columns of `A`", writable=True)
     if fmode:
-        _sqnorms_cols(M, out)
+        _run(_sqnorms_cols, M, out)
     else:
-        _sqnorms_rows(M, out, _GRAD_COLBLOCK)
+        _run(_sqnorms_rows, M, out, _GRAD_COLBLOCK)
 
 
 def support_gram(A, idx, out):
@@ -999,7 +1112,7 @@ def support_gram(A, idx, out):
     if idx.shape[0] == 0:
         out[...] = 0.0
         return
-    _gram_woodbury(M, fmode, idx, out)
+    _run(_gram_woodbury, M, fmode, idx, out)
 
 
 def topk(v, k, out):
@@ -1056,8 +1169,8 @@ def chita_step(A, b, w_bar, ridge, g, w, r, support, f, cols=None):
     if support.shape[0] < 1:
         raise ValueError(f"`support` must have length k in 1..{p}, got 0")
     f = _scalar(f, "f")
-    f_new, tau, n_cand, changed = _chita_step_impl(
-        M, fmode, b, w_bar, ridge, g, w, r, support, f, cols
+    f_new, tau, n_cand, changed = _run(
+        _chita_step_impl, M, fmode, b, w_bar, ridge, g, w, r, support, f, cols
     )
     return float(f_new), float(tau), int(n_cand), bool(changed)
 
@@ -1072,7 +1185,7 @@ def backsolve(A, b, idx, w_bar_s, ridge, out):
     _vec(w_bar_s, "w_bar_s", m, "the length of `idx`")
     ridge = _scalar(ridge, "ridge")
     _vec(out, "out", m, "the length of `idx`", writable=True)
-    status, jitter = _backsolve_impl(M, fmode, b, idx, w_bar_s, ridge, out)
+    status, jitter = _run(_backsolve_impl, M, fmode, b, idx, w_bar_s, ridge, out)
     if status != 0:
         raise RuntimeError(
             "backsolve: the Gram matrix on the support is singular even with jitter; use ridge > 0"

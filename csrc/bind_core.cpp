@@ -4,7 +4,15 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <atomic>
+#include <mutex>
 #include <string>
+
+#if defined(_OPENMP) && !defined(_WIN32)
+#include <omp.h>
+#include <pthread.h>
+#define CHITA_OMP_FORK_HANDLER 1
+#endif
 
 #include "chita/backsolve.hpp"
 #include "chita/gradient.hpp"
@@ -21,6 +29,31 @@ using chita::MatView;
 using std::int64_t;
 
 namespace {
+
+// ---- fork safety ------------------------------------------------------------------------------
+// GNU libgomp's thread pool does not survive fork(): in a child, the first parallel region of the
+// forking thread waits forever for pool threads that were not copied. As PyTorch does, a child
+// handler limits the forking thread to one OpenMP thread, so its parallel regions run inline and
+// never touch the stale pool; threads the child creates later start with a fresh pool and the
+// default thread count. The handler is registered once, when the module is first imported.
+std::atomic<bool> g_forked_child{false};
+bool g_fork_handler = false;
+
+#ifdef CHITA_OMP_FORK_HANDLER
+extern "C" void chita_omp_after_fork_in_child() {
+  g_forked_child.store(true, std::memory_order_relaxed);
+  omp_set_num_threads(1);
+}
+#endif
+
+void register_fork_handler() {
+#ifdef CHITA_OMP_FORK_HANDLER
+  static std::once_flag once;
+  std::call_once(once, [] {
+    g_fork_handler = pthread_atfork(nullptr, nullptr, &chita_omp_after_fork_in_child) == 0;
+  });
+#endif
+}
 
 struct Matrix {
   const void* data;
@@ -53,8 +86,9 @@ MatView<T> view(const Matrix& m) {
   return {static_cast<const T*>(m.data), m.n, m.p, m.col_major};
 }
 
+// Checks dtype, shape and contiguity of a 1-D argument; returns its data pointer.
 template <class T>
-T* vec(py::array& a, const char* name, int64_t len, bool writable) {
+const void* vec_data(const py::array& a, const char* name, int64_t len) {
   if (!a.dtype().is(py::dtype::of<T>()))
     throw py::type_error(std::string("`") + name + "` must have dtype " +
                          std::string(py::str(py::dtype::of<T>())) + ", got " +
@@ -68,8 +102,23 @@ T* vec(py::array& a, const char* name, int64_t len, bool writable) {
   }
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string("`") + name + "` must be contiguous");
-  if (writable && !a.writeable())
-    throw py::value_error(std::string("`") + name + "` must be writable");
+  return a.data();
+}
+
+// An input vector: never written, so read-only arrays (np.load(mmap_mode="r"),
+// flags.writeable = False) are accepted.
+template <class T>
+const T* in_vec(const py::array& a, const char* name, int64_t len) {
+  return static_cast<const T*>(vec_data<T>(a, name, len));
+}
+
+// An output (or in/out) vector: written in place, so it must be writable.
+template <class T>
+T* out_vec(py::array& a, const char* name, int64_t len) {
+  vec_data<T>(a, name, len);
+  if (!a.writeable())
+    throw py::value_error(std::string("`") + name +
+                          "` is written in place and must be writable, got a read-only array");
   return static_cast<T*>(a.mutable_data());
 }
 
@@ -102,10 +151,10 @@ PYBIND11_MODULE(_core, mod) {
       [](py::array A, py::array idx, py::array x, py::array out) {
         const Matrix M = as_matrix(A, "A");
         const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
-        const int64_t* ip = vec<int64_t>(idx, "idx", m, false);
+        const int64_t* ip = in_vec<int64_t>(idx, "idx", m);
         check_indices(ip, m, M.p, "idx");
-        const double* xp = vec<double>(x, "x", m, false);
-        double* op = vec<double>(out, "out", M.n, true);
+        const double* xp = in_vec<double>(x, "x", m);
+        double* op = out_vec<double>(out, "out", M.n);
         dispatch(M, [&](auto Av) { chita::support_matvec(Av, ip, m, xp, op); });
       },
       py::arg("A"), py::arg("idx"), py::arg("x"), py::arg("out"));
@@ -115,10 +164,10 @@ PYBIND11_MODULE(_core, mod) {
       [](py::array A, py::array idx, py::array y, py::array out) {
         const Matrix M = as_matrix(A, "A");
         const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
-        const int64_t* ip = vec<int64_t>(idx, "idx", m, false);
+        const int64_t* ip = in_vec<int64_t>(idx, "idx", m);
         check_indices(ip, m, M.p, "idx");
-        const double* yp = vec<double>(y, "y", M.n, false);
-        double* op = vec<double>(out, "out", m, true);
+        const double* yp = in_vec<double>(y, "y", M.n);
+        double* op = out_vec<double>(out, "out", m);
         dispatch(M, [&](auto Av) { chita::support_rmatvec(Av, ip, m, yp, op); });
       },
       py::arg("A"), py::arg("idx"), py::arg("y"), py::arg("out"));
@@ -127,10 +176,10 @@ PYBIND11_MODULE(_core, mod) {
       "gradient",
       [](py::array A, py::array r, py::array w, py::array w_bar, double ridge, py::array out) {
         const Matrix M = as_matrix(A, "A");
-        const double* rp = vec<double>(r, "r", M.n, false);
-        const double* wp = vec<double>(w, "w", M.p, false);
-        const double* bp = vec<double>(w_bar, "w_bar", M.p, false);
-        double* op = vec<double>(out, "out", M.p, true);
+        const double* rp = in_vec<double>(r, "r", M.n);
+        const double* wp = in_vec<double>(w, "w", M.p);
+        const double* bp = in_vec<double>(w_bar, "w_bar", M.p);
+        double* op = out_vec<double>(out, "out", M.p);
         dispatch(M, [&](auto Av) { chita::gradient(Av, rp, wp, bp, ridge, op); });
       },
       py::arg("A"), py::arg("r"), py::arg("w"), py::arg("w_bar"), py::arg("ridge"),
@@ -140,11 +189,11 @@ PYBIND11_MODULE(_core, mod) {
       "topk",
       [](py::array v, int64_t k, py::array out) {
         const int64_t p = v.ndim() == 1 ? v.shape(0) : -1;
-        const double* vp = vec<double>(v, "v", p, false);
+        const double* vp = in_vec<double>(v, "v", p);
         if (k < 1 || k > p)
           throw py::value_error("`k` must be in [1, " + std::to_string(p) + "], got " +
                                 std::to_string(k));
-        int64_t* op = vec<int64_t>(out, "out", k, true);
+        int64_t* op = out_vec<int64_t>(out, "out", k);
         py::gil_scoped_release release;
         chita::topk(vp, p, k, op);
       },
@@ -161,16 +210,16 @@ PYBIND11_MODULE(_core, mod) {
         if (!cols.is_none()) {
           cols_arr = py::array(cols);
           p = cols_arr.ndim() == 1 ? cols_arr.shape(0) : -1;
-          cp = vec<int64_t>(cols_arr, "cols", p, false);
+          cp = in_vec<int64_t>(cols_arr, "cols", p);
           check_indices(cp, p, M.p, "cols");
         }
-        const double* bp = vec<double>(b, "b", M.n, false);
-        const double* wbp = vec<double>(w_bar, "w_bar", p, false);
-        const double* gp = vec<double>(g, "g", p, false);
-        double* wp = vec<double>(w, "w", p, true);
-        double* rp = vec<double>(r, "r", M.n, true);
+        const double* bp = in_vec<double>(b, "b", M.n);
+        const double* wbp = in_vec<double>(w_bar, "w_bar", p);
+        const double* gp = in_vec<double>(g, "g", p);
+        double* wp = out_vec<double>(w, "w", p);
+        double* rp = out_vec<double>(r, "r", M.n);
         const int64_t k = support.ndim() == 1 ? support.shape(0) : -1;
-        int64_t* sp = vec<int64_t>(support, "support", k, true);
+        int64_t* sp = out_vec<int64_t>(support, "support", k);
         if (k < 1 || k > p) throw py::value_error("`support` must have length in [1, p]");
         check_indices(sp, k, p, "support");
         const chita::StepResult res = dispatch(M, [&](auto Av) {
@@ -186,12 +235,12 @@ PYBIND11_MODULE(_core, mod) {
       [](py::array A, py::array b, py::array idx, py::array w_bar_s, double ridge,
          py::array out) {
         const Matrix M = as_matrix(A, "A");
-        const double* bp = vec<double>(b, "b", M.n, false);
+        const double* bp = in_vec<double>(b, "b", M.n);
         const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
-        const int64_t* ip = vec<int64_t>(idx, "idx", m, false);
+        const int64_t* ip = in_vec<int64_t>(idx, "idx", m);
         check_indices(ip, m, M.p, "idx");
-        const double* wp = vec<double>(w_bar_s, "w_bar_s", m, false);
-        double* op = vec<double>(out, "out", m, true);
+        const double* wp = in_vec<double>(w_bar_s, "w_bar_s", m);
+        double* op = out_vec<double>(out, "out", m);
         if (m < 1) throw py::value_error("`idx` must not be empty");
         return dispatch(M, [&](auto Av) { return chita::backsolve(Av, bp, ip, m, wp, ridge, op); });
       },
@@ -202,7 +251,7 @@ PYBIND11_MODULE(_core, mod) {
       "column_sqnorms",
       [](py::array A, py::array out) {
         const Matrix M = as_matrix(A, "A");
-        double* op = vec<double>(out, "out", M.p, true);
+        double* op = out_vec<double>(out, "out", M.p);
         dispatch(M, [&](auto Av) { chita::column_sqnorms(Av, op); });
       },
       py::arg("A"), py::arg("out"));
@@ -212,7 +261,7 @@ PYBIND11_MODULE(_core, mod) {
       [](py::array A, py::array idx, py::array out) {
         const Matrix M = as_matrix(A, "A");
         const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
-        const int64_t* ip = vec<int64_t>(idx, "idx", m, false);
+        const int64_t* ip = in_vec<int64_t>(idx, "idx", m);
         check_indices(ip, m, M.p, "idx");
         if (!out.dtype().is(py::dtype::of<double>()) || out.ndim() != 2 ||
             out.shape(0) != M.n || out.shape(1) != M.n || !(out.flags() & py::array::c_style) ||
@@ -224,7 +273,16 @@ PYBIND11_MODULE(_core, mod) {
       },
       py::arg("A"), py::arg("idx"), py::arg("out"));
 
-  mod.def("num_threads", &chita::max_threads, "Threads the kernels use (OpenMP max threads).");
+  mod.def("num_threads", &chita::max_threads,
+          "Threads the kernels use on the calling thread (OpenMP max threads).");
+
+  register_fork_handler();
+  mod.def(
+      "forked_child", [] { return g_forked_child.load(std::memory_order_relaxed); },
+      "True in a process forked after this module was imported: there the forking thread runs "
+      "the kernels on one OpenMP thread (GNU OpenMP's pool does not survive fork); threads "
+      "started in the child use the default thread count.");
+  mod.attr("fork_handler") = g_fork_handler;
 
 #ifdef _OPENMP
   mod.attr("openmp") = true;
