@@ -322,8 +322,11 @@ def iht(
         max_iter = _PIPELINE_ITERS if refine else _PLAIN_ITERS
     max_iter = check_index(max_iter, "max_iter", 0, np.iinfo(np.int64).max)
     log = _IterationLog(name, prob.A.shape, k) if verbose else None
-    with prob.stream():
-        return _solve(
+    # Floating-point range: the stages compare objectives and keep the best finite point, so
+    # an overflow or underflow inside a score (problems scaled near 1e-150) only loses that
+    # candidate; the result itself is checked below.
+    with prob.stream(), np.errstate(all="ignore"):
+        res = _solve(
             prob,
             name,
             kernels,
@@ -340,6 +343,13 @@ def iht(
             t0,
             swap_both=swaps is True or swaps is np.True_,
         )
+    if not np.isfinite(res.objective):
+        raise ValueError(
+            "the objective of `A` and `b` is not representable in float64 at this scale "
+            f"(got {res.objective}); rescale them: iht(A / s, b / s, k, ridge=ridge / s**2) "
+            "has the same solution w"
+        )
+    return res
 
 
 # The solver forms squared gradients and curvatures: ||A||_F^2 (||b||^2 + ||A||_F^2 ||w||^2) must
@@ -348,19 +358,23 @@ _MAGNITUDE_LIMIT = 1e280
 
 
 def _check_magnitude(prob: _Problem, h: Any, start: Any) -> None:
-    """ValueError naming `A` when the problem's squares overflow float64 (entries near 1e70 or
-    more); such a problem is solved exactly as well after rescaling, which leaves w unchanged."""
+    """ValueError naming `A` when the problem's squares overflow float64 (entries of A near 1e70
+    or more, or weights whose ridge term does); after rescaling the same w solves it."""
     xp = array_module(h)
     fro2 = float(h.sum())
     with np.errstate(over="ignore", invalid="ignore"):
+        n, p = prob.A.shape
         wmax = max(float(xp.abs(start).max()), float(xp.abs(prob.w_bar).max()))
         bmax = float(xp.abs(prob.b).max())
-        size = fro2 * (bmax * bmax * prob.A.shape[0] + fro2 * wmax * wmax * prob.A.shape[1])
+        # Bounds on ||g||^2, g = A^T r + ridge (w - w_bar), and on f, at points of size wmax.
+        w2 = wmax * wmax * p
+        size = fro2 * (bmax * bmax * n + fro2 * w2) + prob.ridge * (prob.ridge + 1.0) * w2
     if not (np.isfinite(fro2) and np.isfinite(size) and size < _MAGNITUDE_LIMIT):
         raise ValueError(
             f"`A` and `b` are too large in magnitude for float64 (||A||_F^2 = {fro2:.3g}, "
-            f"max |b| = {bmax:.3g}): the squared gradients the solver forms would overflow. "
-            "Rescale them: iht(A / s, b / s, k, ridge=ridge / s**2) has the same solution w"
+            f"max |b| = {bmax:.3g}, max |w_bar|, |w0| = {wmax:.3g}, ridge = {prob.ridge:.3g}): "
+            "the squared gradients the solver forms would overflow. Rescale them: "
+            "iht(A / s, b / s, k, ridge=ridge / s**2) has the same solution w"
         )
 
 
@@ -449,6 +463,8 @@ def _solve(
     driver = active_set_iht if active_set else plain_iht
     run = driver(kernels, prob, k, start, max_iter, tol, on_iter)
     history, n_iter = list(run.history), run.n_iter
+    if refine:  # a candidate among exact points: its f from A, not from carried residuals
+        run.exact(kernels, prob)
     if best is None or run.f < best[3]:
         best = (run.support.copy(), run.w.copy(), run.r.copy(), run.f)
     iht_point = None  # IHT's refit, where it beat every start support (its own basin)

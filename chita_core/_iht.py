@@ -45,6 +45,13 @@ class IHTRun:
             self.stopped = True
         return self.stopped or self.converged
 
+    def exact(self, kernels: Any, prob: Any) -> None:
+        """Recomputes r and f at the final w from A (one support mat-vec): the iterations carry r
+        by updates, whose rounding can exceed f itself when f << ||b||^2. (``history`` stays
+        the trace the callback saw.)"""
+        self.r = residual(kernels, prob, self.support, self.w[self.support])
+        self.f = objective_value(self.r, self.w, prob.w_bar, prob.ridge)
+
 
 def objective_value(r: np.ndarray, w: np.ndarray, w_bar: np.ndarray, ridge: float) -> float:
     """0.5 ||r||^2 + 0.5 ridge ||w - w_bar||^2 in float64, from the residual r = A w - b."""

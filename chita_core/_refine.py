@@ -27,7 +27,7 @@ import numpy as np
 
 from ._iht import objective_value
 from ._interop import array_module
-from ._linalg import least_squares, spd_inverse, spd_solve
+from ._linalg import REFINE_FROM, least_squares, spd_inverse, spd_solve
 
 __all__ = [
     "SwapStats",
@@ -118,7 +118,9 @@ def support_values(
         X = _columns(A, support)  # [n, m] float64, m <= n: at most n^2 numbers
         G = X.T @ X
         G[xp.diag_indices(m)] += ridge
-        z, good = spd_solve(G, X.T @ c, lambda v: X.T @ (X @ v) + ridge * v)
+        # Normal equations only where they stay backward stable enough (kappa(G) <= 1e6 after
+        # equilibration); beyond, the SVD of the gathered columns.
+        z, good = spd_solve(G, X.T @ c, lambda v: X.T @ (X @ v) + ridge * v, cond_limit=1e6)
         if not good:
             z = least_squares(X, c, ridge)
     else:
@@ -132,8 +134,10 @@ def support_values(
             kernels.support_matvec(A, support, t, out)
             return out + ridge * y
 
-        y, good = spd_solve(K, c, apply)
-        if not good and 8 * n * m <= _SVD_BYTES:
+        # apply costs 2 passes over A_S; beyond kappa = 1e6 the SVD of A_S where it fits.
+        y, good = spd_solve(K, c, apply, refine_from=REFINE_FROM, cond_limit=1e6)
+        svd_bytes = 8 * m * (n if ridge == 0 else n + m)  # least_squares' matrix
+        if not good and svd_bytes <= _SVD_BYTES:
             # Ill-conditioned beyond what n-space can resolve (ridge ~ 0): SVD of A_S itself.
             z = least_squares(_columns(A, support), c, ridge)
         else:
