@@ -50,3 +50,16 @@ def _find_compiled_modules() -> None:
 
 
 _find_compiled_modules()
+
+# Set in a child forked after this import: backends imported later in the child (numba) can
+# still tell that they run in a forked process.
+forked_child = False
+
+
+def _mark_forked_child() -> None:
+    global forked_child
+    forked_child = True
+
+
+if hasattr(__import__("os"), "register_at_fork"):
+    __import__("os").register_at_fork(after_in_child=_mark_forked_child)

@@ -153,6 +153,9 @@ def _after_fork_in_child():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+# Imported for the first time in a forked child (the package was imported before the fork).
+if sys.modules["chita_core"].forked_child and _is_gnu_omp(_started_layer()):
+    _mode = _FORKED_OMP
 
 
 def _run(kernel, *args):

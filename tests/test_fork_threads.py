@@ -236,12 +236,15 @@ def test_numba_fork_while_another_thread_holds_the_kernel_lock():
 
 @needs_numba
 @needs_fork
-def test_numba_gnu_omp_layer_in_forked_child_raises():
+@pytest.mark.parametrize("parent_used_numba", [True, False])
+def test_numba_gnu_omp_layer_in_forked_child_raises(parent_used_numba):
     # The user's own numba code started the GNU OpenMP layer (here through their explicit
-    # NUMBA_THREADING_LAYER=omp), and the parent used the numba backend: a forked child cannot
-    # run numba's parallel kernels; chita_core raises instead of numba killing the child.
+    # NUMBA_THREADING_LAYER=omp): a forked child cannot run numba's parallel kernels; chita_core
+    # raises instead of numba killing the child, whether the parent had used the numba backend
+    # or the child imports it for the first time.
     out = _run(
         """
+        PARENT_USED_NUMBA = os.environ["PARENT_USED_NUMBA"] == "1"
         import numba
         from numba.np.ufunc import omppool
         if omppool.openmp_vendor != "GNU":
@@ -257,7 +260,9 @@ def test_numba_gnu_omp_layer_in_forked_child_raises():
 
         user_kernel(np.ones(100000))
         assert numba.threading_layer() == "omp"
-        parent = solve("numba")  # fine in the process that started the layer
+        if PARENT_USED_NUMBA:
+            parent = solve("numba")  # fine in the process that started the layer
+        assert PARENT_USED_NUMBA == ("chita_core._numba" in sys.modules)
         pid = os.fork()
         if pid == 0:
             try:
@@ -273,7 +278,7 @@ def test_numba_gnu_omp_layer_in_forked_child_raises():
         wait_child(pid)
         """,
         timeout=60,
-        env={"NUMBA_THREADING_LAYER": "omp"},
+        env={"NUMBA_THREADING_LAYER": "omp", "PARENT_USED_NUMBA": str(int(parent_used_numba))},
     )
     if out.startswith("skip:"):
         pytest.skip(out.strip())
