@@ -558,8 +558,8 @@ def backsolve(
     push-through (Woodbury) form with an ``n x n`` factor, ``O(n^2 |S| + n^3)``; the
     ``|S| x |S|`` matrix is never formed. Every factorisation is guarded (equilibrated Cholesky
     with refinement; an SVD of the support columns when the system is ill-conditioned), so the
-    result is optimal to rounding at any condition number. With ``ridge == 0`` and more support columns than
-    rows, the problem has many minimisers; the one closest to ``w_bar`` is returned.
+    result is optimal to rounding at any condition number. With ``ridge == 0`` and more support
+    columns than rows, the problem has many minimisers; the one closest to ``w_bar`` is returned.
 
     Parameters
     ----------

@@ -2,13 +2,14 @@
 
 Every symmetric positive (semi-)definite system the solver meets, the support Gram
 ``A_S^T A_S + ridge I`` (|S| <= n) or the n-space matrix ``K = ridge I + A_S A_S^T`` (|S| > n), goes
-through :func:`spd_solve` or :func:`spd_inverse`. Both are written against the array namespace
+through :class:`SPDSystem` (or :func:`spd_inverse`), written against the array namespace
 (NumPy on the host, CuPy on a GPU), so every backend takes the same decisions:
 
+0. Power-of-two Jacobi equilibration (exact), so column scales spread over many orders of
+   magnitude are not mistaken for ill-conditioning.
 1. Cholesky (LAPACK / cuSOLVER). It is accepted when it succeeds and its diagonal bounds the
-   condition number below ``COND_LIMIT`` (``kappa >= (max L_ii / min L_ii)^2``); above
-   ``REFINE_FROM`` the solve is followed by iterative refinement against the caller's exact
-   operator, so a well-conditioned system costs one factorisation and nothing more.
+   condition number below a limit (``kappa >= (max L_ii / min L_ii)^2``); solves are then
+   followed by iterative refinement against the caller's exact operator where asked.
 2. Otherwise (not positive definite in floating point, tiny ridges, column scales spread over many
    orders of magnitude) a symmetric eigendecomposition: solves use the pseudo-inverse (eigenvalues
    below ``n eps lambda_max`` dropped, the minimum-norm solution), inverses floor the eigenvalues at
@@ -28,7 +29,7 @@ import numpy as np
 
 from ._interop import array_module
 
-__all__ = ["COND_LIMIT", "REFINE_FROM", "least_squares", "spd_inverse", "spd_solve"]
+__all__ = ["COND_LIMIT", "REFINE_FROM", "SPDSystem", "least_squares", "spd_inverse"]
 
 #: Largest condition number for which a Cholesky factor is trusted (beyond it the normal
 #: equations lose more than half of float64's digits).
@@ -41,58 +42,6 @@ REFINE_FROM = 1e6
 _EPS = float(np.finfo(np.float64).eps)
 
 
-def _cholesky(K: Any, cond_limit: float = COND_LIMIT) -> tuple[Any | None, float]:
-    """(lower Cholesky factor of K, condition estimate), the factor None when the factorisation
-    fails or K is too ill-conditioned."""
-    xp = array_module(K)
-    if K.shape[0] == 0:
-        return K, 1.0
-    try:
-        L = xp.linalg.cholesky(K)
-    except np.linalg.LinAlgError:  # NumPy; CuPy returns NaN instead of raising
-        return None, np.inf
-    d = xp.diagonal(L)
-    lo, hi = float(d.min()), float(d.max())
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo > 0.0):
-        return None, np.inf
-    cond = (hi / lo) ** 2
-    return (L if cond <= cond_limit else None), cond
-
-
-def _eigh(K: Any) -> tuple[Any, Any]:
-    xp = array_module(K)
-    evals, V = xp.linalg.eigh(0.5 * (K + K.T))
-    return evals, V
-
-
-def _power_of_two_scale(K: Any) -> float:
-    """2^e near the largest diagonal entry of K: dividing by it is exact and keeps the
-    factorisation away from overflow and underflow whatever the scale of the problem."""
-    top = float(abs(array_module(K).diagonal(K)).max()) if K.shape[0] else 0.0
-    if not (top > 0.0 and np.isfinite(top)):
-        return 1.0
-    return float(np.ldexp(1.0, int(np.frexp(top)[1])))
-
-
-def spd_inverse(K: Any) -> Any:
-    """A symmetric positive definite inverse of the symmetric PSD matrix K (n x n).
-
-    Exact (to rounding) when K is well-conditioned; otherwise the eigenvalues are floored at
-    ``lambda_max / COND_LIMIT``. Callers use it for scores (OBS saliencies, swap and greedy
-    scores), never for a final objective."""
-    xp = array_module(K)
-    scale = _power_of_two_scale(K)
-    K = K / scale
-    if _cholesky(K)[0] is not None:
-        # Positive definite and well-conditioned: LU inversion is the fastest route offered.
-        Kinv = xp.linalg.inv(K)
-        return (0.5 / scale) * (Kinv + Kinv.T)
-    evals, V = _eigh(K)
-    top = float(evals.max()) if evals.size else 0.0
-    floor = top / COND_LIMIT if top > 0.0 else 1.0
-    return ((V / xp.maximum(evals, floor)) @ V.T) / scale
-
-
 def _jacobi(d: Any) -> Any:
     """Powers of two near 1 / sqrt(d) (1 where d is not positive): a diagonal scaling that is
     exact in floating point and removes column / row scales from the conditioning."""
@@ -102,59 +51,101 @@ def _jacobi(d: Any) -> Any:
     return xp.ldexp(xp.ones_like(d), e.astype(np.int32))
 
 
-def spd_solve(
-    K: Any,
-    rhs: Any,
-    apply: Callable[[Any], Any] | None = None,
-    *,
-    refine_from: float = 0.0,
-    cond_limit: float = COND_LIMIT,
-) -> tuple[Any, bool]:
-    """Solves ``K y = rhs`` for a symmetric PSD K; returns ``(y, well_conditioned)``.
+class SPDSystem:
+    """A symmetric PSD matrix K (n x n), equilibrated and factored once.
 
-    K is equilibrated first (D K D with D a power-of-two Jacobi scaling, exact), so columns of
-    very different scales do not count as ill-conditioning. ``apply(y)`` is the exact operator
-    (``K y`` computed from the data, e.g. with mat-vecs over A, not from the rounded K); when
-    given, the solution is refined against it. A singular K gets the minimum-norm least-squares
-    solution (of the equilibrated system). Refinement runs when the condition estimate exceeds
-    ``refine_from`` (0: always; callers with a costly ``apply`` pass ``REFINE_FROM``). Above
-    ``cond_limit`` it reports ``well_conditioned=False`` (and uses the eigendecomposition), so a
-    caller holding the columns themselves can switch to :func:`least_squares`."""
-    xp = array_module(K)
-    D = _jacobi(xp.diagonal(K).copy())
-    Ks = (K * D[:, None]) * D[None, :]
+    K is scaled to D K D with D a power-of-two Jacobi scaling (exact), so row / column scales do
+    not count as ill-conditioning and nothing overflows. A Cholesky factorisation decides:
+    ``good`` when it succeeds with a condition estimate ``(max L_ii / min L_ii)^2`` at most
+    ``cond_limit`` (solves are then LU solves of the scaled matrix, or products with the inverse
+    once :meth:`inverse` has formed it). Otherwise a symmetric eigendecomposition of the scaled
+    matrix stands in."""
 
-    def solve_scaled(v: Any) -> Any:
-        return D * xp.linalg.solve(Ks, D * v)
+    def __init__(self, K: Any, cond_limit: float = COND_LIMIT) -> None:
+        xp = self.xp = array_module(K)
+        self.D = _jacobi(xp.diagonal(K).copy())
+        Ks = (K * self.D[:, None]) * self.D[None, :]
+        self.cond = self._condition(Ks)
+        self.good = self.cond <= cond_limit
+        self._Ks = Ks
+        self._inner: Any = None  # (D K D)^{-1}, once inverse() has formed it
+        if not self.good:
+            self._evals, self._V = xp.linalg.eigh(0.5 * (Ks + Ks.T))
 
-    L, cond = _cholesky(Ks, cond_limit)
-    if L is not None:
-        y = solve_scaled(rhs)
-        if apply is not None and cond > refine_from:
-            prev = None
-            for _ in range(_REFINE_STEPS):
-                dy = solve_scaled(rhs - apply(y))
-                size = float(xp.abs(dy / D).max()) if dy.size else 0.0
-                if prev is not None and not size < 0.5 * prev:
-                    break  # stalled: rounding level reached
-                y = y + dy
-                prev = size
-                if size <= 4 * _EPS * max(float(xp.abs(y / D).max()), 1e-300):
-                    break
-        return y, True
-    evals, V = _eigh(Ks)
-    top = float(evals.max()) if evals.size else 0.0
-    cut = top * _EPS * max(K.shape[0], 1)
-    inv = xp.where(evals > cut, 1.0 / xp.where(evals > cut, evals, 1.0), 0.0)
+    def _condition(self, Ks: Any) -> float:
+        """Cholesky's condition estimate of the scaled matrix (inf when it fails)."""
+        xp = self.xp
+        if Ks.shape[0] == 0:
+            return 1.0
+        try:
+            L = xp.linalg.cholesky(Ks)
+        except np.linalg.LinAlgError:  # NumPy; CuPy returns NaN instead of raising
+            return np.inf
+        d = xp.diagonal(L)
+        lo, hi = float(d.min()), float(d.max())
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo > 0.0):
+            return np.inf
+        return (hi / lo) ** 2
 
-    def pinv_scaled(v: Any) -> Any:
+    def _apply_inverse(self, v: Any) -> Any:
+        """K^{-1} v when good, else the pseudo-inverse (eigenvalues below n eps lambda_max
+        dropped: the minimum-norm solution of the scaled system)."""
+        xp, D = self.xp, self.D
+        if self.good and self._inner is not None:
+            return D * (self._inner @ (D * v))
+        if self.good:  # LU solve: a third of the cost of forming the inverse
+            return D * xp.linalg.solve(self._Ks, D * v)
+        evals, V = self._evals, self._V
+        top = float(evals.max()) if evals.size else 0.0
+        cut = top * _EPS * max(evals.size, 1)
+        inv = xp.where(evals > cut, 1.0 / xp.where(evals > cut, evals, 1.0), 0.0)
         return D * (V @ (inv * (V.T @ (D * v))))
 
-    y = pinv_scaled(rhs)
-    if apply is not None:
-        # One refinement step inside the range of K (the pseudo-inverse keeps it there).
-        y = y + pinv_scaled(rhs - apply(y))
-    return y, False
+    def solve(
+        self, rhs: Any, apply: Callable[[Any], Any] | None = None, *, refine_from: float = 0.0
+    ) -> Any:
+        """y with K y = rhs. ``apply(y)`` is the exact operator (K y from the data, e.g. with
+        mat-vecs over A, not from the rounded K); when given and the condition estimate exceeds
+        ``refine_from`` (0: always; callers with a costly ``apply`` pass ``REFINE_FROM``), the
+        solution is refined against it until corrections stall."""
+        xp, D = self.xp, self.D
+        y = self._apply_inverse(rhs)
+        if apply is None or not self.cond > refine_from:
+            return y
+        steps = _REFINE_STEPS if self.good else 1
+        prev = None
+        for _ in range(steps):
+            dy = self._apply_inverse(rhs - apply(y))
+            size = float(xp.abs(dy / D).max()) if dy.size else 0.0
+            if prev is not None and not size < 0.5 * prev:
+                break  # stalled: rounding level reached
+            y = y + dy
+            prev = size
+            if size <= 4 * _EPS * max(float(xp.abs(y / D).max()), 1e-300):
+                break
+        return y
+
+    def inverse(self) -> Any:
+        """K^{-1}, exact to rounding when ``good``; otherwise a positive definite stand-in with
+        the scaled eigenvalues floored at ``lambda_max / COND_LIMIT`` (used only for scores)."""
+        xp, D = self.xp, self.D
+        if self.good:
+            if self._inner is None:
+                inner = xp.linalg.inv(self._Ks)
+                self._inner = 0.5 * (inner + inner.T)
+            inner = self._inner
+        else:
+            evals, V = self._evals, self._V
+            top = float(evals.max()) if evals.size else 0.0
+            floor = top / COND_LIMIT if top > 0.0 else 1.0
+            inner = (V / xp.maximum(evals, floor)) @ V.T
+        return (inner * D[:, None]) * D[None, :]
+
+
+def spd_inverse(K: Any) -> Any:
+    """A symmetric positive definite inverse of the symmetric PSD matrix K (see
+    :meth:`SPDSystem.inverse`)."""
+    return SPDSystem(K).inverse()
 
 
 def least_squares(X: Any, c: Any, ridge: float) -> Any:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ._iht import objective_value
 from ._interop import array_module
-from ._linalg import REFINE_FROM, least_squares, spd_inverse, spd_solve
+from ._linalg import REFINE_FROM, SPDSystem, least_squares, spd_inverse
 
 __all__ = [
     "SwapStats",
@@ -49,6 +49,9 @@ _EXHAUSTIVE_BATCH = 20_000
 _ROW_BLOCK = 8192
 # Columns gathered per block when a pass needs A's columns in float64 (bounded memory).
 _BLOCK_COLS = 2048
+# Refits solve the normal (or n-space) equations only up to this condition number after
+# equilibration, where they stay accurate to rounding with refinement; beyond, an SVD.
+_NORMAL_EQ_COND = 1e6
 # An ill-conditioned refit with |S| > n falls back to an SVD of the gathered A_S (8 n |S| bytes)
 # up to this size; beyond it the n-space pseudo-inverse (exact for ridge well above rounding).
 _SVD_BYTES = 1 << 30
@@ -120,8 +123,10 @@ def support_values(
         G[xp.diag_indices(m)] += ridge
         # Normal equations only where they stay backward stable enough (kappa(G) <= 1e6 after
         # equilibration); beyond, the SVD of the gathered columns.
-        z, good = spd_solve(G, X.T @ c, lambda v: X.T @ (X @ v) + ridge * v, cond_limit=1e6)
-        if not good:
+        system = SPDSystem(G, cond_limit=_NORMAL_EQ_COND)
+        if system.good:
+            z = system.solve(X.T @ c, lambda v: X.T @ (X @ v) + ridge * v)
+        else:
             z = least_squares(X, c, ridge)
     else:
         K = _support_gram(kernels, A, support)
@@ -134,17 +139,18 @@ def support_values(
             kernels.support_matvec(A, support, t, out)
             return out + ridge * y
 
-        # apply costs 2 passes over A_S; beyond kappa = 1e6 the SVD of A_S where it fits.
-        y, good = spd_solve(K, c, apply, refine_from=REFINE_FROM, cond_limit=1e6)
+        system = SPDSystem(K, cond_limit=_NORMAL_EQ_COND)
+        if keep_inverse and ridge > 0:
+            Kinv = system.inverse()  # formed first: the solve below then reuses it
         svd_bytes = 8 * m * (n if ridge == 0 else n + m)  # least_squares' matrix
-        if not good and svd_bytes <= _SVD_BYTES:
-            # Ill-conditioned beyond what n-space can resolve (ridge ~ 0): SVD of A_S itself.
+        if not system.good and svd_bytes <= _SVD_BYTES:
+            # Ill-conditioned beyond what n-space resolves accurately: SVD of A_S itself.
             z = least_squares(_columns(A, support), c, ridge)
         else:
+            # apply costs 2 passes over A_S: refinement only where the conditioning asks.
+            y = system.solve(c, apply, refine_from=REFINE_FROM)
             z = xp.empty(m)
             kernels.support_rmatvec(A, support, xp.ascontiguousarray(y), z)
-        if keep_inverse and ridge > 0:
-            Kinv = spd_inverse(K)
     return z + wb, Kinv
 
 

@@ -169,7 +169,7 @@ def test_column_scales_spread_over_many_orders(backend, spread, low, ridge):
 
 
 def test_guarded_inverse_and_solve_on_singular_matrices():
-    from chita_core._linalg import least_squares, spd_inverse, spd_solve
+    from chita_core._linalg import SPDSystem, least_squares, spd_inverse
 
     rng = np.random.default_rng(4)
     V = rng.standard_normal((6, 3))
@@ -177,9 +177,19 @@ def test_guarded_inverse_and_solve_on_singular_matrices():
     Kinv = spd_inverse(K)
     assert np.all(np.linalg.eigvalsh(Kinv) > 0)
     rhs = K @ rng.standard_normal(6)  # in the range of K
-    y, good = spd_solve(K, rhs, lambda v: K @ v)
-    assert not good
+    system = SPDSystem(K)
+    assert not system.good
+    y = system.solve(rhs, lambda v: K @ v)
     assert np.allclose(K @ y, rhs, atol=1e-10 * np.abs(rhs).max())
+    # Well-conditioned once equilibrated, though its diagonal spans 1e-6..1e6: exact solves.
+    d = np.logspace(-3, 3, 6)
+    W = rng.standard_normal((6, 6))
+    K2 = (W @ W.T + 6 * np.eye(6)) * d[:, None] * d[None, :]
+    system = SPDSystem(K2)
+    assert system.good
+    rhs2 = rng.standard_normal(6)
+    assert np.allclose(system.solve(rhs2, lambda v: K2 @ v), np.linalg.solve(K2, rhs2), rtol=1e-10)
+    assert np.allclose(system.inverse() @ K2, np.eye(6), atol=1e-9)
     X = rng.standard_normal((8, 5))
     c = rng.standard_normal(8)
     ref = np.linalg.solve(X.T @ X + 0.3 * np.eye(5), X.T @ c)
