@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sanitizer run: builds the C++ extension `_core` with AddressSanitizer + UndefinedBehaviorSanitizer
 # (CMake option CHITA_SANITIZE) into a temporary directory -- never over the installed package --
-# and runs the kernel tests and the fast solver tests against that build, cpp backend only.
+# and runs the kernel tests, the backend contract tests (incl. the compiled step constants) and the
+# fast solver tests against that build, cpp backend only.
 # Exits non-zero on a failed test, on any sanitizer report, or if the tests did not import the
 # sanitized module.
 #
@@ -78,10 +79,22 @@ for lib in "$asan_rt" "$cxx_rt"; do
 done
 
 # A pytest plugin (loaded with -p) that refuses to run unless chita_core and its _core come from
-# the sanitized build. tests/conftest.py imports chita_core from sys.path; chita_core/__init__.py
-# only looks elsewhere for _core when its own folder has none, which the target folder has.
+# the sanitized build. tests/conftest.py imports chita_core from sys.path, where PYTHONPATH (below)
+# puts the sanitized build ahead of any installed copy (an editable install's import hook would
+# still win: run this from a regular install, as .ci/run does).
+# An editable install of the checkout (pip install -e .) puts an import hook for chita_core on
+# sys.meta_path, ahead of every sys.path entry: the plugin drops it before chita_core is imported.
 cat >"$work/chita_sanitized_check.py" <<EOF
 import os
+import sys
+
+
+def _editable_chita_finder(finder):
+    module = finder.__module__ if isinstance(finder, type) else type(finder).__module__
+    return "editable" in module and "chita_core" in module
+
+
+sys.meta_path[:] = [f for f in sys.meta_path if not _editable_chita_finder(f)]
 
 import chita_core
 import chita_core._core as core
@@ -119,7 +132,7 @@ status=0
   # process that the sanitizer then ends; this way reports reach the log as they happen.
   python -m pytest -p chita_sanitized_check -p no:cacheprovider --capture=sys \
     -k "not numba" -m "not slow" \
-    "$root/tests/test_kernels.py" "$root/tests/test_solver.py"
+    "$root/tests/test_kernels.py" "$root/tests/test_backend_contract.py" "$root/tests/test_solver.py"
 ) 2>&1 | tee "$log" || status=$?  # (pipefail: the status of pytest, unless tee failed)
 
 # Belt and braces: a report must fail the run even if something swallowed the exit status.

@@ -7,6 +7,8 @@ gradient of sample i's cross-entropy w.r.t. the two weight matrices, F order). T
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 
@@ -26,53 +28,72 @@ def load_digits(seed: int = 0) -> tuple[np.ndarray, ...]:
 
 
 class MLP:
-    """x -> relu(x W1 + c1) W2 + c2. Only W1 and W2 are pruned; biases stay."""
+    """x -> relu(x W1 + c1) ... W_L + c_L, one or more hidden layers. Only the weight matrices
+    are pruned; biases stay. ``n_hidden`` is one width or a tuple of widths."""
 
-    def __init__(self, n_in: int, n_hidden: int, n_out: int, rng: np.random.Generator):
-        self.W1 = rng.standard_normal((n_in, n_hidden)) * np.sqrt(2.0 / n_in)
-        self.c1 = np.zeros(n_hidden)
-        self.W2 = rng.standard_normal((n_hidden, n_out)) * np.sqrt(1.0 / n_hidden)
-        self.c2 = np.zeros(n_out)
+    def __init__(
+        self, n_in: int, n_hidden: int | tuple[int, ...], n_out: int, rng: np.random.Generator
+    ):
+        widths = [n_in, *((n_hidden,) if isinstance(n_hidden, int) else n_hidden), n_out]
+        self.Ws, self.cs = [], []
+        for i, (a, b) in enumerate(itertools.pairwise(widths)):
+            gain = 2.0 if i < len(widths) - 2 else 1.0  # He init before a ReLU
+            self.Ws.append(rng.standard_normal((a, b)) * np.sqrt(gain / a))
+            self.cs.append(np.zeros(b))
+
+    @property
+    def W1(self) -> np.ndarray:
+        return self.Ws[0]
+
+    @property
+    def W2(self) -> np.ndarray:
+        return self.Ws[1]
 
     @property
     def weights(self) -> np.ndarray:
-        return np.concatenate([self.W1.ravel(), self.W2.ravel()])
+        return np.concatenate([W.ravel() for W in self.Ws])
 
     def with_weights(self, w: np.ndarray) -> MLP:
         out = MLP.__new__(MLP)
-        n1 = self.W1.size
-        out.W1 = w[:n1].reshape(self.W1.shape)
-        out.W2 = w[n1:].reshape(self.W2.shape)
-        out.c1, out.c2 = self.c1, self.c2
+        out.Ws, off = [], 0
+        for W in self.Ws:
+            out.Ws.append(w[off : off + W.size].reshape(W.shape))
+            off += W.size
+        out.cs = self.cs
         return out
 
-    def _forward(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        h = np.maximum(X @ self.W1 + self.c1, 0.0)
-        z = h @ self.W2 + self.c2
+    def _forward(self, X: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        hs = [X]
+        for W, c in zip(self.Ws[:-1], self.cs[:-1], strict=True):
+            hs.append(np.maximum(hs[-1] @ W + c, 0.0))
+        z = hs[-1] @ self.Ws[-1] + self.cs[-1]
         z = z - z.max(axis=1, keepdims=True)
         prob = np.exp(z)
         prob /= prob.sum(axis=1, keepdims=True)
-        return h, prob
+        return hs, prob
 
     def accuracy(self, X: np.ndarray, y: np.ndarray) -> float:
         return float((self._forward(X)[1].argmax(axis=1) == y).mean())
 
-    def _backward(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
-        h, prob = self._forward(X)
-        dz = prob
-        dz[np.arange(len(y)), y] -= 1.0  # d(cross-entropy)/dz per sample
-        dh = (dz @ self.W2.T) * (h > 0)
-        return h, dz, dh
+    def _backward(self, X: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], list]:
+        """Layer inputs and the loss gradients w.r.t. each layer's pre-activation, per sample."""
+        hs, prob = self._forward(X)
+        delta = prob
+        delta[np.arange(len(y)), y] -= 1.0  # d(cross-entropy)/dz per sample
+        deltas = [delta]
+        for W, h in zip(self.Ws[:0:-1], hs[:0:-1], strict=True):
+            deltas.append((deltas[-1] @ W.T) * (h > 0))
+        return hs, deltas[::-1]
 
     def train(self, X: np.ndarray, y: np.ndarray, epochs: int, rng: np.random.Generator) -> None:
-        params = [self.W1, self.c1, self.W2, self.c2]
+        params = [q for pair in zip(self.Ws, self.cs, strict=True) for q in pair]
         m = [np.zeros_like(q) for q in params]
         v = [np.zeros_like(q) for q in params]
         lr, b1, b2, t = 3e-3, 0.9, 0.999, 0
         for _ in range(epochs):
             for batch in np.array_split(rng.permutation(len(y)), len(y) // 64):
-                h, dz, dh = self._backward(X[batch], y[batch])
-                grads = [X[batch].T @ dh, dh.sum(0), h.T @ dz, dz.sum(0)]
+                hs, deltas = self._backward(X[batch], y[batch])
+                grads = [g for h, d in zip(hs, deltas, strict=True) for g in (h.T @ d, d.sum(0))]
                 t += 1
                 for q, g, mq, vq in zip(params, grads, m, v, strict=True):
                     g = g / len(batch) + (1e-4 * q if q.ndim == 2 else 0.0)
@@ -83,11 +104,13 @@ class MLP:
                     q -= lr * (mq / (1 - b1**t)) / (np.sqrt(vq / (1 - b2**t)) + 1e-8)
 
     def per_sample_gradients(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """A[i] = gradient of sample i's loss w.r.t. (W1, W2), written straight into an
+        """A[i] = gradient of sample i's loss w.r.t. (W1, ..., W_L), written straight into an
         F-ordered (n, p) matrix, the layout the solver reads fastest."""
-        h, dz, dh = self._backward(X, y)
-        n, n1 = len(y), self.W1.size
-        A = np.empty((n, n1 + self.W2.size), order="F")
-        A[:, :n1] = (X[:, :, None] * dh[:, None, :]).reshape(n, -1)
-        A[:, n1:] = (h[:, :, None] * dz[:, None, :]).reshape(n, -1)
+        hs, deltas = self._backward(X, y)
+        n = len(y)
+        A = np.empty((n, sum(W.size for W in self.Ws)), order="F")
+        off = 0
+        for W, h, d in zip(self.Ws, hs, deltas, strict=True):
+            A[:, off : off + W.size] = (h[:, :, None] * d[:, None, :]).reshape(n, -1)
+            off += W.size
         return A

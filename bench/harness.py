@@ -10,7 +10,7 @@ Every benchmark uses the same pieces:
   same run: a large ``np.copyto``, counted as read + write bytes.
 - :class:`JsonlWriter` -- one JSON object per line, first line ``{"kind": "machine", ...}``.
 
-Speed is quoted as a fraction of the copy bandwidth (DESIGN.md section 5) because the kernels
+Speed is quoted as a fraction of the copy bandwidth (docs/design.md section 8.4) because the kernels
 are memory-bound and the machines they run on are shared and noisy: an absolute GB/s means little
 without the copy bandwidth measured next to it.
 """

@@ -8,14 +8,26 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# The solver alternates OpenMP kernels (passes over A) with BLAS calls (n-space algebra). With
+# both runtimes spinning after each call, their threads starve each other on few cores: on 2
+# cores a 512-column mat-vec right after a GEMM took 6.5 ms instead of 0.5, and swap search
+# 1.2 s instead of 0.85. OpenMP threads that sleep when idle avoid it. Read when the OpenMP
+# runtime loads (with the compiled module), so it is set here, before that; a value the user
+# set is kept (OMP_WAIT_POLICY=ACTIVE restores spinning). README: "Threads".
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from ._api import IHTProgress, IHTResult, backsolve, iht, objective
-from ._backends import BackendUnavailableError, available_backends
 from ._config import config, show_config
+from ._problem import Problem
+from .backends import BackendUnavailableError, available_backends
 
 __all__ = [
     "BackendUnavailableError",
     "IHTProgress",
     "IHTResult",
+    "Problem",
     "__version__",
     "available_backends",
     "backsolve",
@@ -25,31 +37,6 @@ __all__ = [
     "show_config",
 ]
 
-
-def _find_compiled_modules() -> None:
-    """Run from a source checkout (``python -m chita_core.demo`` in the repository root), this
-    directory shadows the installed package, which holds the compiled modules (_core, _cuda).
-    Let submodules also be found in the installed copy, so the checkout works once installed."""
-    import importlib.machinery
-    import importlib.metadata
-    from pathlib import Path
-
-    def compiled(folder: Path) -> bool:
-        return any((folder / f"_core{s}").exists() for s in importlib.machinery.EXTENSION_SUFFIXES)
-
-    here = Path(__file__).resolve().parent
-    if compiled(here):
-        return
-    try:
-        installed = Path(str(importlib.metadata.distribution("chita_core").locate_file("")))
-    except importlib.metadata.PackageNotFoundError:
-        return
-    other = (installed / "chita_core").resolve()
-    if other != here and compiled(other):
-        __path__.append(str(other))
-
-
-_find_compiled_modules()
 
 # Set in a child forked after this import: backends imported later in the child (numba) can
 # still tell that they run in a forked process.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from typing import Any, TextIO
 
 import numpy as np
 
-from ._backends import available_backends
+from .backends import available_backends
 
 __all__ = ["config", "show_config"]
 
@@ -30,6 +31,7 @@ def config() -> dict[str, Any]:
         info["build"] = _core.build_info
         info["openmp"] = bool(_core.openmp)
         info["threads"] = _core.num_threads()
+        info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
         info["forked_child"] = bool(getattr(_core, "forked_child", lambda: False)())
     except ImportError as exc:
         info["build"] = f"compiled module missing ({exc})"
@@ -65,6 +67,8 @@ def show_config(file: TextIO | None = None) -> None:
     print(f"  build      {info['build']}", file=out)
     if "threads" in info:
         threads = f"{'on' if info['openmp'] else 'off'}, {info['threads']} threads"
+        if info.get("omp_wait_policy"):
+            threads += f", OMP_WAIT_POLICY={info['omp_wait_policy']}"
         if info.get("forked_child"):
             threads += " (forked child: kernels single-threaded on the forking thread)"
         print(f"  openmp     {threads}", file=out)

@@ -1,7 +1,10 @@
-"""Kernel contract shared by every backend (``_core``, numba, later ``_cuda``).
+"""Kernel contract shared by every backend (``_core``, numba, ``_cuda``).
 
 Each backend module exposes these functions with the same names and semantics, so tests and
-the solver driver can swap one for another. Conventions for every function:
+the solver driver can swap one for another (the whole contract, with the dense-algebra ops
+``gather_columns`` / ``support_gram`` / ``swap_scores`` that run through BLAS, is
+``chita_core/backends/protocol.py``; ``chita_core.backends.cpp`` adds them to these kernels).
+Conventions for every function:
 
 - ``A``: 2-D ``(n, p)`` float32 or float64, C-contiguous (rows are gradients) or F-contiguous
   (columns contiguous). Never copied.
@@ -35,9 +38,6 @@ def gradient(A: Mat, r: F64, w: F64, w_bar: F64, ridge: float, out: F64) -> None
 
 def column_sqnorms(A: Mat, out: F64) -> None:
     """out[j] = sum_i A[i, j]^2   # A [n, p], out [p]; one pass over A"""
-
-def support_gram(A: Mat, idx: I64, out: npt.NDArray[np.float64]) -> None:
-    """out = A[:, idx] @ A[:, idx].T   # A [n, p], idx [m], out [n, n] C-contiguous, symmetric"""
 
 def topk(v: F64, k: int, out: I64) -> None:
     """out = sorted indices of the k largest |v|; ties go to the lower index.
@@ -76,31 +76,30 @@ def chita_step(
           denom_i = m - |g_i|   elif |g_i| < m (moving away, overtaken by an outsider)
           no term otherwise, and no term when denom_i <= 0
       d = g on S; Ad = A_S d; dd = ||d||^2
-      tau_star = dd / (||Ad||^2 + ridge * dd)   (0 if dd == 0, or if max|d| <= 1e-12 m: at an
-                                                 exact refit g_S is rounding noise)
+      tau_star = dd / (||Ad||^2 + ridge * dd)   (0 if dd == 0, or if max|d| <= STATIONARY m:
+                                                 at an exact refit g_S is rounding noise)
       if 0 < tau_star < tau_chg:                # support kept, exact line minimum
           w_S -= tau_star d; r -= tau_star Ad; f_new = objective(w, r)
       else:                                     # forward doubling over hard-thresholded steps
-          base = tau_chg / (1 + 1e-4)   (if tau_chg is +inf: base = tau_star)
-          for j in 0..4: tau = base * 2^j; skip all if tau <= 0
+          base = tau_chg / TAU_CHG_SHRINK   (if tau_chg is +inf: base = tau_star)
+          for j < FORWARD_STEPS: tau = base * LADDER_FACTOR^j; skip all if tau <= 0
               cand = H_k(w - tau g) (topk on w - tau g), r_c = A_cand x - b, f_c = objective
               (r_c may be formed as r - tau A d + A_in v_in - A_out v_out over the coordinates
               entering/leaving, v = w - tau g: same value up to rounding, far fewer columns)
               accept if f_c < f_best (best so far), else stop
           if none accepted and tau_star > 0:   # backtracking fallback
-              for j in 0..4: tau = tau_star / 2^j; same candidate; accept the first f_c < f; stop
+              for j < BACKTRACK_STEPS: tau = tau_star / LADDER_FACTOR^j; same candidate;
+                  accept the first f_c < f; stop
       objective(w, r) = 0.5 ||r||^2 + 0.5 ridge ||w - w_bar||^2, in float64.
+
+    The names in capitals are the constants of ``chita_core/backends/constants.py`` (their values
+    and reasons are there), the one definition every backend uses; ``STEP_CONSTANTS`` holds the
+    values this module was built with.
     """
-
-def backsolve(A: Mat, b: F64, idx: I64, w_bar_s: F64, ridge: float, out: F64) -> float:
-    """Exact minimiser of f on the support idx, written to out [m] (values on idx).
-
-    With c = b - A_S w_bar_s and z = x - w_bar_s:
-      m <= n: (A_S^T A_S + ridge I) z = A_S^T c          (m x m Cholesky)
-      m >  n: z = A_S^T (A_S A_S^T + ridge I)^{-1} c     (Woodbury, n x n Cholesky)
-    Gram matrices accumulate in float64. If the Cholesky meets a non-positive pivot (ridge == 0
-    and a rank-deficient A_S), it retries with a diagonal jitter of 1e-12 * mean diagonal,
-    growing 100x per retry; returns the jitter used (0.0 normally)."""
 
 def num_threads() -> int:
     """Threads the kernels use (OpenMP max threads; 1 without OpenMP)."""
+
+#: The step's constants as compiled into this module, ``{name: value}``: generated at build time
+#: from ``chita_core/backends/constants.py`` (tests/test_backend_contract.py checks they agree).
+STEP_CONSTANTS: dict[str, int | float]

@@ -84,7 +84,7 @@ class DeviceMatrix:
 
     def columns(self, idx: Any) -> Any:
         """A[:, idx] as a float64 CuPy array [n, len(idx)]: a small gathered workspace."""
-        from ._cuda_kernels import gather_columns
+        from .backends.cuda_kernels import gather_columns
 
         return gather_columns(self, idx)
 

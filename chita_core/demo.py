@@ -1,4 +1,4 @@
-"""``python -m chita_core.demo``: prune a small network trained on real data, with torch.
+"""``chita-core-demo``: prune a small network trained on real data, with torch.
 
 Trains an MLP (64-64-10) on scikit-learn's bundled digits, then prunes its two weight matrices
 at 70/90/95% sparsity through :func:`chita_core.torch.prune` with
@@ -12,7 +12,9 @@ and prints each one's test accuracy (no fine-tuning), loss on held-out training 
 The gradients come from the first ``--n-grads`` training images; the rest of the training set
 chooses the ridge (and, for chita_core, whether its solution or magnitude + backsolve's is kept)
 by its loss; "kept" names magnitude + backsolve when it won that choice.
-Requires torch and scikit-learn: ``pip install ".[demo]"``.
+Requires torch and scikit-learn: ``pip install ".[demo]"``, which also installs the
+``chita-core-demo`` script (``main``). ``python -m chita_core.demo`` works too, except in the
+repository root of a regular install, where it would import the source tree.
 """
 
 from __future__ import annotations

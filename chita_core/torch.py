@@ -45,8 +45,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from ._api import IHTResult, backsolve, iht, objective
-from ._backends import get_backend
+from ._api import IHTResult, solve
+from ._problem import Problem
+from .backends import get_backend
 
 __all__ = ["PruneReport", "StageReport", "prune", "remove_masks", "schedule_sparsities"]
 
@@ -420,9 +421,30 @@ def _matvec64(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _mean_sq_column_norm(A: torch.Tensor) -> float:
-    """Mean over columns of ||A[:, j]||^2 (the average curvature of one weight), in float64."""
-    return sum(float((block * block).sum()) for _, block in _column_blocks(A)) / A.shape[1]
+@dataclass
+class _Block:
+    """One problem of a stage: columns lo:hi of A (the whole A, or one tensor's), its k and the
+    prepared Problem (validated once: one NaN scan and column-norm pass of A per stage), with
+    the magnitude + backsolve point of each ridge solved so far (``iht`` starts from it)."""
+
+    lo: int
+    hi: int
+    k: int
+    problem: Problem
+    magnitude: dict[float, Any] = field(default_factory=dict)
+
+    def at(self, ridge: float) -> Problem:
+        return self.problem.with_ridge(ridge)
+
+    def magnitude_point(self, ridge: float) -> Any:
+        """The exact refit on the k largest |w_bar| at ``ridge`` (solved once per ridge)."""
+        if ridge not in self.magnitude:
+            prob = self.at(ridge)
+            with prob.stream():
+                support = prob.xp.empty(self.k, dtype=np.int64)
+                prob.kernels.topk(prob.w_bar, self.k, support)
+                self.magnitude[ridge] = prob.point(support, keep_inverse=True)
+        return self.magnitude[ridge]
 
 
 def _blocks(
@@ -432,27 +454,56 @@ def _blocks(
     sizes: list[int],
     sparsity: float,
     per_layer: bool,
-) -> list[tuple[int, int, int, torch.Tensor]]:
-    """The problems of one stage as (first column, end column, k, b = A_block w_bar_block):
-    one global problem, or one per tensor. Built once per stage (b is one pass over A)."""
+    backend: str,
+) -> list[_Block]:
+    """The problems of one stage: one global problem, or one per tensor. Built once per stage
+    (b = A_block w_bar_block is one pass over A; the Problem's column norms another)."""
     if not per_layer:
-        return [(0, A.shape[1], k_total, _matvec64(A, w_bar).to(A.dtype))]
-    out, off = [], 0
-    for size in sizes:
-        k = max(1, round((1.0 - sparsity) * size))
-        lo, hi = off, off + size
-        out.append((lo, hi, k, _matvec64(A[:, lo:hi], w_bar[lo:hi]).to(A.dtype)))
-        off = hi
+        spans = [(0, A.shape[1], k_total)]
+    else:
+        spans, off = [], 0
+        for size in sizes:
+            spans.append((off, off + size, max(1, round((1.0 - sparsity) * size))))
+            off += size
+    out = []
+    for lo, hi, k in spans:
+        As, wbs = A[:, lo:hi], w_bar[lo:hi]
+        bs = _matvec64(As, wbs).to(A.dtype)
+        out.append(_Block(lo, hi, k, Problem(As, bs, w_bar=wbs, backend=backend)))
     return out
 
 
+def _mean_curvature(blocks: list[_Block], p: int) -> float:
+    """Mean over all p columns of ||A[:, j]||^2 (the average curvature of one weight), from the
+    column norms the blocks' problems already hold."""
+    return sum(float(b.problem.h.sum()) for b in blocks) / p
+
+
+# Options of chita_core.iht that the adapter sets itself (from the model and the ridge path).
+_OWN_OPTIONS = ("A", "b", "k", "ridge", "w_bar", "backend", "check_finite")
+
+
+def _check_solver_options(options: dict[str, Any]) -> None:
+    """TypeError naming any ``**solver_options`` entry that ``chita_core.iht`` does not take
+    (or that prune sets itself), before any gradient work."""
+    import inspect
+
+    accepted = {
+        name for name in inspect.signature(solve).parameters if not name.startswith("_")
+    } - {"prob", "k"}
+    for name in options:
+        if name in _OWN_OPTIONS:
+            raise TypeError(f"`{name}` is set by prune itself; it is not a solver option here")
+        if name not in accepted:
+            takes = ", ".join(sorted(accepted))
+            raise TypeError(f"unknown solver option `{name}`; chita_core.iht takes {takes}")
+
+
 def _solve(
-    A: torch.Tensor,
     w_bar: torch.Tensor,
-    blocks: list[tuple[int, int, int, torch.Tensor]],
+    blocks: list[_Block],
     method: str,
     ridge: float,
-    backend: str,
     solver_options: dict[str, Any],
 ) -> tuple[torch.Tensor, torch.Tensor, float, list[IHTResult]]:
     """(w, kept, objective, results) for one stage and one ridge; ``kept`` is the boolean
@@ -460,22 +511,27 @@ def _solve(
     w = torch.zeros_like(w_bar)
     kept = torch.zeros(w_bar.shape, dtype=torch.bool, device=w_bar.device)
     results, f_total = [], 0.0
-    for lo, hi, k, bs in blocks:
-        As, wbs = A[:, lo:hi], w_bar[lo:hi]
+    for blk in blocks:
+        lo, hi = blk.lo, blk.hi
+        if method == "magnitude":
+            wbs = w_bar[lo:hi]
+            support = torch.topk(wbs.abs(), blk.k, sorted=False).indices.sort().values
+            kept[lo:hi][support] = True
+            w[lo:hi][support] = wbs[support]
+            f_total += blk.at(ridge).objective(w[lo:hi])
+            continue
+        point = blk.magnitude_point(ridge)
         if method == "chita":
-            res = iht(As, bs, k, ridge=ridge, w_bar=wbs, backend=backend, **solver_options)
+            res = solve(blk.at(ridge), blk.k, _magnitude=point, **solver_options)
             w[lo:hi] = res.w
             kept[lo:hi][res.support] = True
             results.append(res)
             f_total += res.objective
             continue
-        support = torch.topk(wbs.abs(), k, sorted=False).indices.sort().values
-        kept[lo:hi][support] = True
-        if method == "magnitude":
-            w[lo:hi][support] = wbs[support]
-        else:
-            w[lo:hi] = backsolve(As, bs, support, ridge=ridge, w_bar=wbs, backend=backend)
-        f_total += objective(As, bs, w[lo:hi], ridge=ridge, w_bar=wbs, backend=backend)
+        prob = blk.at(ridge)
+        w[lo:hi] = prob.output(point.w)
+        kept[lo:hi][prob.output(point.support, cast=False)] = True
+        f_total += point.f
     return w, kept, f_total, results
 
 
@@ -649,6 +705,7 @@ def prune(
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"`model` is on {device}; chita_core runs on the CPU or CUDA GPUs")
     get_backend(backend, on_device=device.type == "cuda")  # fail before any gradient work
+    _check_solver_options(solver_options)
     holders = _aliases(model)  # every (module, attribute) holding each selected tensor
     sizes = [par.numel() for *_, par in selected]
     p = sum(sizes)
@@ -664,10 +721,11 @@ def prune(
             w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
             t1 = time.perf_counter()
             k = max(1, round((1.0 - target) * p))
+            blocks = _blocks(A, w_bar, k, sizes, target, per_layer, backend)
             if ridge is not None or method == "magnitude":
                 ridges = [0.0 if ridge is None else ridge]
             else:  # a short path of ridges; the real loss on the samples picks one
-                curvature = _mean_sq_column_norm(A)
+                curvature = _mean_curvature(blocks, p)
                 # distinct ridges only: with zero curvature (all gradients zero, e.g. dead
                 # ReLUs everywhere) the path collapses to ridge 0
                 ridges = list(dict.fromkeys(scale * curvature for scale in RIDGE_SCALES))
@@ -676,10 +734,9 @@ def prune(
             runs = [(lam, method) for lam in ridges]
             if method == "chita" and ridge is None:
                 runs += [(lam, "magnitude+backsolve") for lam in ridges]
-            blocks = _blocks(A, w_bar, k, sizes, target, per_layer)
             best = None
             for lam, how in runs:
-                w, kept, f, results = _solve(A, w_bar, blocks, how, lam, backend, solver_options)
+                w, kept, f, results = _solve(w_bar, blocks, how, lam, solver_options)
                 _write_back(selected, w)
                 loss = _mean_loss(model, loss_fn, Xv, Yv)
                 if best is None or loss < best[0]:
@@ -690,7 +747,7 @@ def prune(
             stage_reports.append(
                 StageReport(target, k, f, lam, loss, how, t1 - t0, t2 - t1, results)
             )
-            del A
+            del A, blocks
             bar.update(1)
     finally:
         bar.close()

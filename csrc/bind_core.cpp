@@ -14,9 +14,10 @@
 #define CHITA_OMP_FORK_HANDLER 1
 #endif
 
-#include "chita/backsolve.hpp"
+#include "chita/constants.hpp"
 #include "chita/gradient.hpp"
 #include "chita/matvec.hpp"
+#include "chita/swap.hpp"
 #include "chita/step.hpp"
 #include "chita/topk.hpp"
 
@@ -62,12 +63,20 @@ struct Matrix {
   bool is_f32;
 };
 
+// Whether a's dtype is T in native byte order. An equivalence test, not identity: unpickled and
+// copied arrays carry their own dtype instances (a pickled float32 array is float32).
+template <class T>
+bool has_dtype(const py::array& a) {
+  return py::isinstance<py::array_t<T>>(a) && a.dtype().itemsize() == sizeof(T) &&
+         a.dtype().kind() == py::dtype::of<T>().kind();
+}
+
 Matrix as_matrix(const py::array& a, const char* name) {
   if (a.ndim() != 2)
     throw py::value_error(std::string("`") + name + "` must be 2-D, got " +
                           std::to_string(a.ndim()) + "-D");
-  const bool f32 = a.dtype().is(py::dtype::of<float>());
-  const bool f64 = a.dtype().is(py::dtype::of<double>());
+  const bool f32 = has_dtype<float>(a);
+  const bool f64 = has_dtype<double>(a);
   if (!f32 && !f64)
     throw py::type_error(std::string("`") + name + "` must be float32 or float64, got " +
                          std::string(py::str(a.dtype())));
@@ -89,7 +98,7 @@ MatView<T> view(const Matrix& m) {
 // Checks dtype, shape and contiguity of a 1-D argument; returns its data pointer.
 template <class T>
 const void* vec_data(const py::array& a, const char* name, int64_t len) {
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(a))
     throw py::type_error(std::string("`") + name + "` must have dtype " +
                          std::string(py::str(py::dtype::of<T>())) + ", got " +
                          std::string(py::str(a.dtype())));
@@ -158,6 +167,32 @@ PYBIND11_MODULE(_core, mod) {
         dispatch(M, [&](auto Av) { chita::support_matvec(Av, ip, m, xp, op); });
       },
       py::arg("A"), py::arg("idx"), py::arg("x"), py::arg("out"));
+
+  mod.def(
+      "swap_scores",
+      [](py::array G, py::array q, double s0, py::array wv, py::array jn, py::array io,
+         double lam, py::array out) {
+        if (G.ndim() != 2 || G.shape(0) != G.shape(1) || !has_dtype<double>(G) ||
+            !(G.flags() & py::array::c_style))
+          throw py::value_error("`G` must be a square C-contiguous float64 matrix");
+        const int64_t c = G.shape(0);
+        const double* qp = in_vec<double>(q, "q", c);
+        const double* wp = in_vec<double>(wv, "wv", c);
+        const int64_t nj = jn.ndim() == 1 ? jn.shape(0) : -1;
+        const int64_t ni = io.ndim() == 1 ? io.shape(0) : -1;
+        const int64_t* jp = in_vec<int64_t>(jn, "jn", nj);
+        const int64_t* ip = in_vec<int64_t>(io, "io", ni);
+        for (int64_t t = 0; t < nj; ++t)
+          if (jp[t] < 0 || jp[t] >= c) throw py::value_error("`jn` has an index outside [0, c)");
+        for (int64_t t = 0; t < ni; ++t)
+          if (ip[t] < 0 || ip[t] >= c) throw py::value_error("`io` has an index outside [0, c)");
+        double* op = out_vec<double>(out, "out", ni * nj);
+        const double* Gp = static_cast<const double*>(G.data());
+        py::gil_scoped_release release;
+        chita::swap_scores(Gp, c, qp, s0, wp, jp, nj, ip, ni, lam, op);
+      },
+      py::arg("G"), py::arg("q"), py::arg("s0"), py::arg("wv"), py::arg("jn"), py::arg("io"),
+      py::arg("lam"), py::arg("out"));
 
   mod.def(
       "support_rmatvec",
@@ -231,23 +266,6 @@ PYBIND11_MODULE(_core, mod) {
       py::arg("r"), py::arg("support"), py::arg("f"), py::arg("cols") = py::none());
 
   mod.def(
-      "backsolve",
-      [](py::array A, py::array b, py::array idx, py::array w_bar_s, double ridge,
-         py::array out) {
-        const Matrix M = as_matrix(A, "A");
-        const double* bp = in_vec<double>(b, "b", M.n);
-        const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
-        const int64_t* ip = in_vec<int64_t>(idx, "idx", m);
-        check_indices(ip, m, M.p, "idx");
-        const double* wp = in_vec<double>(w_bar_s, "w_bar_s", m);
-        double* op = out_vec<double>(out, "out", m);
-        if (m < 1) throw py::value_error("`idx` must not be empty");
-        return dispatch(M, [&](auto Av) { return chita::backsolve(Av, bp, ip, m, wp, ridge, op); });
-      },
-      py::arg("A"), py::arg("b"), py::arg("idx"), py::arg("w_bar_s"), py::arg("ridge"),
-      py::arg("out"));
-
-  mod.def(
       "column_sqnorms",
       [](py::array A, py::array out) {
         const Matrix M = as_matrix(A, "A");
@@ -256,22 +274,13 @@ PYBIND11_MODULE(_core, mod) {
       },
       py::arg("A"), py::arg("out"));
 
-  mod.def(
-      "support_gram",
-      [](py::array A, py::array idx, py::array out) {
-        const Matrix M = as_matrix(A, "A");
-        const int64_t m = idx.ndim() == 1 ? idx.shape(0) : -1;
-        const int64_t* ip = in_vec<int64_t>(idx, "idx", m);
-        check_indices(ip, m, M.p, "idx");
-        if (!out.dtype().is(py::dtype::of<double>()) || out.ndim() != 2 ||
-            out.shape(0) != M.n || out.shape(1) != M.n || !(out.flags() & py::array::c_style) ||
-            !out.writeable())
-          throw py::value_error("`out` must be a writable C-contiguous float64 array of shape (" +
-                                std::to_string(M.n) + ", " + std::to_string(M.n) + ")");
-        double* op = static_cast<double*>(out.mutable_data());
-        dispatch(M, [&](auto Av) { chita::support_gram(Av, ip, m, op); });
-      },
-      py::arg("A"), py::arg("idx"), py::arg("out"));
+  // The step's shared constants as compiled (chita/constants.hpp, generated from
+  // chita_core/backends/constants.py): tests compare them with the Python values.
+  py::dict step_constants;
+#define CHITA_EXPORT_CONSTANT(name, cxx) step_constants[#name] = chita::constants::cxx;
+  CHITA_STEP_CONSTANTS(CHITA_EXPORT_CONSTANT)
+#undef CHITA_EXPORT_CONSTANT
+  mod.attr("STEP_CONSTANTS") = step_constants;
 
   mod.def("num_threads", &chita::max_threads,
           "Threads the kernels use on the calling thread (OpenMP max threads).");

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
 
 import chita_core
-from chita_core._backends import BACKENDS, available_backends, get_backend
+from chita_core.backends import BACKENDS, DEVICE_BACKENDS, available_backends, get_backend
+from chita_core.backends.protocol import OPS, Kernels
 
 
 def pytest_report_header(config):
@@ -25,19 +28,146 @@ def pytest_report_header(config):
 # ----------------------------------------------------------------------------------------------
 
 
+#: Every backend whose kernels the kernel tests run: the host ones, then the CUDA one.
+KERNEL_BACKENDS = (*BACKENDS, *DEVICE_BACKENDS)
+
+
+def _skip_unavailable(name: str) -> None:
+    reason = available_backends()[name]
+    if reason is not None:
+        pytest.skip(f"backend {name!r} unavailable: {reason}")
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> str:
-    """Every backend by name; an unavailable one is skipped with the registry's reason."""
-    reason = available_backends()[request.param]
-    if reason is not None:
-        pytest.skip(f"backend {request.param!r} unavailable: {reason}")
+    """Every host backend by name (solver tests pass host arrays); an unavailable one is skipped
+    with the registry's reason."""
+    _skip_unavailable(request.param)
+    return request.param
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def kernel_backend(request) -> str:
+    """Every backend by name, CUDA included, for the kernel tests; an unavailable one is skipped
+    with the registry's reason."""
+    _skip_unavailable(request.param)
     return request.param
 
 
 @pytest.fixture
-def kernels(backend):
-    """The kernel module of ``backend`` (``chita_core._core`` or ``chita_core._numba``)."""
-    return get_backend(backend)[1]
+def kernels(kernel_backend):
+    """The kernels of ``kernel_backend`` behind host arrays: the backend module itself for a host
+    backend (``chita_core.backends.cpp``, ``chita_core.backends.numba_kernels``); for CUDA, its
+    module wrapped in :class:`DeviceKernels`, which moves NumPy arguments to the GPU and results
+    and written arguments back, so the same test bodies run on every backend."""
+    module = get_backend(kernel_backend, on_device=kernel_backend in DEVICE_BACKENDS)[1]
+    return DeviceKernels(module) if kernel_backend in DEVICE_BACKENDS else module
+
+
+def on_device(kernels: Any) -> bool:
+    """Whether the ``kernels`` fixture is a device backend (behind :class:`DeviceKernels`)."""
+    return isinstance(kernels, DeviceKernels)
+
+
+def skip_on_device(kernels: Any, reason: str) -> None:
+    """Skips a kernel test that cannot apply to a device backend (``reason`` says why)."""
+    if on_device(kernels):
+        pytest.skip(f"not for the CUDA backend: {reason}")
+
+
+# Arguments an op writes besides `out` (in/out state): copied back to the host after the call.
+_WRITTEN = {"chita_step": ("w", "r", "support")}
+
+
+class DeviceKernels:
+    """A device backend's ops with host arrays in and out, for the kernel tests.
+
+    Each op of the contract (``backends/protocol.py``) is called with its NumPy arguments moved
+    to the GPU: ``A`` becomes a CuPy array of the same dtype and layout described by a
+    :class:`~chita_core._device.DeviceMatrix` (``_device.device_matrix``, as the solver builds
+    it), every other array a CuPy copy of the same dtype; scalars, ``None`` and the rest pass
+    through unchanged, so the backend's own checks (dtype, length, layout of ``A``) still see
+    what the test passed. After a call that returns, the arguments the op writes (``out``; for
+    ``chita_step`` also ``w``, ``r``, ``support``) are copied back into the caller's arrays, the
+    others are checked to be unchanged on the device (the kernels never write their inputs), and
+    CuPy results come back as NumPy arrays. What a device copy cannot carry (host strides of a
+    vector, a read-only flag) the tests that need it skip with :func:`skip_on_device`."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+        self.__name__ = module.__name__
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._module, name)
+        if name not in OPS:
+            return fn  # num_threads, device_count, ...
+        try:
+            signature = inspect.signature(fn)
+        except ValueError:  # a compiled function: bind by the contract's parameters
+            contract = inspect.signature(getattr(Kernels, name))
+            signature = contract.replace(parameters=list(contract.parameters.values())[1:])
+        written = {"out", *_WRITTEN.get(name, ())}
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            import cupy as cp
+
+            bound = signature.bind(*args, **kwargs)
+            host = dict(bound.arguments)
+            device, copies = {}, {}
+            for key, value in host.items():
+                if isinstance(value, np.ndarray):
+                    copies[key] = _device_array(value) if key == "A" else cp.asarray(value)
+                    device[key] = _device_matrix(copies[key]) if key == "A" else copies[key]
+                else:
+                    device[key] = value
+            result = fn(**device)
+            for key, dev in copies.items():
+                if key in written:
+                    host[key][...] = cp.asnumpy(dev)
+                else:
+                    np.testing.assert_array_equal(
+                        cp.asnumpy(dev), host[key], err_msg=f"{name} changed its input `{key}`"
+                    )
+            return _to_host(result)
+
+        call.__name__ = name
+        call.__signature__ = signature
+        return call
+
+
+def _device_array(A: np.ndarray) -> Any:
+    """A on the GPU with A's dtype and layout: C or F order as A has it; a strided A keeps its
+    strides (on an uninitialised span of device memory holding the same values), so that the
+    backend refuses it exactly as it would a strided device array."""
+    import cupy as cp
+
+    if A.flags.c_contiguous:
+        return cp.asarray(A)
+    if A.flags.f_contiguous:
+        return cp.asarray(np.ascontiguousarray(A.T)).T  # F order on the device
+    if A.ndim == 0 or min(A.strides) <= 0:
+        raise ValueError(f"`A` must be C- or F-contiguous, got strides {A.strides}")
+    span = sum((d - 1) * s for d, s in zip(A.shape, A.strides, strict=True)) + A.itemsize
+    buf = cp.empty(span, dtype=cp.uint8)
+    view = cp.ndarray(A.shape, dtype=A.dtype, memptr=buf.data, strides=A.strides)
+    view[...] = cp.asarray(np.ascontiguousarray(A))
+    return view
+
+
+def _device_matrix(dev: Any) -> Any:
+    from chita_core._device import device_matrix
+
+    return device_matrix(dev)[0]
+
+
+def _to_host(result: Any) -> Any:
+    import cupy as cp
+
+    if isinstance(result, cp.ndarray):
+        return cp.asnumpy(result)
+    if isinstance(result, tuple):
+        return tuple(_to_host(x) for x in result)
+    return result
 
 
 @pytest.fixture(params=[np.float64, np.float32], ids=["f64", "f32"])

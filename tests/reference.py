@@ -1,4 +1,4 @@
-"""Independent float64 NumPy reference for chita_core, written from DESIGN.md and the kernel
+"""Independent float64 NumPy reference for chita_core, written from docs/design.md and the kernel
 contract in ``chita_core/_core.pyi``. It never imports chita_core.
 
 Every function upcasts ``A`` to float64 first, so for a float32 ``A`` the reference is the exact
@@ -312,7 +312,7 @@ class IHTTrace:
 
 
 def iht(A, b, k, ridge=0.0, w_bar=None, w0=None, max_iter=100, tol=1e-6):
-    """IHT with the CHITA step, the loop of DESIGN.md section 2 (start H_k(w0), w0 = w_bar)."""
+    """IHT with the CHITA step, the loop of docs/design.md section 2 (start H_k(w0), w0 = w_bar)."""
     A = _f64(A)
     b = _f64(b)
     p = A.shape[1]

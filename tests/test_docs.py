@@ -1,4 +1,5 @@
-"""The documentation runs: README's Python blocks and every public docstring example."""
+"""The documentation runs: README's Python blocks, its set-up commands and every public docstring
+example."""
 
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ def test_verbose_prints_one_line_per_iteration(capsys):
     res = chita_core.iht(A, b, 5, max_iter=7, tol=0.0, verbose=True)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("chita_core.iht: n=40, p=120, k=5")
-    body = [line for line in err[2:] if not line.lstrip().startswith("stage ")]
+    # One line with the plan, then one per iteration and one per stage.
+    assert [line.lstrip().startswith("plan: ") for line in err[2:]].count(True) == 1
+    body = [line for line in err[2:] if not line.lstrip().startswith(("stage ", "plan: "))]
     stage_lines = [line for line in err[2:] if line.lstrip().startswith("stage ")]
     assert len(stage_lines) == len(res.stages)
     assert len(body) == res.n_iter
@@ -57,15 +60,39 @@ def test_verbose_prints_one_line_per_iteration(capsys):
     )
 
 
-def test_source_checkout_finds_the_compiled_modules():
-    """The README's `python -m chita_core.demo` runs in the repository root, where the source
-    package shadows the installed one: the compiled backend must still be found."""
-    import subprocess
-    import sys
+def _setup_commands() -> list[str]:
+    """The shell commands of README's first code block (its set-up commands)."""
+    block = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert block, "README.md lost its set-up commands"
+    return block.group(1).strip().splitlines()
 
-    code = (
-        "import chita_core, pathlib; "
-        "assert pathlib.Path(chita_core.__file__).parent.parent == pathlib.Path.cwd(); "
-        "assert chita_core.available_backends()['cpp'] is None, chita_core.available_backends()"
+
+def test_readme_starts_with_two_setup_commands():
+    demo, test = _setup_commands()
+    assert demo.startswith('pip install ".[demo]" && ')
+    # .ci/run runs this one verbatim.
+    assert test == 'pip install ".[test]" && pytest'
+
+
+def test_readme_demo_runs_the_installed_package(capsys):
+    """The demo command must not be ``python -m chita_core.demo``: run in the repository root,
+    ``python -m`` puts the root first on sys.path, so it would import the source tree (no
+    compiled ``_core``) instead of the package just installed. A console script imports the
+    installed package wherever it runs."""
+    tomllib = pytest.importorskip("tomllib")
+    import importlib
+    import importlib.metadata
+
+    script, *_ = _setup_commands()[0].split(" && ", 1)[1].split()
+    scripts = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert script in scripts, f"{script!r} is not a console script of pyproject.toml"
+    installed = importlib.metadata.entry_points(group="console_scripts", name=script)
+    assert [ep.value for ep in installed] == [scripts[script]], (
+        f"the installed chita_core does not provide {script!r} as in pyproject.toml: reinstall it"
     )
-    subprocess.run([sys.executable, "-c", code], cwd=README.parent, check=True)
+    module, func = scripts[script].split(":")
+    main = getattr(importlib.import_module(module), func)
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "--sparsities" in capsys.readouterr().out

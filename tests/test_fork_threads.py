@@ -47,6 +47,11 @@ def wait_child(pid):
 """
 
 
+# The children run in tests/: in the repository root `python -c` would put the source tree (no
+# compiled _core) ahead of the installed package on sys.path.
+_CHILD_CWD = os.path.dirname(os.path.abspath(__file__))
+
+
 def _run(code: str, *, timeout: float = 60, env: dict[str, str | None] | None = None) -> str:
     """Runs ``code`` after the prelude in a fresh interpreter; returns its stdout."""
     environ = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
@@ -63,6 +68,7 @@ def _run(code: str, *, timeout: float = 60, env: dict[str, str | None] | None = 
             text=True,
             timeout=timeout,
             env=environ,
+            cwd=_CHILD_CWD,
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"hung (killed after {timeout} s); stdout: {exc.stdout!r}")
@@ -205,7 +211,7 @@ def test_numba_fork_while_another_thread_holds_the_kernel_lock():
     # child waiting on a lock that nobody in the child will release.
     out = _run(
         """
-        from chita_core import _numba
+        from chita_core.backends import numba_kernels as _numba
         parent = solve("numba")
         held, release = threading.Event(), threading.Event()
         def holder():
@@ -262,7 +268,7 @@ def test_numba_gnu_omp_layer_in_forked_child_raises(parent_used_numba):
         assert numba.threading_layer() == "omp"
         if PARENT_USED_NUMBA:
             parent = solve("numba")  # fine in the process that started the layer
-        assert PARENT_USED_NUMBA == ("chita_core._numba" in sys.modules)
+        assert PARENT_USED_NUMBA == ("chita_core.backends.numba_kernels" in sys.modules)
         pid = os.fork()
         if pid == 0:
             try:

@@ -249,3 +249,22 @@ def test_backsolve_exact_on_ill_conditioned_supports(backend, cond, ridge, shape
     slack = 1e-9 * float(b @ b)
     assert f <= f_ref * (1 + 1e-9) + slack
     assert np.all(w[m:] == 0)
+
+
+def test_unpickled_arrays_are_read_in_place():
+    """Arrays that come back from pickle (or multiprocessing) carry their own dtype instances:
+    still float32 / float64 to every kernel."""
+    import pickle
+
+    rng = np.random.default_rng(3)
+    A = np.asfortranarray(rng.standard_normal((30, 80)).astype(np.float32))
+    w_bar = rng.standard_normal(80).astype(np.float32)
+    b = (A.astype(np.float64) @ w_bar).astype(np.float32)
+    A2, b2, w2 = (pickle.loads(pickle.dumps(x)) for x in (A, b, w_bar))
+    for backend in ("cpp", "numba"):
+        if chita_core.available_backends()[backend] is not None:
+            continue
+        ref = chita_core.iht(A, b, 10, ridge=0.1, w_bar=w_bar, backend=backend)
+        got = chita_core.iht(A2, b2, 10, ridge=0.1, w_bar=w2, backend=backend)
+        assert got.objective == ref.objective
+        np.testing.assert_array_equal(got.support, ref.support)

@@ -1,5 +1,5 @@
 """Array interchange: torch and JAX (DLPack), __array_interface__, the buffer protocol. A is
-never copied (DESIGN.md section 3): the kernels must see the caller's memory."""
+never copied (docs/design.md, section 8.1): the kernels must see the caller's memory."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 import chita_core
-from chita_core import _backends, _validation
+from chita_core import _validation
+from chita_core import backends as _backends
 from chita_core._interop import as_host_array, library_of, to_library
+from chita_core._pipeline import measure_rates
 
 
 def _ptr(arr: np.ndarray) -> int:
@@ -26,7 +28,7 @@ class _RecordingKernels:
 
     def __getattr__(self, name):
         fn = getattr(self._module, name)
-        if not callable(fn) or name in ("num_threads", "topk"):  # these take no A
+        if not callable(fn) or name in ("num_threads", "topk", "swap_scores"):  # no A here
             return fn
 
         def wrapper(A, *args, **kwargs):
@@ -37,9 +39,12 @@ class _RecordingKernels:
 
 
 @pytest.fixture
-def recording(monkeypatch, backend, kernels):
+def recording(monkeypatch, backend):
     """Routes `backend` through a recorder; returns the recorder."""
-    rec = _RecordingKernels(kernels)
+    rec = _RecordingKernels(_backends.get_backend(backend)[1])
+    # The planner's rates are measured once per process on a matrix of their own: measure
+    # them before recording, so that every kernel call recorded reads the caller's A.
+    measure_rates(chita_core.Problem(np.ones((2, 2)), np.ones(2), backend=backend))
     chita_core.available_backends()
     monkeypatch.setitem(_backends._probes, backend, _backends._Probe(rec, None))
     return rec

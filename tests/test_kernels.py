@@ -1,5 +1,7 @@
-"""Every kernel of the contract (chita_core/_core.pyi), on every backend, against the float64
-NumPy reference in tests/reference.py; both dtypes of A, both layouts."""
+"""Every op of the kernel contract (chita_core/backends/protocol.py, semantics in
+chita_core/_core.pyi), on every backend (cpp, numba, and cuda through the host-array adapter of
+conftest.py), against the float64 NumPy reference in tests/reference.py; both dtypes of A, both
+layouts."""
 
 from __future__ import annotations
 
@@ -8,16 +10,12 @@ import math
 import numpy as np
 import pytest
 import reference as ref
+from conftest import on_device, skip_on_device
 
-CONTRACT = (
-    "support_matvec",
-    "support_rmatvec",
-    "gradient",
-    "topk",
-    "chita_step",
-    "backsolve",
-    "num_threads",
-)
+from chita_core.backends import host
+from chita_core.backends.protocol import OPS
+
+CONTRACT = (*OPS, "num_threads")
 
 # (n, p): n < p (the usual wide case), n > p, a single row, a single column, 1 x 1, and one shape
 # above the kernels' parallel threshold (n * p >= 2**15 multiply-adds).
@@ -371,103 +369,70 @@ def test_chita_step_no_improvement_leaves_state(kernels, make_problem, dtype, or
 
 
 # ----------------------------------------------------------------------------------------------
-# backsolve
+# gather_columns / support_gram: the dense algebra on gathered columns (BLAS on every backend)
 # ----------------------------------------------------------------------------------------------
 
 
-BACKSOLVE_CASES = [
-    # (n, p, m, ridge, pruning)
-    (60, 100, 10, 0.0, False),  # m <= n, normal equations, ridge 0
-    (60, 100, 10, 0.8, True),  # with ridge and w_bar
-    (30, 30, 30, 0.0, False),  # m == n == p, ridge 0
-    (40, 15, 15, 0.0, False),  # n > p, all columns
-    (20, 100, 21, 0.5, True),  # m = n + 1: Woodbury
-    (20, 400, 300, 0.5, True),  # m >> n: Woodbury, several panels of support columns
-    (20, 400, 300, 0.0, False),  # Woodbury, ridge 0: min-norm interpolant
-    (20, 400, 300, 0.0, True),  # Woodbury, ridge 0: the interpolant closest to w_bar
-    (1, 10, 1, 0.0, False),  # n = 1
-    (1, 10, 4, 0.3, True),  # n = 1, Woodbury
-    (25, 1, 1, 0.0, False),  # p = 1
-]
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_gather_columns(kernels, make_problem, dtype, order, shape):
+    n, p = shape
+    A = make_problem(n, p, dtype=dtype, order=order, seed=17).A
+    A64 = A.astype(np.float64)
+    for label, idx in ref.idx_variants(p, seed=18).items():
+        X = kernels.gather_columns(A, idx)
+        assert X.dtype == np.float64 and X.shape == (n, idx.size), label
+        np.testing.assert_array_equal(X, A64[:, idx], err_msg=label)  # a conversion: exact
 
 
-@pytest.mark.parametrize(
-    ("n", "p", "m", "ridge", "pruning"),
-    BACKSOLVE_CASES,
-    ids=[f"{c[0]}x{c[1]}-m{c[2]}-ridge{c[3]}" for c in BACKSOLVE_CASES],
-)
-def test_backsolve(kernels, make_problem, dtype, order, tol, n, p, m, ridge, pruning):
-    prob = make_problem(n, p, dtype=dtype, order=order, seed=17, pruning=pruning)
-    rng = np.random.default_rng(18)
-    b = prob.b64 + (0.3 * rng.standard_normal(n) if pruning else 0.0)  # not exactly A @ w_bar
-    idx = np.sort(rng.choice(p, size=m, replace=False)).astype(np.int64)
-    w_bar = prob.w_bar64 if pruning else np.zeros(p)
-    w_bar_s = np.ascontiguousarray(w_bar[idx])
-    out = np.full(m, np.nan)
-    jitter = kernels.backsolve(prob.A, b, idx, w_bar_s, ridge, out)
-    assert jitter == 0.0
-    expected = ref.backsolve(prob.A, b, idx, w_bar_s, ridge)
-    tol.close(out, expected, kind="solve", scale=float(np.max(np.abs(expected)) + 1.0))
+def test_gather_columns_empty(kernels, make_problem, dtype, order):
+    A = make_problem(7, 9, dtype=dtype, order=order, seed=19).A
+    X = kernels.gather_columns(A, np.zeros(0, dtype=np.int64))
+    assert X.dtype == np.float64 and X.shape == (7, 0)
 
-    # Optimality: the gradient vanishes on the support...
-    w = np.zeros(p)
-    w[idx] = out
-    r = ref.residual(prob.A, b, w)
-    g = ref.gradient(prob.A, r, w, w_bar, ridge)[idx]
-    A_S = np.abs(prob.A64[:, idx])
-    g_scale = float(np.max(A_S.T @ (np.abs(A_S) @ np.abs(out) + np.abs(b)))) + ridge * float(
-        np.max(np.abs(out - w_bar_s))
+
+def _check_gram(kernels, out, A64, idx, label):
+    A_S = A64[:, idx]
+    scale = float(np.max(np.abs(A_S) @ np.abs(A_S).T))
+    np.testing.assert_allclose(
+        out, A_S @ A_S.T, rtol=1e-12, atol=1e-12 * scale, err_msg=f"idx={label}"
     )
-    assert np.max(np.abs(g)) <= 1e-9 * g_scale, (np.max(np.abs(g)), g_scale)
-    # ...and for the underdetermined ridge-0 case the minimiser is the one closest to w_bar.
-    if m > n and ridge == 0.0:
-        assert np.max(np.abs(r)) <= 1e-9 * (np.max(np.abs(b)) + 1.0)
+    if on_device(kernels):  # cuBLAS GEMM: symmetric to rounding
+        np.testing.assert_allclose(out, out.T, rtol=0, atol=1e-12 * scale, err_msg=label)
+    else:  # NumPy's X @ X.T is one SYRK, mirrored: exactly symmetric
+        np.testing.assert_array_equal(out, out.T, err_msg=f"idx={label}: not symmetric")
 
 
-def test_backsolve_rank_deficient_ridge0_uses_jitter(kernels, make_problem, dtype, order):
-    prob = make_problem(30, 6, dtype=dtype, order=order, seed=19)
-    A = prob.A.copy(order="K")
-    A[:, 3] = 0.0  # a zero column: A_S^T A_S is exactly singular (a zero pivot, no rounding)
-    assert A.flags.f_contiguous == (order == "F")
-    b = prob.b64
-    idx = np.arange(6, dtype=np.int64)
-    out = np.full(6, np.nan)
-    jitter = kernels.backsolve(A, b, idx, np.zeros(6), 0.0, out)
-    assert jitter > 0.0
-    assert np.all(np.isfinite(out))
-    # Still (numerically) a minimiser: the objective matches the least-squares optimum.
-    best = ref.objective(A, b, np.linalg.lstsq(A.astype(np.float64), b, rcond=None)[0])
-    got = ref.objective(A, b, out)
-    assert got <= best * (1 + 1e-6) + 1e-12
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_support_gram(kernels, make_problem, dtype, order, shape):
+    n, p = shape
+    A = make_problem(n, p, dtype=dtype, order=order, seed=20).A
+    A64 = A.astype(np.float64)
+    for label, idx in ref.idx_variants(p, seed=21).items():
+        out = np.full((n, n), np.nan)  # written, never read
+        kernels.support_gram(A, idx, out)
+        _check_gram(kernels, out, A64, idx, label)
 
 
-def test_backsolve_woodbury_rank_deficient_ridge0(kernels, make_problem, dtype, order):
-    # m > n with a zero row: A_S A_S^T is singular; the jitter retry still yields a minimiser.
-    prob = make_problem(12, 60, dtype=dtype, order=order, seed=24)
-    A = prob.A.copy(order="K")
-    A[5, :] = 0.0
-    b = prob.b64
-    idx = np.arange(0, 60, 2, dtype=np.int64)
-    out = np.full(idx.size, np.nan)
-    jitter = kernels.backsolve(A, b, idx, np.zeros(idx.size), 0.0, out)
-    assert jitter > 0.0
-    assert np.all(np.isfinite(out))
-    w = np.zeros(60)
-    w[idx] = out
-    # Every row but the zero one is interpolated; the zero row's residual is -b[5] regardless.
-    r = ref.residual(A, b, w)
-    assert abs(r[5] + b[5]) <= 1e-12
-    r[5] = 0.0
-    assert np.max(np.abs(r)) <= 1e-6 * np.max(np.abs(b))
+def test_support_gram_several_panels(kernels, monkeypatch, make_problem, dtype, order):
+    # The Gram accumulates over column panels gathered into a reused workspace: make the panels
+    # small (host: its 256-column minimum; CUDA: 100 columns) so that 600 columns take several.
+    monkeypatch.setattr(host, "_PANEL_BYTES", 0)
+    module = getattr(kernels, "_module", kernels)
+    if hasattr(module, "_PANEL"):
+        monkeypatch.setattr(module, "_PANEL", 100)
+    n, p = 64, 700
+    A = make_problem(n, p, dtype=dtype, order=order, seed=22).A
+    idx = np.sort(np.random.default_rng(23).choice(p, size=600, replace=False)).astype(np.int64)
+    out = np.full((n, n), np.nan)
+    kernels.support_gram(A, idx, out)
+    _check_gram(kernels, out, A.astype(np.float64), idx, "600 of 700")
 
 
-def test_backsolve_does_not_read_out(kernels, make_problem):
-    prob = make_problem(20, 10, seed=20)
-    idx = np.array([1, 4, 7], dtype=np.int64)
-    a, c = np.full(3, np.nan), np.full(3, 1e300)
-    kernels.backsolve(prob.A, prob.b64, idx, np.zeros(3), 0.0, a)
-    kernels.backsolve(prob.A, prob.b64, idx, np.zeros(3), 0.0, c)
-    np.testing.assert_array_equal(a, c)
+def test_support_gram_empty_support_is_zero(kernels, make_problem):
+    A = make_problem(6, 9, seed=24).A
+    out = np.full((6, 6), np.nan)
+    kernels.support_gram(A, np.zeros(0, dtype=np.int64), out)
+    np.testing.assert_array_equal(out, np.zeros((6, 6)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -518,11 +483,6 @@ def _bad_calls():
         ),
         ("topk-out-float", lambda K, A, b: K.topk(np.ones(5), 2, z(2)), TypeError),
         (
-            "backsolve-b-short",
-            lambda K, A, b: K.backsolve(A, b[:-1], idx, z(2), 0.0, z(2)),
-            ValueError,
-        ),
-        (
             "step-g-long",
             lambda K, A, b: K.chita_step(A, b, z(20), 0.0, z(21), z(20), -b, S.copy(), 1.0),
             ValueError,
@@ -556,7 +516,8 @@ def test_kernels_never_modify_inputs(kernels, make_problem):
     g = ref.gradient(A, r, w, np.zeros(40), 0.0)
     g0, b0 = g.copy(), b.copy()
     kernels.chita_step(A, b, np.zeros(40), 0.0, g, w, r, S, ref.objective(A, b, w))
-    kernels.backsolve(A, b, S, np.zeros(3), 0.0, np.empty(3))
+    kernels.support_gram(A, S, np.empty((15, 15)))
+    kernels.gather_columns(A, S)
     np.testing.assert_array_equal(A, A0)
     np.testing.assert_array_equal(b, b0)
     np.testing.assert_array_equal(g, g0)
@@ -600,6 +561,11 @@ def test_chita_step_on_columns_equals_step_on_the_copy(kernels, make_problem, dt
 
 
 def test_chita_step_rejects_bad_columns(kernels, make_problem):
+    skip_on_device(
+        kernels,
+        "its kernels take `cols` as the solver validated it (sorted, distinct, in range) and do "
+        "not re-check it: that would cost a device pass and a read-back per step",
+    )
     prob = make_problem(10, 50, seed=92)
     P = 5
     args = (prob.b64, np.zeros(P), 0.0, np.ones(P), np.zeros(P), np.zeros(10))

@@ -61,7 +61,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 import chita_core
-from chita_core._backends import BACKENDS, available_backends
+from chita_core.backends import BACKENDS, available_backends
 
 # On a failure, hypothesis' pytest plugin imports its patch writer, which imports libcst where
 # installed, which warns (DeprecationWarning from mypy_extensions) inside pytest's report hook,

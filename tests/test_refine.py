@@ -1,8 +1,8 @@
-"""The solver-quality pipeline of ``chita_core.iht``: the kernels it adds (column_sqnorms,
-support_gram), its start supports (magnitude, OBS, multistep OBS), exact refits, swap local search
-(chita_core/_refine.py) and the options that drive them (``init``, ``refine``, ``swaps``,
-``IHTResult.stages``). Baselines and optima come from tests/reference.py (dense float64 NumPy,
-brute force), never from chita_core itself.
+"""The solver-quality pipeline of ``chita_core.iht``: the kernel it adds (column_sqnorms; the
+support Gram is a contract op, tests/test_kernels.py), its start supports (magnitude, OBS,
+multistep OBS), exact refits, swap local search (chita_core/stages/) and the options that
+drive them (``init``, ``refine``, ``swaps``, ``IHTResult.stages``). Baselines and optima come
+from tests/reference.py (dense float64 NumPy, brute force), never from chita_core itself.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import re
 import numpy as np
 import pytest
 import reference as ref
-from conftest import TOLERANCES, _make_problem, layout, tie_free_vector
+from conftest import TOLERANCES, _make_problem, layout, skip_on_device, tie_free_vector
 
 import chita_core
-from chita_core import _refine
-from chita_core._api import _prepare
-from chita_core._backends import BACKENDS, get_backend
+from chita_core._point import Point
+from chita_core.backends import BACKENDS, get_backend
+from chita_core.stages import greedy as _greedy
+from chita_core.stages import starts as _starts
+from chita_core.stages.swaps import swap_search
 
 # Relative slack for "never worse than": objectives are exact float64 but summed in different
 # orders by the solver and the reference.
@@ -110,12 +112,22 @@ def correlated_pruning_problem(n, p, seed, order="C", dtype=np.float64, rho=0.8)
     return A, b, w_bar
 
 
-def _prob_h(kernels, A, b, ridge, w_bar):
-    """The solver's internal problem (exactly as ``iht`` builds it) and the column norms."""
-    prob = _prepare(A, b, ridge, w_bar, True, "auto")[0]
-    h = np.empty(prob.A.shape[1])
-    kernels.column_sqnorms(prob.A, h)
-    return prob, h
+def _problem_on(kernels, A, b, ridge, w_bar):
+    """The solver's prepared problem on the backend of ``kernels``."""
+    name = next(b for b in BACKENDS if get_backend(b)[1] is kernels)
+    return chita_core.Problem(A, b, ridge=ridge, w_bar=w_bar, backend=name)
+
+
+def _refit(prob, support):
+    """(w, r, f) of the exact refit on ``support``."""
+    point = prob.point(support)
+    return point.w, point.r, point.f
+
+
+def _swap_search(prob, support, w, r, f, **options):
+    """swap_search from the point (support, w, r, f): (support, w, r, f, stats)."""
+    end, stats = swap_search(prob, Point(support, w, r, f), **options)
+    return end.support, end.w, end.r, end.f, stats
 
 
 def _plain_iht_kwargs():
@@ -153,7 +165,7 @@ def _swap_count(res):
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Kernels column_sqnorms and support_gram against NumPy float64
+# 1. Kernel column_sqnorms against NumPy float64 (support_gram: tests/test_kernels.py)
 # ----------------------------------------------------------------------------------------------
 
 # n < p, n > p, one row, one column, 1 x 1, and one shape above the parallel threshold.
@@ -196,31 +208,9 @@ def test_column_sqnorms_very_wide_c_order(kernels, n):
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_support_gram(kernels, make_problem, dtype, order, shape):
-    n, p = shape
-    A = make_problem(n, p, dtype=dtype, order=order, seed=104).A
-    A64 = A.astype(np.float64)
-    for label, idx in ref.idx_variants(p, seed=105).items():
-        out = np.full((n, n), np.nan)
-        kernels.support_gram(A, idx, out)
-        A_S = A64[:, idx]
-        scale = float(np.max(np.abs(A_S) @ np.abs(A_S).T))
-        np.testing.assert_allclose(
-            out, A_S @ A_S.T, rtol=1e-12, atol=1e-12 * scale, err_msg=f"idx={label}"
-        )
-        np.testing.assert_array_equal(out, out.T, err_msg=f"idx={label}: not symmetric")
-
-
-def test_support_gram_empty_support_is_zero(kernels, make_problem):
-    A = make_problem(6, 9, seed=106).A
-    out = np.full((6, 6), np.nan)
-    kernels.support_gram(A, np.zeros(0, dtype=np.int64), out)
-    np.testing.assert_array_equal(out, np.zeros((6, 6)))
-
-
 def _bad_out_calls():
-    idx = np.array([1, 4], dtype=np.int64)
+    # (support_gram is an op on gathered columns through BLAS now, tests/test_kernels.py; its
+    # arguments are the solver's own, validated once, not re-checked.)
     return [
         ("sqnorms-short", lambda K, A: K.column_sqnorms(A, np.empty(19)), ValueError),
         ("sqnorms-long", lambda K, A: K.column_sqnorms(A, np.empty(21)), ValueError),
@@ -229,39 +219,6 @@ def _bad_out_calls():
         ("sqnorms-readonly", lambda K, A: K.column_sqnorms(A, _readonly(np.empty(20))), ValueError),
         # Dtype errors are TypeError for every 1-D vector of the kernel contract.
         ("sqnorms-float32", lambda K, A: K.column_sqnorms(A, np.empty(20, np.float32)), TypeError),
-        ("gram-wrong-shape", lambda K, A: K.support_gram(A, idx, np.empty((10, 11))), ValueError),
-        ("gram-p-by-p", lambda K, A: K.support_gram(A, idx, np.empty((20, 20))), ValueError),
-        ("gram-1d", lambda K, A: K.support_gram(A, idx, np.empty(100)), ValueError),
-        (
-            "gram-float32",
-            lambda K, A: K.support_gram(A, idx, np.empty((10, 10), np.float32)),
-            ValueError,
-        ),
-        (
-            "gram-f-order",
-            lambda K, A: K.support_gram(A, idx, np.empty((10, 10), order="F")[:, :9]),
-            ValueError,
-        ),
-        (
-            "gram-f-order-square",
-            lambda K, A: K.support_gram(A, idx, np.empty((10, 10), order="F")),
-            ValueError,
-        ),
-        (
-            "gram-readonly",
-            lambda K, A: K.support_gram(A, idx, _readonly(np.empty((10, 10)))),
-            ValueError,
-        ),
-        (
-            "gram-idx-unsorted",
-            lambda K, A: K.support_gram(A, idx[::-1].copy(), np.empty((10, 10))),
-            ValueError,
-        ),
-        (
-            "gram-idx-out-of-range",
-            lambda K, A: K.support_gram(A, np.array([3, 20], np.int64), np.empty((10, 10))),
-            ValueError,
-        ),
     ]
 
 
@@ -274,6 +231,12 @@ def _readonly(a):
     ("label", "call", "exc"), _bad_out_calls(), ids=[c[0] for c in _bad_out_calls()]
 )
 def test_new_kernels_reject_bad_out(kernels, make_problem, label, call, exc):
+    if label in ("sqnorms-2d", "sqnorms-strided", "sqnorms-readonly"):
+        skip_on_device(
+            kernels,
+            "a device copy of `out` has no host strides or read-only flag, and the CUDA "
+            "wrappers check dtype, contiguity and size only",
+        )
     A = make_problem(10, 20, seed=107).A
     with pytest.raises(exc):
         call(kernels, A)
@@ -538,10 +501,10 @@ def test_swaps_budget_matches_direct_swap_search(solver_kernels, solver_backend)
     A, b, w_bar, k, ridge = _swappy_problem()
     base = chita_core.iht(A, b, k, ridge=ridge, w_bar=w_bar, swaps=0, backend=solver_backend)
     res = chita_core.iht(A, b, k, ridge=ridge, w_bar=w_bar, swaps=5, backend=solver_backend)
-    prob, h = _prob_h(solver_kernels, A, b, ridge, w_bar)
+    prob = _problem_on(solver_kernels, A, b, ridge, w_bar)
     S0 = np.asarray(base.support)
-    w0, r0, f0 = _refine.refit(solver_kernels, prob, S0)
-    S, _, _, f, stats = _refine.swap_search(solver_kernels, prob, S0, w0, r0, f0, h, max_swaps=5)
+    w0, r0, f0 = _refit(prob, S0)
+    S, _, _, f, stats = _swap_search(prob, S0, w0, r0, f0, max_swaps=5)
     assert stats.swaps <= 5
     assert _swap_count(res) == (stats.swaps, stats.rounds)
     np.testing.assert_array_equal(np.asarray(res.support), S)
@@ -588,7 +551,7 @@ def test_init_auto_runs_greedy_obs_on_small_problems(solver_backend):
 
 
 def test_init_auto_adds_obs_where_greedy_is_over_budget(solver_backend, monkeypatch):
-    monkeypatch.setattr(chita_core._api, "_GREEDY_AUTO", 0.0)
+    monkeypatch.setattr(chita_core._pipeline, "_GREEDY_SHARE", 0.0)  # greedy OBS never fits
     A, b, w_bar, k, ridge = _swappy_problem()
     res = chita_core.iht(A, b, k, ridge=ridge, w_bar=w_bar, backend=solver_backend)
     names = _stage_names(res)
@@ -643,15 +606,13 @@ SWAP_CASES = [
 )
 def test_swap_search_monotone_and_exact(solver_kernels, order, n, p, k, ridge, kind, seed):
     A, b, w_bar = _own_support_problem(n, p, kind, seed, order=order)
-    prob, h = _prob_h(solver_kernels, A, b, ridge, w_bar)
+    prob = _problem_on(solver_kernels, A, b, ridge, w_bar)
     wb = prob.w_bar
     # Start from the magnitude support of w_bar (pruning) or of A^T b (regression), refit.
     start = wb if w_bar is not None else A.T @ b
     S0 = ref.topk(start, k)
-    w0, r0, f0 = _refine.refit(solver_kernels, prob, S0)
-    S, w, r, f, stats = _refine.swap_search(
-        solver_kernels, prob, S0.copy(), w0, r0, f0, h, max_swaps=1000
-    )
+    w0, r0, f0 = _refit(prob, S0)
+    S, w, r, f, stats = _swap_search(prob, S0.copy(), w0, r0, f0, max_swaps=1000)
     assert stats.swaps >= 1, "the case should make the search move"
     assert f <= f0, (f, f0)
     assert S.dtype == np.int64 and S.size == k and np.all(np.diff(S) > 0)
@@ -697,13 +658,11 @@ def _near_duplicate_problem(p, k, seed, ridge):
 def test_swap_search_finds_near_duplicate_swap(solver_kernels, ridge):
     # p - k = 8 <= k: every pruned column is a candidate to enter.
     A, b, start, planted = _near_duplicate_problem(20, 12, 611, ridge)
-    prob, h = _prob_h(solver_kernels, A, b, ridge, None)
-    w0, r0, f0 = _refine.refit(solver_kernels, prob, start)
+    prob = _problem_on(solver_kernels, A, b, ridge, None)
+    w0, r0, f0 = _refit(prob, start)
     _, f_good = ref.support_objective(A, b, planted, ridge)
     assert f_good < 0.5 * f0  # the swap matters
-    S, _, _, f, stats = _refine.swap_search(
-        solver_kernels, prob, start, w0, r0, f0, h, max_swaps=10
-    )
+    S, _, _, f, stats = _swap_search(prob, start, w0, r0, f0, max_swaps=10)
     assert 3 in S and 0 not in S, (S, stats)
     assert f <= f_good * (1 + 1e-6)
 
@@ -713,13 +672,11 @@ def test_swap_search_near_duplicate_few_kept(solver_kernels, ridge):
     # Same construction with k = 5 of p = 20: 15 pruned columns, fewer than n_candidates = 64, so
     # all of them should be screened as candidates to enter, as with k = 12 above.
     A, b, start, planted = _near_duplicate_problem(20, 5, 612, ridge)
-    prob, h = _prob_h(solver_kernels, A, b, ridge, None)
-    w0, r0, f0 = _refine.refit(solver_kernels, prob, start)
+    prob = _problem_on(solver_kernels, A, b, ridge, None)
+    w0, r0, f0 = _refit(prob, start)
     _, f_good = ref.support_objective(A, b, planted, ridge)
     assert f_good < 0.9 * f0  # the swap matters
-    S, _, _, f, stats = _refine.swap_search(
-        solver_kernels, prob, start, w0, r0, f0, h, max_swaps=10
-    )
+    S, _, _, f, stats = _swap_search(prob, start, w0, r0, f0, max_swaps=10)
     assert f <= f_good * (1 + 1e-6), (
         f"swap_search stopped at f={f!r} on {S.tolist()} ({stats}); the single swap 0 -> 3 "
         f"gives {f_good!r}"
@@ -758,10 +715,10 @@ def test_swap_search_ends_at_one_swap_local_optimum(solver_kernels, n, p, k, rid
     # so when the search stops with budget left no single swap may lower f any more.
     prob0 = _make_problem(n, p, seed=seed, pruning=True)
     A, b, w_bar = prob0.A64, prob0.b64, prob0.w_bar64
-    prob, h = _prob_h(solver_kernels, A, b, ridge, w_bar)
+    prob = _problem_on(solver_kernels, A, b, ridge, w_bar)
     S0 = ref.topk(w_bar, k)
-    w0, r0, f0 = _refine.refit(solver_kernels, prob, S0)
-    S, _, _, f, stats = _refine.swap_search(solver_kernels, prob, S0, w0, r0, f0, h, max_swaps=1000)
+    w0, r0, f0 = _refit(prob, S0)
+    S, _, _, f, stats = _swap_search(prob, S0, w0, r0, f0, max_swaps=1000)
     assert stats.swaps < 1000 and stats.rounds < 100
     assert f <= f0
     f_swap, pair = _all_single_swaps(A, b, S, ridge, w_bar)
@@ -789,8 +746,8 @@ def test_swap_search_ends_at_one_swap_local_optimum(solver_kernels, n, p, k, rid
 )
 def test_obs_saliency_matches_dense(solver_kernels, dtype, order, n, p, ridge, pruning, seed):
     prob0 = _make_problem(n, p, dtype=dtype, order=order, seed=seed, pruning=pruning)
-    prob, h = _prob_h(solver_kernels, prob0.A, prob0.b, ridge, prob0.w_bar)
-    got = _refine.obs_saliency(solver_kernels, prob, h)
+    prob = _problem_on(solver_kernels, prob0.A, prob0.b, ridge, prob0.w_bar)
+    got = _starts.obs_saliency(prob)
     expected = ref.obs_saliency(prob0.A64, prob0.b64, ridge, prob0.w_bar64)
     np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-12 * float(np.max(expected)))
 
@@ -802,9 +759,9 @@ def _multistep_vs_oneshot(solver_kernels):
         A, b, w_bar = correlated_pruning_problem(n, p, 720 + i, "F" if i % 3 else "C")
         ridge = (1e-3 if i % 4 < 2 else 1e-1) * float(np.mean(np.sum(A * A, axis=0)))
         k = p // 10 if i % 2 else p // 2
-        prob, h = _prob_h(solver_kernels, A, b, ridge, w_bar)
-        S_multi, S_free = _refine.obs_multistep_support(solver_kernels, prob, k, h)
-        sal = _refine.obs_saliency(solver_kernels, prob, h)
+        prob = _problem_on(solver_kernels, A, b, ridge, w_bar)
+        S_multi, S_free = _starts.obs_multistep_support(prob, k)
+        sal = _starts.obs_saliency(prob)
         S_one = np.sort(np.argpartition(-sal, k - 1)[:k]).astype(np.int64)
         # The first multistep step ranks all p weights: its top k is the one-shot support.
         np.testing.assert_array_equal(S_free, S_one)
@@ -832,10 +789,10 @@ def test_obs_multistep_support(solver_kernels):
 def test_obs_multistep_single_step_is_one_shot(solver_kernels):
     # steps=1 is one-shot OBS.
     A, b, w_bar = correlated_pruning_problem(40, 150, 730)
-    prob, h = _prob_h(solver_kernels, A, b, 0.01, w_bar)
+    prob = _problem_on(solver_kernels, A, b, 0.01, w_bar)
     sal = ref.obs_saliency(A, b, 0.01, w_bar)
     for k in (1, 15, 149):
-        S, S_one = _refine.obs_multistep_support(solver_kernels, prob, k, h, steps=1)
+        S, S_one = _starts.obs_multistep_support(prob, k, steps=1)
         np.testing.assert_array_equal(S, np.sort(np.argsort(-sal, kind="stable")[:k]))
         np.testing.assert_array_equal(S_one, S)
 
@@ -876,15 +833,13 @@ def test_greedy_obs_one_at_a_time_is_textbook_greedy(
     """block = pool = 1: every removal is the least salient weight, exactly."""
     A, b, w_bar = _greedy_problem(kind, n, p, seed, dtype, order)
     ridge = rf * float(np.mean(np.sum(np.asarray(A, np.float64) ** 2, axis=0)))
-    prob, h = _prob_h(solver_kernels, A, b, ridge, w_bar)
+    prob = _problem_on(solver_kernels, A, b, ridge, w_bar)
     rng = np.random.default_rng(seed)
     screens = [np.arange(p), np.sort(rng.choice(p, size=(p + k) // 2, replace=False))]
     for screen in screens:
         expected, path = ref.greedy_obs(A, b, k, ridge, w_bar, start=screen)
         assert _clear_path(path, len(path)), "test problem has near-tied saliencies"
-        got = _refine.greedy_obs_support(
-            solver_kernels, prob, screen.astype(np.int64), k, h, block=1, pool=1
-        )
+        got = _greedy.greedy_obs_support(prob, screen.astype(np.int64), k, block=1, pool=1)
         assert got.dtype == np.int64 and got.shape == (k,)
         np.testing.assert_array_equal(got, expected)
 
@@ -899,12 +854,10 @@ def test_greedy_obs_blocks_with_full_pools_are_exact(solver_kernels, n, p, k, rf
     the Woodbury block updates carry x, d and K^-1 across blocks: textbook greedy again."""
     A, b, w_bar = _greedy_problem(kind, n, p, seed)
     ridge = rf * float(np.mean(np.sum(A * A, axis=0)))
-    prob, h = _prob_h(solver_kernels, A, b, ridge, w_bar)
+    prob = _problem_on(solver_kernels, A, b, ridge, w_bar)
     expected, _ = ref.greedy_obs(A, b, k, ridge, w_bar)
     for block in (3, 16):
-        got = _refine.greedy_obs_support(
-            solver_kernels, prob, np.arange(p, dtype=np.int64), k, h, block=block, pool=p
-        )
+        got = _greedy.greedy_obs_support(prob, np.arange(p, dtype=np.int64), k, block=block, pool=p)
         np.testing.assert_array_equal(got, expected)
 
 
@@ -917,8 +870,8 @@ def test_greedy_obs_default_blocks_close_to_textbook(solver_kernels):
         A, b, w_bar = correlated_pruning_problem(n, p, 810 + i, "F" if i % 3 else "C")
         ridge = (1e-3 if i < 3 else 1e-1) * float(np.mean(np.sum(A * A, axis=0)))
         k = p // 10 if i % 2 else p // 4
-        prob, h = _prob_h(solver_kernels, A, b, ridge, w_bar)
-        got = _refine.greedy_obs_support(solver_kernels, prob, np.arange(p, dtype=np.int64), k, h)
+        prob = _problem_on(solver_kernels, A, b, ridge, w_bar)
+        got = _greedy.greedy_obs_support(prob, np.arange(p, dtype=np.int64), k)
         assert got.shape == (k,) and np.all(np.diff(got) > 0)
         S_ref, _ = ref.greedy_obs(A, b, k, ridge, w_bar)
         f_got = ref.support_objective(A, b, got, ridge, w_bar)[1]
@@ -931,13 +884,13 @@ def test_greedy_obs_default_blocks_close_to_textbook(solver_kernels):
 
 def test_greedy_obs_ridge_zero_and_edges(solver_kernels):
     A, b, w_bar = correlated_pruning_problem(30, 70, 820, "F")
-    prob, h = _prob_h(solver_kernels, A, b, 0.0, w_bar)
+    prob = _problem_on(solver_kernels, A, b, 0.0, w_bar)
     for k in (1, 35, 69):
-        got = _refine.greedy_obs_support(solver_kernels, prob, np.arange(70, dtype=np.int64), k, h)
+        got = _greedy.greedy_obs_support(prob, np.arange(70, dtype=np.int64), k)
         assert got.shape == (k,) and np.all(np.diff(got) > 0) and got[-1] < 70
     # A screen of exactly k columns is returned as it is.
     screen = np.array([3, 9, 40], dtype=np.int64)
-    got = _refine.greedy_obs_support(solver_kernels, prob, screen, 3, h)
+    got = _greedy.greedy_obs_support(prob, screen, 3)
     np.testing.assert_array_equal(got, screen)
 
 
@@ -969,10 +922,10 @@ def test_greedy_screen_is_union_of_magnitude_and_obd(solver_kernels, m):
     w_bar = w_bar.copy()
     w_bar[:150] *= 10
     b = A @ w_bar
-    prob, h = _prob_h(solver_kernels, A, b, 0.01, w_bar)
+    prob = _problem_on(solver_kernels, A, b, 0.01, w_bar)
     forced = np.array([2, 160, 299], dtype=np.int64)
-    got = _refine.greedy_screen(solver_kernels, prob, prob.w_bar, forced, m, h)
-    expected = _reference_screen(w_bar, h, 0.01, forced, m)
+    got = _greedy.greedy_screen(prob, prob.w_bar, forced, m)
+    expected = _reference_screen(w_bar, prob.h, 0.01, forced, m)
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == np.int64 and got.size <= max(m, forced.size)
     assert got.size >= m // 2 and np.isin(forced, got).all()
@@ -1002,20 +955,20 @@ def test_default_also_searches_from_the_iht_support(solver_backend):
 
 def test_greedy_cost_and_screen_size():
     n, k = 1000, 1000
-    costs = [_refine.greedy_cost(n, k, m) for m in (1001, 2000, 3000, 6000)]
+    costs = [_greedy.greedy_cost(n, k, m) for m in (1001, 2000, 3000, 6000)]
     assert all(a < b for a, b in itertools.pairwise(costs))
     # Unlimited budget: max(3k, 2n, p / 4), capped by p.
-    assert _refine.greedy_screen_size(n, 10_000, k, 3.0, np.inf) == 3000
-    assert _refine.greedy_screen_size(n, 2500, k, 3.0, np.inf) == 2500
-    assert _refine.greedy_screen_size(n, 6000, 100, 3.0, np.inf) == 2000  # 2n > p / 4 > 3k
-    assert _refine.greedy_screen_size(n, 40_000, 100, 3.0, np.inf) == 10_000  # p / 4
+    assert _greedy.greedy_screen_size(n, 10_000, k, np.inf) == 3000
+    assert _greedy.greedy_screen_size(n, 2500, k, np.inf) == 2500
+    assert _greedy.greedy_screen_size(n, 6000, 100, np.inf) == 2000  # 2n > p / 4 > 3k
+    assert _greedy.greedy_screen_size(n, 40_000, 100, np.inf) == 10_000  # p / 4
     # A budget: the largest m within it.
-    budget = _refine.greedy_cost(n, k, 2500)
-    m = _refine.greedy_screen_size(n, 10_000, k, 3.0, budget)
-    assert m == 2500 and _refine.greedy_cost(n, k, m + 1) > budget
+    budget = _greedy.greedy_cost(n, k, 2500)
+    m = _greedy.greedy_screen_size(n, 10_000, k, budget)
+    assert m == 2500 and _greedy.greedy_cost(n, k, m + 1) > budget
     # Nothing to remove, or not even one removal affordable.
-    assert _refine.greedy_screen_size(n, k, k, 3.0, np.inf) is None
-    assert _refine.greedy_screen_size(n, 10_000, k, 3.0, 1.0) is None
+    assert _greedy.greedy_screen_size(n, k, k, np.inf) is None
+    assert _greedy.greedy_screen_size(n, 10_000, k, 1.0) is None
 
 
 def test_init_greedy_runs_its_stage(solver_backend):
@@ -1032,10 +985,8 @@ def test_init_greedy_runs_its_stage(solver_backend):
     # greedy OBS from that superset (dense, one removal at a time) reaches the same objective
     # up to the blocking (2%), far below the magnitude start.
     assert res.stages[1][1] == res.stages[0][1], res.stages
-    prob, h = _prob_h(get_backend(solver_backend)[1], A, b, ridge, w_bar)
-    screen = _refine.greedy_screen(
-        get_backend(solver_backend)[1], prob, prob.w_bar, ref.topk(w_bar, k), 120, h
-    )
+    prob = _problem_on(get_backend(solver_backend)[1], A, b, ridge, w_bar)
+    screen = _greedy.greedy_screen(prob, prob.w_bar, ref.topk(w_bar, k), 120)
     assert screen.size == 120
     S_ref, _ = ref.greedy_obs(A, b, k, ridge, w_bar, start=screen)
     f_ref = ref.support_objective(A, b, S_ref, ridge, w_bar)[1]

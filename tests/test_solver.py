@@ -12,7 +12,7 @@ import reference as ref
 import chita_core
 import chita_core._api
 from chita_core import IHTProgress, IHTResult
-from chita_core._backends import BACKENDS, DEVICE_BACKENDS
+from chita_core.backends import BACKENDS, DEVICE_BACKENDS
 
 # Relative to max(|f|, 1), the scale of the solver's own stopping rule: f comes from a residual that
 # is updated (not recomputed) each iteration, so it may rise by rounding-level amounts.
@@ -309,7 +309,7 @@ def test_deterministic(backend, make_problem, dtype, order):
 
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_numba_independent_of_thread_count(make_problem, order):
-    # chita_core._numba promises bit-identical results whatever the thread count.
+    # chita_core.backends.numba_kernels promises bit-identical results whatever the thread count.
     reason = chita_core.available_backends()["numba"]
     if reason is not None:
         pytest.skip(reason)
@@ -436,7 +436,7 @@ def test_show_config_default_stdout(capsys):
 
 
 def test_cpp_backend_is_built():
-    # The C++ extension is always built (DESIGN.md section 4): missing it is a failure, not a
+    # The C++ extension is always built (docs/design.md section 7.2): missing it is a failure, not a
     # skip. A common cause: running `python -m pytest` from the source tree puts the source
     # package (without the compiled module) ahead of the installed one on sys.path.
     reason = chita_core.available_backends()["cpp"]
@@ -444,7 +444,7 @@ def test_cpp_backend_is_built():
 
 
 def test_auto_backend_prefers_cpp_then_numba(monkeypatch, make_problem):
-    from chita_core import _backends
+    from chita_core import backends as _backends
 
     prob = make_problem(20, 40, seed=97)
     avail = chita_core.available_backends()
@@ -462,16 +462,13 @@ def test_auto_backend_prefers_cpp_then_numba(monkeypatch, make_problem):
 
 @pytest.mark.parametrize(("ridge", "pruning"), [(0.0, False), (0.2, True)])
 def test_active_set_iht_invariants(backend, make_problem, dtype, order, ridge, pruning):
-    from chita_core._api import _prepare
-    from chita_core._backends import get_backend
-    from chita_core._iht import active_set_iht
+    from chita_core.stages.iht import active_set_iht
 
     n, p, k = 60, 500, 12
     prob = make_problem(n, p, dtype=dtype, order=order, seed=95, pruning=pruning)
-    P = _prepare(prob.A, prob.b, ridge, prob.w_bar, True, backend)[0]
-    kernels = get_backend(backend)[1]
+    P = chita_core.Problem(prob.A, prob.b, ridge=ridge, w_bar=prob.w_bar, backend=backend)
     start = P.w_bar if pruning else np.zeros(p)
-    run = active_set_iht(kernels, P, k, start, 200, 1e-10, lambda *a: False)
+    run = active_set_iht(P, k, start, 200, 1e-10, lambda *a: False)
     assert run.support.shape == (k,) and np.all(np.diff(run.support) > 0)
     assert np.count_nonzero(run.w) <= k and np.all(
         run.w[np.setdiff1d(np.arange(p), run.support)] == 0

@@ -268,7 +268,7 @@ def test_fixed_ridge_solves_once():
     real = ct._solve
 
     def spy(*args):
-        calls.append(args[4])  # the ridge
+        calls.append(args[3])  # the ridge
         return real(*args)
 
     m = _model()
@@ -279,6 +279,52 @@ def test_fixed_ridge_solves_once():
     assert calls == [0.25] and rep.stages[0].ridge == 0.25 and rep.stages[0].chosen == "chita"
     with pytest.raises(ValueError, match="`val_data` yielded no samples"):
         ct.prune(_model(), LOSS, _data(), 0.5, n_grads=64, val_data=[], progress=False)
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_ridge_path_reads_A_once_and_solves_magnitude_once_per_ridge(monkeypatch, per_layer):
+    """Per stage: one column-norm pass of A (it is also the NaN scan) for all ridges; and the
+    magnitude + backsolve point of each ridge is solved once, iht starting from it."""
+    import numpy as np
+
+    from chita_core import backends as _backends
+    from chita_core._pipeline import measure_rates
+    from chita_core._point import Point
+
+    norms, refits = [], []
+    real_refit = Point.refit.__func__
+
+    def counting_refit(cls, prob, support, **kw):
+        refits.append((id(prob._cache), prob.ridge, tuple(np.asarray(support).tolist())))
+        return real_refit(cls, prob, support, **kw)
+
+    cpp = _backends.get_backend("auto")[1]
+    measure_rates(chita_core.Problem(np.ones((2, 2)), np.ones(2)))  # (its own matrix)
+
+    class Counting:
+        def __getattr__(self, name):
+            fn = getattr(cpp, name)
+            if name != "column_sqnorms":
+                return fn
+            return lambda A, out: (norms.append(A.shape), fn(A, out))[1]
+
+    chita_core.available_backends()
+    name = _backends.get_backend("auto")[0]
+    monkeypatch.setitem(_backends._probes, name, _backends._Probe(Counting(), None))
+    monkeypatch.setattr(Point, "refit", classmethod(counting_refit))
+    ct.prune(_model(), LOSS, _data(), 0.5, n_grads=64, per_layer=per_layer, progress=False)
+    weights = [t.numel() for name, t in _model().named_parameters() if name.endswith("weight")]
+    # One pass over A in all: one block, or one per tensor, covering the p columns once.
+    assert len(norms) == (len(weights) if per_layer else 1), norms
+    assert sum(cols for _, cols in norms) == sum(weights), norms
+    assert len({r for _, r, _ in refits}) == len(ct.RIDGE_SCALES)  # every ridge of the path ran
+    # The first refit of each (block, ridge) is its magnitude support: solved once, iht starts
+    # from it (and magnitude + backsolve is read from it) instead of solving it again.
+    first = {}
+    for block, ridge, support in refits:
+        first.setdefault((block, ridge), support)
+    for (block, ridge), support in first.items():
+        assert refits.count((block, ridge, support)) == 1, (ridge, support)
 
 
 def test_demo_runs_and_prints_its_table(capsys):

@@ -400,7 +400,7 @@ def test_zero_curvature_ridge_path_solves_each_ridge_once(monkeypatch):
     real = ct._solve
 
     def spy(*args):
-        calls.append((args[4], args[3]))  # (ridge, method)
+        calls.append((args[3], args[2]))  # (ridge, method)
         return real(*args)
 
     monkeypatch.setattr(ct, "_solve", spy)

@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "chita/constants.hpp"
 #include "chita/matvec.hpp"
 #include "chita/step_ladder.hpp"
 #include "chita/topk.hpp"
@@ -27,9 +28,6 @@ double objective_from_residual(const double* r, std::int64_t n, const double* w,
 }
 
 namespace {
-
-// max |g_S| <= kStationary * max |g off S|: the support is treated as stationary (tau_star = 0).
-constexpr double kStationary = 1e-12;
 
 // max |g_j| over j not in the (sorted) support.
 double max_off_support(const double* g, std::int64_t p, const std::int64_t* support,
@@ -208,7 +206,7 @@ StepResult chita_step(const MatView<T>& A, const double* b, const double* w_bar,
   // decision below depend on rounding. Treat S as stationary when its gradient is that small.
   double dmax = 0.0;
   for (std::int64_t s = 0; s < k; ++s) dmax = std::max(dmax, std::fabs(d[s]));
-  const bool stationary = dmax <= kStationary * m;
+  const bool stationary = dmax <= constants::kStationary * m;
   const double tau_star = (!stationary && dd > 0.0 && curv > 0.0) ? dd / curv : 0.0;
 
   if (tau_star > 0.0 && tau_star < tau_chg) {

@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "chita/constants.hpp"
 #include "chita/cuda/common.hpp"
 #include "chita/cuda/gather.hpp"
 #include "chita/cuda/gradient.hpp"
@@ -256,6 +257,14 @@ PYBIND11_MODULE(_cuda, mod) {
       py::arg("G"), py::arg("ldg"), py::arg("q"), py::arg("s0"), py::arg("wv"), py::arg("jn"),
       py::arg("n_jn"), py::arg("io"), py::arg("n_io"), py::arg("lam"), py::arg("out"),
       py::arg("stream") = 0);
+
+  // The step's shared constants as compiled (chita/constants.hpp, generated from
+  // chita_core/backends/constants.py): tests compare them with the Python values.
+  py::dict step_constants;
+#define CHITA_EXPORT_CONSTANT(name, cxx) step_constants[#name] = chita::constants::cxx;
+  CHITA_STEP_CONSTANTS(CHITA_EXPORT_CONSTANT)
+#undef CHITA_EXPORT_CONSTANT
+  mod.attr("STEP_CONSTANTS") = step_constants;
 
   mod.attr("build_info") = build_info();
 }

@@ -8,6 +8,7 @@
 #include <limits>
 #include <utility>
 
+#include "chita/constants.hpp"
 #include "chita/cuda/matvec.hpp"
 #include "chita/cuda/step.hpp"
 #include "chita/cuda/topk.hpp"
@@ -17,10 +18,6 @@
 namespace chita::cuda {
 
 namespace {
-
-// Same constant as the CPU kernel: max |g_S| <= kStationary * max |g off S| means S is treated
-// as stationary (tau_star = 0).
-constexpr double kStationary = 1e-12;
 
 inline unsigned blocks_for(std::int64_t len) { return grid_for(len, kBlock, 1LL << 31); }
 
@@ -328,7 +325,7 @@ StepResult chita_step(const DeviceMatrix& A, const double* b, const double* w_ba
   const double curv = adad + ridge * dd;
   // At an exact refit the gradient on S is rounding noise; a step along it would make every
   // decision below depend on rounding. Treat S as stationary when its gradient is that small.
-  const bool stationary = dmax <= kStationary * m;
+  const bool stationary = dmax <= constants::kStationary * m;  // as the CPU step
   const double tau_star = (!stationary && dd > 0.0 && curv > 0.0) ? dd / curv : 0.0;
 
   if (tau_star > 0.0 && tau_star < tau_chg) {  // step 4: the support is kept

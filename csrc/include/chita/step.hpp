@@ -1,4 +1,4 @@
-// The CHITA line-search step (DESIGN.md section 2, steps 2-5).
+// The CHITA line-search step (docs/design.md, section 2.1, steps 2-5).
 #pragma once
 
 #include "chita/common.hpp"

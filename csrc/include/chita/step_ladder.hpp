@@ -1,8 +1,12 @@
-// The step sizes the CHITA step tries when the exact step would change the support (DESIGN.md
+// The step sizes the CHITA step tries when the exact step changes the support (docs/design.md,
 // section 2, step 5), shared by the CPU and the CUDA step so that both take the same decisions.
+// Its constants (shrink factor, ladder lengths, ratio) come from chita/constants.hpp, generated
+// from chita_core/backends/constants.py, which the numba step reads too.
 #pragma once
 
 #include <cmath>
+
+#include "chita/constants.hpp"
 
 namespace chita {
 
@@ -16,7 +20,8 @@ struct LadderResult {
 // Forward doubling from just below the support-changing step tau_chg (from tau_star when
 // tau_chg is infinite): keep improving, stop at the first candidate that does not. If nothing
 // improved (e.g. tau_chg == 0 because the support holds zeros), backtrack from tau_star and take
-// the first improvement. 5 candidates at most on each ladder.
+// the first improvement. kForwardSteps / kBacktrackSteps candidates at most on each ladder, a
+// ratio of kLadderFactor between consecutive steps.
 //   evaluate(tau) -> objective of H_k(w - tau g), leaving that candidate current
 //   keep(tau, f)     stores the current candidate as the best one
 template <class Evaluate, class Keep>
@@ -27,10 +32,10 @@ LadderResult step_ladder(double tau_chg, double tau_star, double f, Evaluate&& e
     out = {fc, tau, out.n_candidates, true};
     keep(tau, fc);
   };
-  const double base = std::isinf(tau_chg) ? tau_star : tau_chg / (1.0 + 1e-4);
+  const double base = std::isinf(tau_chg) ? tau_star : tau_chg / constants::kTauChgShrink;
   if (base > 0.0) {
     double tau = base;
-    for (int j = 0; j < 5; ++j, tau *= 2.0) {
+    for (int j = 0; j < constants::kForwardSteps; ++j, tau *= constants::kLadderFactor) {
       const double fc = evaluate(tau);
       ++out.n_candidates;
       if (!(fc < out.f)) break;
@@ -39,7 +44,7 @@ LadderResult step_ladder(double tau_chg, double tau_star, double f, Evaluate&& e
   }
   if (!out.accepted && tau_star > 0.0) {
     double tau = tau_star;
-    for (int j = 0; j < 5; ++j, tau *= 0.5) {
+    for (int j = 0; j < constants::kBacktrackSteps; ++j, tau /= constants::kLadderFactor) {
       const double fc = evaluate(tau);
       ++out.n_candidates;
       if (fc < out.f) {

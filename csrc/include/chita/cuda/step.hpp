@@ -1,4 +1,4 @@
-// The CHITA line-search step on the GPU (DESIGN.md section 2, steps 2-5): a port of
+// The CHITA line-search step on the GPU (docs/design.md, section 2.1, steps 2-5): a port of
 // csrc/cpu/step.cpp with the same decisions and constants.
 #pragma once
 

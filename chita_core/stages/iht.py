@@ -1,4 +1,5 @@
-"""IHT with CHITA's line search: on all columns, or on CHITA's active set (DESIGN.md section 2).
+"""IHT with CHITA's line search, on all columns or on CHITA's active set (docs/design.md,
+section 2), and the pipeline stage that runs it.
 
 Both drivers call the backend's ``gradient`` / ``support_rmatvec`` and ``chita_step`` kernels;
 the active-set driver passes the active columns to ``chita_step`` as ``cols``, so A is never
@@ -13,19 +14,24 @@ from typing import Any
 
 import numpy as np
 
-from ._interop import array_module
+from .._point import Point
 
-__all__ = ["IHTRun", "active_set_iht", "lipschitz", "objective_value", "plain_iht", "residual"]
+__all__ = ["IHT", "IHTRun", "active_set_iht", "plain_iht"]
 
 #: on_iter(iteration, f_old, f_new, tau, support_changed) -> True to stop.
 OnIter = Callable[[int, float, float, float, bool], bool]
 
+# Expansion search: full-gradient steps tau = 2^t / (2 L), t = 0 .. _EXPANSION_STEPS - 1, and
+# at most _MAX_EXPANSIONS rounds of them.
+_EXPANSION_STEPS = 10
+_MAX_EXPANSIONS = 10
+
 
 @dataclass
 class IHTRun:
-    support: np.ndarray  # [k] sorted global indices
-    w: np.ndarray  # [p]
-    r: np.ndarray  # [n] A w - b
+    support: Any  # [k] sorted global indices
+    w: Any  # [p]
+    r: Any  # [n] A w - b
     f: float
     history: list[float] = field(default_factory=list)
     n_iter: int = 0
@@ -45,81 +51,29 @@ class IHTRun:
             self.stopped = True
         return self.stopped or self.converged
 
-    def exact(self, kernels: Any, prob: Any) -> None:
-        """Recomputes r and f at the final w from A (one support mat-vec): the iterations carry r
-        by updates, whose rounding can exceed f itself when f << ||b||^2. (``history`` stays
-        the trace the callback saw.)"""
-        self.r = residual(kernels, prob, self.support, self.w[self.support])
-        self.f = objective_value(self.r, self.w, prob.w_bar, prob.ridge)
+    def exact(self, prob: Any) -> Point:
+        """The final point with r and f recomputed from A (one support mat-vec): the iterations
+        carry r by updates, whose rounding can exceed f itself when f << ||b||^2."""
+        return Point.at(prob, self.support.copy(), self.w[self.support])
 
-
-def objective_value(r: np.ndarray, w: np.ndarray, w_bar: np.ndarray, ridge: float) -> float:
-    """0.5 ||r||^2 + 0.5 ridge ||w - w_bar||^2 in float64, from the residual r = A w - b."""
-    f = 0.5 * float(r @ r)
-    if ridge:
-        d = w - w_bar
-        f += 0.5 * ridge * float(d @ d)
-    return f
-
-
-def residual(kernels: Any, prob: Any, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """A[:, idx] values - b (only the idx columns of A are read in F order)."""
-    xp = array_module(prob.b)
-    r = xp.zeros(prob.A.shape[0])
-    if idx.size:
-        kernels.support_matvec(prob.A, idx, xp.ascontiguousarray(values), r)
-    r -= prob.b
-    return r
+    def carried(self) -> Point:
+        """The final point as the iterations carried it (no pass over A)."""
+        return Point(self.support.copy(), self.w.copy(), self.r.copy(), self.f)
 
 
 def _converged(f_old: float, f_new: float, tol: float) -> bool:
     return abs(f_old - f_new) <= tol * max(abs(f_old), abs(f_new), 1.0)
 
 
-def scaled_norm(xp: Any, v: Any) -> float:
-    """||v||_2 without overflow or underflow of the squares (entries from 1e-300 to 1e300)."""
-    m = float(xp.abs(v).max()) if v.size else 0.0
-    if m == 0.0 or not np.isfinite(m):
-        return m
-    u = v / m
-    return m * float(xp.sqrt(u @ u))
-
-
-def lipschitz(kernels: Any, prob: Any, iters: int = 4, seed: int = 0) -> float:
-    """1.05 (sigma_max(A)^2 + ridge) from a few power iterations on A^T A (two passes each)."""
-    A = prob.A
-    n, p = A.shape
-    xp = array_module(prob.b)
-    every = xp.arange(p, dtype=np.int64)
-    v = xp.asarray(np.random.default_rng(seed).standard_normal(p))
-    v /= scaled_norm(xp, v)
-    Av = xp.empty(n)
-    zeros = xp.zeros(p)
-    sigma2 = 0.0
-    for _ in range(iters):
-        kernels.support_matvec(A, every, v, Av)
-        kernels.gradient(A, Av, zeros, zeros, 0.0, v)  # v = A^T A v
-        sigma2 = scaled_norm(xp, v)
-        if sigma2 == 0.0:
-            break
-        v /= sigma2
-    return 1.05 * (sigma2 + prob.ridge)
-
-
-def plain_iht(
-    kernels: Any, prob: Any, k: int, start: np.ndarray, max_iter: int, tol: float, on_iter: OnIter
-) -> IHTRun:
+def plain_iht(prob: Any, k: int, start: Any, max_iter: int, tol: float, on_iter: OnIter) -> IHTRun:
     """IHT on all columns from H_k(start)."""
-    p = prob.A.shape[1]
-    xp = array_module(prob.b)
+    xp, kernels = prob.xp, prob.kernels
     support = xp.empty(k, dtype=np.int64)
     kernels.topk(start, k, support)
-    w = xp.zeros(p)
-    w[support] = start[support]
-    r = residual(kernels, prob, support, w[support])
-    run = IHTRun(support, w, r, objective_value(r, w, prob.w_bar, prob.ridge))
+    first = Point.at(prob, support, start[support])
+    run = IHTRun(first.support, first.w, first.r, first.f)
     run.history.append(run.f)
-    g = xp.empty(p)
+    g = xp.empty(prob.p)
     for it in range(1, max_iter + 1):
         kernels.gradient(prob.A, run.r, run.w, prob.w_bar, prob.ridge, g)
         f_new, tau, _, changed = kernels.chita_step(
@@ -131,15 +85,14 @@ def plain_iht(
 
 
 def active_set_iht(
-    kernels: Any,
     prob: Any,
     k: int,
-    start: np.ndarray,
+    start: Any,
     max_iter: int,
     tol: float,
     on_iter: OnIter,
     *,
-    max_expansions: int = 10,
+    max_expansions: int = _MAX_EXPANSIONS,
 ) -> IHTRun:
     """CHITA's active-set IHT.
 
@@ -149,14 +102,14 @@ def active_set_iht(
     the best one that lowers f joins the active set, and IHT resumes from it. ``max_iter``
     bounds the IHT iterations over all rounds.
     """
-    A, b, w_bar, ridge = prob.A, prob.b, prob.w_bar, prob.ridge
-    xp = array_module(b)
-    p = A.shape[1]
+    A, b, w_bar, ridge, kernels = prob.A, prob.b, prob.w_bar, prob.ridge, prob.kernels
+    xp = prob.xp
+    p = prob.p
     size = min(p, max(k, (3 * k) // 2))
-    L = lipschitz(kernels, prob)
+    L = prob.lipschitz
     # 1/L gradient step from the (dense) start.
     every = xp.arange(p, dtype=np.int64)
-    r0 = residual(kernels, prob, every, start)
+    r0 = prob.residual(every, start)
     g = xp.empty(p)
     kernels.gradient(A, r0, start, w_bar, ridge, g)
     active = xp.empty(size, dtype=np.int64)
@@ -166,18 +119,16 @@ def active_set_iht(
     # IHT starts from H_k(start) restricted to the active set.
     local = xp.empty(k, dtype=np.int64)
     kernels.topk(xp.ascontiguousarray(start[active]), k, local)
-    w = xp.zeros(p)
-    w[active[local]] = start[active[local]]
     support = active[local]
-    r = residual(kernels, prob, support, w[support])
-    run = IHTRun(support.copy(), w, r, objective_value(r, w, w_bar, ridge))
+    first = Point.at(prob, support, start[support])
+    run = IHTRun(first.support.copy(), first.w, first.r, first.f)
     run.history.append(run.f)
     it = 0
     while True:
         # IHT on the active columns. chita_step works with the local objective, which lacks
         # the constant 0.5 ridge ||w_bar off the active set||^2.
         wb_act = xp.ascontiguousarray(w_bar[active])
-        off = 0.5 * ridge * (float(w_bar @ w_bar) - float(wb_act @ wb_act))
+        off = 0.5 * ridge * (prob.wbar_sq - float(wb_act @ wb_act))
         w_loc = xp.ascontiguousarray(run.w[active])
         local = xp.searchsorted(active, run.support).astype(np.int64)
         g_loc = xp.empty(active.size)
@@ -201,18 +152,45 @@ def active_set_iht(
         kernels.gradient(A, run.r, run.w, w_bar, ridge, g)
         best = None
         cand = xp.empty(k, dtype=np.int64)
-        for t in range(10):
+        for t in range(_EXPANSION_STEPS):
             v = run.w - (2.0**t / (2.0 * L)) * g
             kernels.topk(v, k, cand)
-            rc = residual(kernels, prob, cand, v[cand])
-            wc = xp.zeros(p)
-            wc[cand] = v[cand]
-            fc = objective_value(rc, wc, w_bar, ridge)
-            if fc < (run.f if best is None else best[3]):
-                best = (cand.copy(), wc, rc, fc)
+            point = Point.at(prob, cand.copy(), v[cand])
+            if point.f < (run.f if best is None else best.f):
+                best = point
         if best is None:
             return run
         run.expansions += 1
-        run.support, run.w, run.r, run.f = best
+        run.support, run.w, run.r, run.f = best.support, best.w, best.r, best.f
         run.history.append(run.f)
         active = xp.unique(xp.concatenate([active, run.support])).astype(np.int64)
+
+
+@dataclass
+class IHT:
+    """Stage: IHT with CHITA's line search from the start vector (not from a refit point, a
+    stationary point on its support where IHT has little room), then, with ``refine``, the exact
+    refit on the support it reaches. Offers both points; records the iteration history."""
+
+    max_iter: int
+    tol: float
+    active_set: bool = True
+    refine: bool = True
+    name: str = "iht"
+
+    def run(self, ctx: Any) -> None:
+        prob = ctx.prob
+        driver = active_set_iht if self.active_set else plain_iht
+        run = driver(prob, ctx.k, ctx.start, self.max_iter, self.tol, ctx.on_iter)
+        ctx.history, ctx.n_iter = list(run.history), run.n_iter
+        ctx.converged, ctx.stopped = run.converged, run.stopped
+        label = "active-set iht" if self.active_set else "iht"
+        # Among exact points (refine) its f is recomputed from A; alone it is the iterate.
+        point = run.exact(prob) if self.refine else run.carried()
+        if self.refine and not run.stopped:
+            fit = ctx.point(run.support.copy())
+            if fit.f < point.f:
+                point = fit
+            if ctx.best is None or fit.f < ctx.best.f:  # IHT found its own basin
+                ctx.iht_point = fit
+        ctx.offer(label + (" + refit" if self.refine else ""), point, record=self.max_iter > 0)

@@ -26,9 +26,9 @@ _FIX = {
     "to insist) and run where a GPU is visible",
 }
 _MODULES = {
-    "cpp": "chita_core._core",
-    "numba": "chita_core._numba",
-    "cuda": "chita_core._cuda_kernels",
+    "cpp": "chita_core.backends.cpp",
+    "numba": "chita_core.backends.numba_kernels",
+    "cuda": "chita_core.backends.cuda_kernels",
 }
 
 

@@ -1,10 +1,12 @@
-"""The CUDA backend's kernels, with the same names and contract as ``_core`` (see _core.pyi).
+"""The CUDA backend's kernels, with the same names and contract as ``_core`` (see _core.pyi):
+every op of ``backends/protocol.py``, the dense-algebra ones (``gather_columns``,
+``support_gram``, ``swap_scores``) with cuBLAS through CuPy and the fused swap-score kernel.
 
 ``A`` is a :class:`~chita_core._device.DeviceMatrix` (never copied); vectors are float64 and
 index arrays int64 CuPy arrays, contiguous, on A's device. Each call hands raw pointers to the
 compiled ``_cuda`` module together with CuPy's current stream, which the solver sets to the
 caller's stream, so the kernels order with the caller's own work. Only scalars come back to the
-host (the step's objective and step size, the jitter of a backsolve).
+host (the step's objective, step size and candidate count).
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
-from . import _cuda
+from .. import _cuda
 
 __all__ = [
-    "backsolve",
     "chita_step",
     "column_sqnorms",
     "device_count",
@@ -145,59 +146,9 @@ def chita_step(
     return float(f_new), float(tau), int(n_cand), bool(changed)
 
 
-def _factor_with_jitter(gram: Any, ridge: float) -> tuple[Any, float]:
-    """Cholesky factor of gram + ridge I, retrying with the CPU kernel's diagonal jitter
-    (1e-12 mean(diag), growing 100x, 8 attempts) when it is not positive definite."""
-    N = gram.shape[0]
-    mean_diag = float(cp.trace(gram)) / N if N else 0.0
-    base = 1e-12 * mean_diag if mean_diag > 0 else 1e-12
-    jitter = 0.0
-    eye = cp.eye(N)
-    for attempt in range(8):
-        try:
-            L = cp.linalg.cholesky(gram + (ridge + jitter) * eye)
-        except np.linalg.LinAlgError:
-            L = None
-        if L is not None and bool(cp.isfinite(L).all()):
-            return L, jitter
-        jitter = base if attempt == 0 else jitter * 100.0
-    raise RuntimeError(
-        "backsolve: the Gram matrix on the support is singular even with jitter; use ridge > 0"
-    )
-
-
-def _cho_solve(L: Any, rhs: Any) -> Any:
-    from cupyx.scipy.linalg import solve_triangular
-
-    y = solve_triangular(L, rhs, lower=True)
-    return solve_triangular(L.T, y, lower=False)
-
-
-def backsolve(A: Any, b: Any, idx: Any, w_bar_s: Any, ridge: float, out: Any) -> float:
-    """Same maths as the CPU kernel (chita/backsolve.hpp): with c = b - A_S w_bar_s,
-    m <= n: (A_S^T A_S + ridge I) z = A_S^T c; m > n: z = A_S^T (A_S A_S^T + ridge I)^{-1} c;
-    out = w_bar_s + z. Returns the jitter used."""
-    m = idx.size
-    _ptr(out, "out", _F64, m)
-    c = cp.empty(A.n)
-    support_matvec(A, idx, w_bar_s, c)
-    c = b - c
-    if m <= A.n:
-        V = gather_columns(A, idx)
-        L, jitter = _factor_with_jitter(V.T @ V, float(ridge))
-        z = _cho_solve(L, V.T @ c)
-    else:
-        K = cp.empty(A.n * A.n)
-        support_gram(A, idx, K)
-        L, jitter = _factor_with_jitter(K.reshape(A.n, A.n), float(ridge))
-        z = cp.empty(m)
-        support_rmatvec(A, idx, cp.ascontiguousarray(_cho_solve(L, c)), z)
-    out[...] = w_bar_s + z
-    return jitter
-
-
 def swap_scores(G: Any, q: Any, s0: float, wv: Any, jn: Any, io: Any, lam: float) -> Any:
-    """Fused form of ``_refine.swap_scores``: change of f for every (io[a] leaves, jn[b] enters)."""
+    """Fused form of ``backends.host.swap_scores``: change of f for every swap (io[a] leaves,
+    jn[b] enters), [len(io), len(jn)]."""
     m = q.size
     jn = cp.ascontiguousarray(jn, dtype=cp.int64)
     io = cp.ascontiguousarray(io, dtype=cp.int64)

@@ -2,7 +2,11 @@
 
 Used when the compiled ``_core`` module is missing, or on request. Every public function here has
 the name, argument order and in-place semantics of its ``_core`` counterpart, so tests and the
-solver driver can swap one backend for the other.
+solver driver can swap one backend for the other. With the host BLAS ops of ``backends/host.py``
+(``gather_columns``, ``support_gram``, ``swap_scores``, as in the cpp backend) this module is a
+complete backend of ``backends/protocol.py``. The step's thresholds and ladders are those of
+``backends/constants.py`` (shared with the C++ and CUDA kernels), passed to the jitted step as
+arguments: numba's cache would freeze module globals at their first compiled value.
 
 Layout handling: ``A`` is never copied. A C-contiguous ``A`` (n, p) goes to the row kernels as is;
 an F-contiguous ``A`` is passed as ``A.T``, a C-contiguous (p, n) view whose rows are the columns
@@ -26,7 +30,6 @@ had started the GNU OpenMP layer cannot run parallel numba code: the kernels rai
 
 from __future__ import annotations
 
-import math
 import operator
 import os
 import sys
@@ -37,15 +40,19 @@ import numba
 import numpy as np
 from numba import prange
 
+from . import constants as _constants
+from .host import gather_columns, support_gram, swap_scores
+
 __all__ = [
-    "backsolve",
     "chita_step",
     "column_sqnorms",
+    "gather_columns",
     "gradient",
     "num_threads",
     "support_gram",
     "support_matvec",
     "support_rmatvec",
+    "swap_scores",
     "topk",
 ]
 
@@ -64,10 +71,6 @@ _SMV_ROWBLOCK = 512  # F-order support mat-vec with large n: rows per block
 _SMV_ROWBLOCK_MIN_N = 4096
 _GRAD_COLBLOCK = 2048  # C-order gradient: max columns per block
 _RMV_CHUNK = 1024  # C-order transposed support mat-vec: support entries per chunk
-_GRAM_COLBLOCK = 1024  # Woodbury Gram (m > n): support columns gathered per block
-_GRAM_BUF = 1 << 19  # Normal-equations Gram (m <= n): float64 entries in the gathered block
-_STATIONARY = 1e-12  # max |g_S| <= this * max |g off S|: tau_star = 0 (as the C++ kStationary)
-_JITTER_TRIES = 7  # retries with jitter 1e-12 * mean(diag) * 100**t, t = 0..6 (as the C++)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,7 +320,7 @@ def _smv_local(M, fmode, cols, idx, x, out, xd):
 
 
 # ----------------------------------------------------------------------------------------------
-# support_rmatvec: out = A[:, idx]^T @ y   (used by backsolve)
+# support_rmatvec: out = A[:, idx]^T @ y
 # ----------------------------------------------------------------------------------------------
 
 
@@ -344,14 +347,6 @@ def _srmv_rows(A, idx, y, out):
                 acc[s - s0] += np.float64(row[idx[s]]) * yi
         for s in range(s0, s1):
             out[s] = acc[s - s0]
-
-
-@numba.njit(**_JIT)
-def _srmv(M, fmode, idx, y, out):
-    if fmode:
-        _srmv_cols(M, idx, y, out)
-    else:
-        _srmv_rows(M, idx, y, out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,7 +616,26 @@ def _eval_candidate(
 
 
 @numba.njit(**_JIT)
-def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f, cols):
+def _chita_step_impl(
+    M,
+    fmode,
+    b,
+    w_bar,
+    ridge,
+    g,
+    w,
+    r,
+    support,
+    f,
+    cols,
+    stationary_tol,
+    tau_chg_shrink,
+    forward_steps,
+    backtrack_steps,
+    ladder_factor,
+):
+    """The step of the contract; the last five arguments are the shared constants STATIONARY,
+    TAU_CHG_SHRINK, FORWARD_STEPS, BACKTRACK_STEPS and LADDER_FACTOR (backends/constants.py)."""
     n = b.shape[0]
     p = w.shape[0]  # local: len(cols) on a subproblem
     k = support.shape[0]
@@ -669,7 +683,7 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f, cols):
     for t in range(k):
         if abs(d[t]) > dmax:
             dmax = abs(d[t])
-    stationary = dmax <= _STATIONARY * mx
+    stationary = dmax <= stationary_tol * mx
     if not stationary and dd > 0.0 and curv > 0.0:
         tau_star = dd / curv
     else:
@@ -710,16 +724,16 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f, cols):
     # first improvement.
     for ladder in range(2):
         if ladder == 0:
-            tau = tau_star if tau_chg == inf else tau_chg / (1.0 + 1e-4)
-            factor = 2.0
+            tau = tau_star if tau_chg == inf else tau_chg / tau_chg_shrink
+            steps = forward_steps
         else:
             if accepted:
                 break
             tau = tau_star
-            factor = 0.5
+            steps = backtrack_steps
         if not tau > 0.0:
             continue
-        for _ in range(5):
+        for _ in range(steps):
             fc, chg = _eval_candidate(
                 M,
                 fmode,
@@ -758,7 +772,10 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f, cols):
                 cr, br = br, cr
             if improved == (ladder == 1):
                 break
-            tau *= factor
+            if ladder == 0:
+                tau *= ladder_factor
+            else:
+                tau /= ladder_factor
     if not accepted:
         return f, 0.0, n_cand, False
 
@@ -770,204 +787,6 @@ def _chita_step_impl(M, fmode, b, w_bar, ridge, g, w, r, support, f, cols):
     for i in range(n):
         r[i] = br[i]
     return f_best, tau_best, n_cand, best_changed
-
-
-# ----------------------------------------------------------------------------------------------
-# backsolve
-# ----------------------------------------------------------------------------------------------
-
-
-@numba.njit(fastmath=_FM, parallel=True, **_JIT)
-def _gram_normal(M, fmode, idx, G):
-    """G[a, b] = sum_i A[i, idx[a]] A[i, idx[b]] (full symmetric, m x m), m <= n.
-
-    Row blocks of A are gathered into a float64 (m, rb) buffer; each entry sums the blocks in
-    order, so the result does not depend on the thread count."""
-    m = idx.shape[0]
-    n = M.shape[1] if fmode else M.shape[0]
-    for a in range(m):
-        for c in range(m):
-            G[a, c] = 0.0
-    if m == 0:
-        return
-    rb = _GRAM_BUF // m
-    if rb < 16:
-        rb = 16
-    if rb > n:
-        rb = n
-    buf = np.empty((m, rb))
-    i0 = 0
-    while i0 < n:
-        ln = min(rb, n - i0)
-        if fmode:
-            for a in prange(m):
-                col = M[idx[a]]
-                for t in range(ln):
-                    buf[a, t] = np.float64(col[i0 + t])
-        else:
-            # Rows of A are contiguous: walk them in order, each thread over its own support slice.
-            nch = (m + 255) // 256
-            for ch in prange(nch):
-                a0 = ch * 256
-                a1 = min(m, a0 + 256)
-                for t in range(ln):
-                    row = M[i0 + t]
-                    for a in range(a0, a1):
-                        buf[a, t] = np.float64(row[idx[a]])
-        for a in prange(m):
-            ba = buf[a, :ln]
-            for c in range(a + 1):
-                G[a, c] += _dot_row_vec(ba, buf[c, :ln])
-        i0 += ln
-    for a in range(m):
-        for c in range(a):
-            G[c, a] = G[a, c]
-
-
-@numba.njit(fastmath=_FM, parallel=True, **_JIT)
-def _gram_woodbury(M, fmode, idx, K):
-    """K[i, l] = sum_j A[i, idx[j]] A[l, idx[j]] (full symmetric, n x n), m > n.
-
-    Support columns are gathered in blocks of at most 1024 into a float64 (n, cb) buffer."""
-    m = idx.shape[0]
-    n = K.shape[0]
-    for i in range(n):
-        for l in range(n):
-            K[i, l] = 0.0
-    cb = _GRAM_COLBLOCK
-    if cb > m:
-        cb = m
-    if cb == 0:
-        return
-    buf = np.empty((n, cb))
-    s0 = 0
-    while s0 < m:
-        ln = min(cb, m - s0)
-        if fmode:
-            # Columns of A are contiguous: read each once, write it down a buffer column.
-            for t in prange(ln):
-                col = M[idx[s0 + t]]
-                for i in range(n):
-                    buf[i, t] = np.float64(col[i])
-        else:
-            for i in prange(n):
-                row = M[i]
-                for t in range(ln):
-                    buf[i, t] = np.float64(row[idx[s0 + t]])
-        for i in prange(n):
-            bi = buf[i, :ln]
-            for l in range(i + 1):
-                K[i, l] += _dot_row_vec(bi, buf[l, :ln])
-        s0 += ln
-    for i in range(n):
-        for l in range(i):
-            K[l, i] = K[i, l]
-
-
-# Serial on purpose: a parallel loop per column is one parallel region (and barrier) per column,
-# which stalls for scheduler ticks whenever another process holds a core.
-@numba.njit(fastmath=_FM, **_JIT)
-def _cholesky_shifted(S, shift, L):
-    """Lower Cholesky factor of S + shift*I into L (S read-only). False on a non-positive pivot."""
-    N = S.shape[0]
-    for j in range(N):
-        Lj = L[j]
-        s = S[j, j] + shift
-        for q in range(j):
-            s -= Lj[q] * Lj[q]
-        if not (s > 0.0) or not np.isfinite(s):
-            return False
-        ljj = math.sqrt(s)
-        Lj[j] = ljj
-        for q in range(j + 1, N):
-            Lj[q] = 0.0
-        for i in range(j + 1, N):
-            Li = L[i]
-            acc = S[i, j]
-            for q in range(j):
-                acc -= Li[q] * Lj[q]
-            Li[j] = acc / ljj
-    return True
-
-
-@numba.njit(**_JIT)
-def _chol_solve(L, rhs, out):
-    """out = (L L^T)^{-1} rhs."""
-    N = L.shape[0]
-    y = np.empty(N)
-    for i in range(N):
-        s = rhs[i]
-        Li = L[i]
-        for q in range(i):
-            s -= Li[q] * y[q]
-        y[i] = s / Li[i]
-    # Backward with L^T, column-oriented so that L is read by rows.
-    for i in range(N - 1, -1, -1):
-        zi = y[i] / L[i, i]
-        out[i] = zi
-        Li = L[i]
-        for q in range(i):
-            y[q] -= Li[q] * zi
-
-
-@numba.njit(**_JIT)
-def _factor_with_jitter(S, ridge, L):
-    """Factor S + ridge I into L; on a non-positive pivot retry with S + (ridge + jitter) I,
-    jitter = 1e-12 * mean(diag S) (1e-12 if that mean is not positive), growing 100x per retry,
-    7 retries (as the C++ backend). Returns (ok, jitter)."""
-    N = S.shape[0]
-    md = 0.0
-    for i in range(N):
-        md += S[i, i]
-    md = md / N if N > 0 else 0.0
-    base = 1e-12 * md if md > 0.0 else 1e-12
-    jit = 0.0
-    for attempt in range(_JITTER_TRIES + 1):
-        if _cholesky_shifted(S, ridge + jit, L):
-            return True, jit
-        jit = base if attempt == 0 else jit * 100.0
-    return False, jit
-
-
-@numba.njit(**_JIT)
-def _backsolve_impl(M, fmode, b, idx, w_bar_s, ridge, out):
-    """Returns (status, jitter): status 0 ok, 1 singular."""
-    n = b.shape[0]
-    m = idx.shape[0]
-    if m == 0:
-        return 0, 0.0
-    p = M.shape[0] if fmode else M.shape[1]
-    xd = np.empty(p) if not fmode else np.empty(0)
-    # c = b - A_S w_bar_s
-    c = np.empty(n)
-    _smv(M, fmode, idx, w_bar_s, c, xd)
-    for i in range(n):
-        c[i] = b[i] - c[i]
-    if m <= n:
-        G = np.empty((m, m))
-        _gram_normal(M, fmode, idx, G)
-        rhs = np.empty(m)
-        _srmv(M, fmode, idx, c, rhs)
-        L = np.empty((m, m))
-        ok, jit = _factor_with_jitter(G, ridge, L)
-        if not ok:
-            return 1, jit
-        z = np.empty(m)
-        _chol_solve(L, rhs, z)
-    else:
-        K = np.empty((n, n))
-        _gram_woodbury(M, fmode, idx, K)
-        L = np.empty((n, n))
-        ok, jit = _factor_with_jitter(K, ridge, L)
-        if not ok:
-            return 1, jit
-        y = np.empty(n)
-        _chol_solve(L, c, y)
-        z = np.empty(m)
-        _srmv(M, fmode, idx, y, z)
-    for t in range(m):
-        out[t] = w_bar_s[t] + z[t]
-    return 0, jit
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1099,25 +918,6 @@ def column_sqnorms(A, out):
         _run(_sqnorms_rows, M, out, _GRAD_COLBLOCK)
 
 
-def support_gram(A, idx, out):
-    """out = A[:, idx] @ A[:, idx].T   # A [n, p], idx [m], out [n, n] C-contiguous"""
-    M, fmode = _mat(A)
-    n, p = _shape(A)
-    _index(idx, "idx", p)
-    if (
-        not isinstance(out, np.ndarray)
-        or out.dtype != np.float64
-        or out.shape != (n, n)
-        or not out.flags.c_contiguous
-        or not out.flags.writeable
-    ):
-        raise ValueError(f"`out` must be a writable C-contiguous float64 array of shape ({n}, {n})")
-    if idx.shape[0] == 0:
-        out[...] = 0.0
-        return
-    _run(_gram_woodbury, M, fmode, idx, out)
-
-
 def topk(v, k, out):
     """out = sorted indices of the k largest |v|; ties go to the lower index. 1 <= k <= p."""
     if not isinstance(v, np.ndarray):
@@ -1173,27 +973,26 @@ def chita_step(A, b, w_bar, ridge, g, w, r, support, f, cols=None):
         raise ValueError(f"`support` must have length k in 1..{p}, got 0")
     f = _scalar(f, "f")
     f_new, tau, n_cand, changed = _run(
-        _chita_step_impl, M, fmode, b, w_bar, ridge, g, w, r, support, f, cols
+        _chita_step_impl,
+        M,
+        fmode,
+        b,
+        w_bar,
+        ridge,
+        g,
+        w,
+        r,
+        support,
+        f,
+        cols,
+        # Read at each call (never frozen into the compiled kernel or its on-disk cache).
+        _constants.STATIONARY,
+        _constants.TAU_CHG_SHRINK,
+        _constants.FORWARD_STEPS,
+        _constants.BACKTRACK_STEPS,
+        _constants.LADDER_FACTOR,
     )
     return float(f_new), float(tau), int(n_cand), bool(changed)
-
-
-def backsolve(A, b, idx, w_bar_s, ridge, out):
-    """Exact minimiser of f on the support idx, written to out [m]; returns the jitter used."""
-    M, fmode = _mat(A)
-    n, p = _shape(A)
-    _vec(b, "b", n, "the number of rows of `A`")
-    _index(idx, "idx", p)
-    m = idx.shape[0]
-    _vec(w_bar_s, "w_bar_s", m, "the length of `idx`")
-    ridge = _scalar(ridge, "ridge")
-    _vec(out, "out", m, "the length of `idx`", writable=True)
-    status, jitter = _run(_backsolve_impl, M, fmode, b, idx, w_bar_s, ridge, out)
-    if status != 0:
-        raise RuntimeError(
-            "backsolve: the Gram matrix on the support is singular even with jitter; use ridge > 0"
-        )
-    return float(jitter)
 
 
 def num_threads():

@@ -1,0 +1,491 @@
+"""The planner and the pipeline (docs/design.md, section 6).
+
+``plan`` is the only place that decides which stages run and with what budget. It prices each
+stage with a cost model (bytes read from A over the memory bandwidth, multiply-adds over the BLAS
+rate, and a per-step interpreter overhead for the stages that loop in Python) and fits the
+stages into a budget of ``effort`` times the modeled cost of magnitude + backsolve (never below
+``MIN_BUDGET`` seconds, where everything is cheap anyway). Stages that do not fit are left out.
+The rates are reference rates measured on the development machine (``HOST_RATES``), so a plan
+depends only on the problem's shape and the options and results are reproducible; a
+``time_limit`` in seconds is priced with the rates measured in this process
+(``measure_rates``), and the benchmarks compare both against measured stage times. ``run``
+executes the plan; every stage offers points and the context keeps the best one.
+
+Every cost constant lives in this module; the operation counts of a stage's algorithm live next
+to it (``stages/greedy.py: greedy_cost``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from ._point import Point
+from .stages.greedy import GreedyOBS, greedy_cost, greedy_screen_size
+from .stages.iht import IHT
+from .stages.starts import EXHAUSTIVE_MAX_P, EXHAUSTIVE_MAX_SUPPORTS, OBS, Exhaustive, Magnitude
+from .stages.swaps import N_CANDIDATES, POOL_FACTOR, POOL_ROUNDS, REFINE_STEPS, Swaps
+
+__all__ = [
+    "DEFAULT_EFFORT",
+    "Context",
+    "Options",
+    "PlannedStage",
+    "Rates",
+    "Stage",
+    "StageRecord",
+    "measure_rates",
+    "plan",
+    "run",
+]
+
+#: Default ``effort``: the planned time of the whole pipeline, as a multiple of the modeled time
+#: of magnitude + backsolve on the same problem.
+DEFAULT_EFFORT = 3.0
+#: Budget floor in seconds: on problems where magnitude + backsolve takes milliseconds every
+#: stage fits (the stages size themselves by the problem, not by the budget).
+MIN_BUDGET = 0.5
+# IHT iterations in the pipeline and alone (refine=False); swap search's defaults.
+PIPELINE_ITERS = 30
+PLAIN_ITERS = 100
+SWAP_ROUNDS = 20
+DEFAULT_SWAPS = 2000
+# Shares of the budget left after the start: greedy OBS may take this much of it; IHT runs
+# (when the start is a reasonable support) only on what greedy OBS and swaps leave.
+_GREEDY_SHARE = 0.6
+# Swap search needs a few rounds to pay for forming its n x n inverse.
+_MIN_SWAP_ROUNDS = 3
+# Modeled IHT: expansion rounds (each a full gradient and ten thresholded candidates).
+_IHT_EXPANSIONS = 2
+# Interpreter overhead, in units of one small NumPy operation (``Rates.op``): per swap applied
+# (score matrix, rank-2 updates) and per greedy removal (pool scores, rank-1 updates).
+_OPS_PER_SWAP = 40.0
+_OPS_PER_REMOVAL = 25.0
+_OPS_PER_ROUND = 100.0
+# init="auto": one-shot OBS saliencies (n^2 p multiply-adds) run where greedy OBS does not
+# fit; multistep OBS (about 2.5x that) also when it fits.
+_MULTISTEP_FACTOR = 2.5
+
+
+class StageRecord(NamedTuple):
+    """One line of ``IHTResult.stages``: the best objective after a stage's candidate."""
+
+    stage: str
+    objective: float
+    seconds: float
+
+
+class PlannedStage(NamedTuple):
+    """One line of ``IHTResult.plan``: a stage the planner chose, its modeled and measured time."""
+
+    stage: str
+    modeled: float
+    seconds: float
+
+
+class Stage(Protocol):
+    """A pipeline stage: reads the context (problem, k, start vector, best point so far) and
+    offers candidate points through ``ctx.offer``; the context keeps the best."""
+
+    name: str
+
+    def run(self, ctx: Context) -> None: ...
+
+
+# ---------------------------------------------------------------------------------- rates
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What the cost model is calibrated to, measured on this machine."""
+
+    bandwidth: float  # bytes/s a kernel pass over A reads
+    scattered: float  # bytes/s a support pass over scattered columns reads (F order)
+    flops: float  # float64 multiply-adds/s of a BLAS GEMM
+    op: float  # seconds of one small NumPy operation (interpreter + dispatch)
+
+
+#: The rates the planner prices ``effort`` budgets with, so that a plan (and the result) depends
+#: on the problem and the options only, not on the machine or its load: measured on the 2-core
+#: machine this project is developed on, with A of 1 GB (bench/README.md, "Cost at scale").
+#: A pass over A, a pass over 10% of its columns scattered, a SYRK of Gram panels, one small
+#: NumPy operation. ``time_limit`` budgets use the rates measured in the process instead.
+HOST_RATES = Rates(bandwidth=30e9, scattered=11e9, flops=40e9, op=1e-6)
+#: The same for a GPU (an H100/H200: HBM passes, cuBLAS float64, a kernel launch from Python).
+DEVICE_RATES = Rates(bandwidth=2.5e12, scattered=1.2e12, flops=4e13, op=1.5e-5)
+
+_RATES: dict[str, Rates] = {}
+
+
+def measure_rates(prob: Any) -> Rates:
+    """The rates of ``prob``'s backend, measured once per process (about 30 ms): a column-norm
+    pass over a 32 MiB float32 matrix and a support mat-vec over every 10th of its columns, a
+    1024 x 1024 float64 SYRK (``X @ X.T``, as the Gram's panels) and a loop of small NumPy
+    operations, each the best of three."""
+    key = prob.backend
+    if key not in _RATES:
+        _RATES[key] = _measure(prob)
+    return _RATES[key]
+
+
+def _best_of(fn: Callable[[], Any], sync: Callable[[], Any], repeats: int = 3) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return max(best, 1e-9)
+
+
+def _measure(prob: Any) -> Rates:
+    xp, kernels = prob.xp, prob.kernels
+    sync = _synchronizer(xp)
+    rows, cols = 1024, 8192  # 32 MiB of float32, F order; 4 KiB columns, as at n = 1000
+    M = xp.asfortranarray(xp.ones((rows, cols), dtype=np.float32))
+    out = xp.empty(cols)
+    if prob.where is None:
+        mat = M
+    else:  # the CUDA kernels take a device matrix
+        from ._device import device_matrix
+
+        mat = device_matrix(M)[0]
+    kernels.column_sqnorms(mat, out)  # warm-up (numba compiles here)
+    bandwidth = M.nbytes / _best_of(lambda: kernels.column_sqnorms(mat, out), sync)
+    every10 = xp.arange(0, cols, 10, dtype=np.int64)
+    y, part = xp.ones(rows), xp.empty(every10.size)
+    kernels.support_rmatvec(mat, every10, y, part)  # warm-up
+    seconds = _best_of(lambda: kernels.support_rmatvec(mat, every10, y, part), sync)
+    scattered = rows * every10.size * 4 / seconds
+    X = xp.ones((1024, 1024))  # a Gram panel at n = 1000: SYRK through X @ X.T
+    flops = 0.5 * 1024.0 * 1024 * 1024 / _best_of(lambda: X @ X.T, sync)
+    v = xp.ones(64)
+
+    def small_ops() -> None:
+        for _ in range(200):
+            v.__iadd__(1.0)
+
+    op = _best_of(small_ops, sync) / 200
+    return Rates(bandwidth, min(scattered, bandwidth), flops, op)
+
+
+def _synchronizer(xp: Any) -> Callable[[], Any]:
+    if xp is np:
+        return lambda: None
+    return lambda: xp.cuda.get_current_stream().synchronize()
+
+
+# ---------------------------------------------------------------------------------- costs
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Modeled seconds of each stage on one problem (docs/design.md, section 6)."""
+
+    n: int
+    p: int
+    itemsize: int
+    f_order: bool
+    rates: Rates
+
+    def full_pass(self) -> float:
+        return self.n * self.p * self.itemsize / self.rates.bandwidth
+
+    def cols_pass(self, m: float) -> float:
+        """A support mat-vec over m columns: those columns in F order (at the scattered-column
+        rate below half of them), whole rows in C order."""
+        if not self.f_order:
+            return self.full_pass()
+        rate = self.rates.scattered if 2 * m < self.p else self.rates.bandwidth
+        return self.n * m * self.itemsize / rate
+
+    def gather(self, m: float) -> float:
+        """m columns gathered into float64 (read, write, and the BLAS read of the copy)."""
+        return self.cols_pass(m) + 16 * self.n * m / self.rates.bandwidth + self.rates.op
+
+    def gram(self, m: float) -> float:
+        """A_S A_S^T over m columns: panel gathers and SYRK (n^2 m / 2 multiply-adds)."""
+        return self.gather(m) + 0.5 * self.n * self.n * m / self.rates.flops
+
+    def refit(self, m: float, keep_inverse: bool = True) -> float:
+        n, F = float(self.n), self.rates.flops
+        passes = 4 * self.cols_pass(m)  # c, the rmatvec of y, the residual, one refinement
+        if m <= n:
+            return self.gather(m) + (0.5 * n * m * m + m**3 / 3.0) / F + passes
+        dense = n**3 / 3.0 + (n**3 if keep_inverse else 0.0)
+        return self.gram(m) + dense / F + passes + 20 * self.rates.op
+
+    def magnitude(self, k: int) -> float:
+        return self.refit(k) + 8 * self.p / self.rates.bandwidth
+
+    def obs(self, multistep: bool) -> float:
+        n, p = float(self.n), float(self.p)
+        one = self.gram(p) + 2 * self.gather(p) + (n**3 + 2 * n * n * p) / self.rates.flops
+        return one * (_MULTISTEP_FACTOR if multistep else 1.0)
+
+    def iht(self, k: int, iters: int, sigma_known: bool) -> float:
+        active = min(self.p, max(k, 1.5 * k))
+        power = 0.0 if sigma_known else 8 * self.full_pass()
+        per_iter = 2 * self.cols_pass(active) + self.cols_pass(k) + 30 * self.rates.op
+        expansion = self.full_pass() + 10 * self.cols_pass(k) + 30 * self.rates.op
+        return (
+            power
+            + 2 * self.full_pass()
+            + iters * per_iter
+            + _IHT_EXPANSIONS * expansion
+            + self.refit(k)
+        )
+
+    def greedy(self, k: int, m: int) -> float:
+        return (
+            self.gather(m)
+            + greedy_cost(self.n, k, m) / self.rates.flops
+            + (m - k) * _OPS_PER_REMOVAL * self.rates.op
+        )
+
+    def swaps(self, k: int, rounds: int, swaps: int, have_inverse: bool) -> float:
+        """Swap search (stages/swaps.py): per round the candidates' columns, their n-space
+        products and the update of K^-1; every POOL_ROUNDS + 1 rounds a full gradient pass and
+        the exact point on the support; per swap its pair scores and rank-2 updates (memory
+        traffic of the candidate-sized and n x candidates matrices, plus interpreter
+        overhead); finally the refinement on the end support."""
+        n, F, B, op = float(self.n), self.rates.flops, self.rates.bandwidth, self.rates.op
+        c = 2 * N_CANDIDATES
+        setup = 0.0 if have_inverse else self.gram(k) + n**3 / F
+        per_swap = (N_CANDIDATES**2 * 8 + 3 * 8 * n * c) / B + _OPS_PER_SWAP * op
+        per_round = (
+            self.gather(c)
+            + self.cols_pass(POOL_FACTOR * N_CANDIDATES)
+            + (n * n * c + n * c * c + n * n * N_CANDIDATES) / F
+            + 3 * 8 * n * n / B
+            + 4 * 8 * self.p / B
+            + _OPS_PER_ROUND * op
+        )
+        per_full = self.full_pass() + 2 * self.cols_pass(k) + 6 * 8 * self.p / B
+        finish = (2 * REFINE_STEPS + 2) * self.cols_pass(k) + 2 * REFINE_STEPS * n * n / F
+        return (
+            setup
+            + rounds * per_round
+            + math.ceil(rounds / (POOL_ROUNDS + 1)) * per_full
+            + swaps * per_swap
+            + finish
+        )
+
+    def expected_swaps(self, rounds: int, max_swaps: int) -> int:
+        """Swaps a search of ``rounds`` rounds makes, for the model (most rounds apply about
+        three quarters of their entering candidates)."""
+        return int(min(max_swaps, rounds * 0.75 * N_CANDIDATES))
+
+
+# ---------------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class Options:
+    """The solver options of :func:`chita_core.iht`, validated."""
+
+    max_iter: int | None  # None: the planner's default
+    tol: float
+    init: str
+    active_set: bool
+    refine: bool
+    max_swaps: int | None  # None: swaps=True, the planner sizes the search
+    effort: float
+    time_limit: float | None
+
+
+# ---------------------------------------------------------------------------------- plan
+
+
+def plan(prob: Any, k: int, start: Any, opts: Options) -> list[tuple[Stage, float]]:
+    """The stages to run, in order, each with its modeled seconds."""
+    if not opts.refine:  # plain IHT from the thresholded start
+        max_iter = PLAIN_ITERS if opts.max_iter is None else opts.max_iter
+        stage = IHT(max_iter, opts.tol, opts.active_set, refine=False)
+        return [(stage, 0.0)]
+    if opts.time_limit is not None:  # a budget in seconds: this machine's rates
+        rates = measure_rates(prob)
+    else:
+        rates = HOST_RATES if prob.where is None else DEVICE_RATES
+    model = CostModel(prob.n, prob.p, prob.itemsize, prob.f_order, rates)
+    starts: list[tuple[Stage, float]] = [(Magnitude(), model.magnitude(k))]
+    baseline = starts[0][1]
+    budget = max(opts.effort * baseline, MIN_BUDGET)
+    if opts.time_limit is not None:
+        budget = min(budget, opts.time_limit)
+    left = budget - baseline
+    room = k < prob.p  # anything to choose at all
+
+    # Start supports beyond magnitude.
+    greedy = None
+    if room and opts.init == "greedy":
+        m = greedy_screen_size(prob.n, prob.p, k, math.inf)
+        greedy = (GreedyOBS(m), model.greedy(k, m)) if m is not None else None
+    elif room and opts.init == "auto":
+        m = _greedy_size(model, k, _GREEDY_SHARE * left)
+        greedy = (GreedyOBS(m), model.greedy(k, m)) if m is not None else None
+    if room and opts.init in ("obs", "obs_multistep"):
+        multistep = opts.init == "obs_multistep"
+        starts.append((OBS(multistep), model.obs(multistep)))
+    elif room and opts.init == "auto" and greedy is None:
+        for multistep in (True, False):
+            if model.obs(multistep) <= left:
+                starts.append((OBS(multistep), model.obs(multistep)))
+                break
+    if room and opts.init == "auto" and prob.where is None:
+        if prob.p <= EXHAUSTIVE_MAX_P and math.comb(prob.p, k) <= EXHAUSTIVE_MAX_SUPPORTS:
+            starts.append((Exhaustive(), 0.0))
+    left -= sum(cost for _, cost in starts[1:])
+    if greedy is not None:
+        left -= greedy[1]
+
+    # Swap search: the user's budget, or as many rounds as fit (at least a few).
+    swaps = None
+    if room and (opts.max_swaps is None or opts.max_swaps > 0):
+
+        def swap_cost(rounds: int, budget: int) -> float:
+            kept = prob.ridge > 0 and k > prob.n  # the start's refit keeps K^-1
+            return model.swaps(k, rounds, model.expected_swaps(rounds, budget), kept)
+
+        if opts.max_swaps is not None:
+            swaps = (Swaps(opts.max_swaps, SWAP_ROUNDS), swap_cost(SWAP_ROUNDS, opts.max_swaps))
+        else:
+            rounds = SWAP_ROUNDS
+            while rounds > _MIN_SWAP_ROUNDS and swap_cost(rounds, DEFAULT_SWAPS) > left:
+                rounds -= 1
+            if swap_cost(rounds, DEFAULT_SWAPS) <= left:
+                swaps = (Swaps(DEFAULT_SWAPS, rounds), swap_cost(rounds, DEFAULT_SWAPS))
+        if swaps is not None:
+            left -= swaps[1]
+
+    # IHT: always when asked for (max_iter) or when the start is no support at all (fewer than
+    # k nonzeros, e.g. no w_bar); otherwise when what the other stages leave pays for it.
+    iters = PIPELINE_ITERS if opts.max_iter is None else opts.max_iter
+    iht_cost = model.iht(k, iters, prob._cache.sigma2 is not None)
+    degenerate = int(prob.xp.count_nonzero(start)) < k
+    iht = None
+    if opts.max_iter is not None or degenerate or iht_cost <= left:
+        iht = (IHT(iters, opts.tol, opts.active_set, refine=True), iht_cost)
+        left -= iht_cost
+
+    # Swap search from IHT's support too (a second basin; skipped at run time when there is
+    # none), with the default budget and only where everything else left room for it.
+    second = None
+    if swaps is not None and iht is not None and opts.max_swaps is None:
+        if swaps[1] <= left:
+            second = (Swaps(DEFAULT_SWAPS, swaps[0].max_rounds, from_iht=True), swaps[1])
+
+    stages = list(starts)
+    stages += [s for s in (iht, greedy, swaps, second) if s is not None]
+    return stages
+
+
+def _greedy_size(model: CostModel, k: int, seconds: float) -> int | None:
+    """The largest greedy superset whose modeled time fits ``seconds`` (bisection), or None when
+    not even a superset of k + max(n, k/10) columns fits (too small to change much)."""
+    n, p = model.n, model.p
+    hi = greedy_screen_size(n, p, k, math.inf)
+    if hi is None:
+        return None
+    lo = min(hi, k + max(n, k // 10))
+    if model.greedy(k, lo) > seconds:
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if model.greedy(k, mid) <= seconds:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# ---------------------------------------------------------------------------------- run
+
+
+@dataclass
+class Context:
+    """What the stages share: the problem, k, the start vector and the best point so far."""
+
+    prob: Any
+    k: int
+    start: Any  # [p] float64, the vector whose top-k is the magnitude start
+    on_iter: Callable[[int, float, float, float, bool], bool]
+    log: Any = None
+    seed: Point | None = None  # the magnitude + refit point, when the caller has it already
+    best: Point | None = None
+    iht_point: Point | None = None  # IHT's refit, where it beat every point before it
+    records: list[StageRecord] = field(default_factory=list)
+    history: list[float] = field(default_factory=list)
+    n_iter: int = 0
+    converged: bool = False
+    stopped: bool = False  # the callback asked to stop: later stages do not run
+    _since: float = field(default_factory=time.perf_counter)
+
+    def point(self, support: Any, *, keep_inverse: bool = True) -> Point:
+        """The exact refit on ``support``; the best point itself when it is on that support
+        (a stage that lands on the best support does not solve it again)."""
+        best = self.best
+        if best is not None and best.support.size == support.size:
+            if bool(self.prob.xp.array_equal(best.support, support)):
+                return best
+        return self.prob.point(support, keep_inverse=keep_inverse)
+
+    def offer(self, label: str, point: Point, *, record: bool = True) -> None:
+        """A candidate point: kept if it beats the best so far; recorded as a stage line."""
+        if self.best is None or point.f < self.best.f:
+            self.best = point
+        if record:
+            now = time.perf_counter()
+            self.records.append(StageRecord(label, self.best.f, now - self._since))
+            if self.log is not None:
+                self.log.stage(label, self.best.f, now - self._since)
+            self._since = now
+
+
+def run(ctx: Context, stages: list[tuple[Stage, float]]) -> list[PlannedStage]:
+    """Runs the plan in order (none after the callback asked to stop); returns each stage's
+    modeled and measured seconds."""
+    timings = []
+    for stage, modeled in stages:
+        if ctx.stopped:
+            break
+        t = time.perf_counter()
+        ctx._since = t
+        stage.run(ctx)
+        timings.append(PlannedStage(stage.name, modeled, time.perf_counter() - t))
+    return timings
+
+
+class IterationLog:
+    """The ``verbose=True`` progress lines of :func:`chita_core.iht`, written to stderr."""
+
+    def __init__(self, backend: str, shape: tuple[int, int], k: int) -> None:
+        self.t0 = time.perf_counter()
+        print(
+            f"chita_core.iht: n={shape[0]}, p={shape[1]}, k={k}, backend={backend}\n"
+            f"{'iter':>6} {'objective':>14} {'rel. decrease':>14} {'step':>10} "
+            f"{'support':>8} {'time (s)':>9}",
+            file=sys.stderr,
+        )
+
+    def planned(self, stages: list[tuple[Stage, float]]) -> None:
+        names = ", ".join(f"{s.name} ({c:.2g} s)" for s, c in stages)
+        print(f"  plan: {names}", file=sys.stderr)
+
+    def stage(self, label: str, f_value: float, seconds: float) -> None:
+        print(f"  stage {label}: objective {f_value:.6e} ({seconds:.2f} s)", file=sys.stderr)
+
+    def line(self, it: int, f_old: float, f_new: float, tau: float, changed: bool) -> None:
+        rel = (f_old - f_new) / max(abs(f_old), abs(f_new), 1.0)
+        print(
+            f"{it:>6} {f_new:>14.6e} {rel:>14.3e} {tau:>10.3e} "
+            f"{'moved' if changed else 'kept':>8} {time.perf_counter() - self.t0:>9.2f}",
+            file=sys.stderr,
+        )

@@ -1,0 +1,51 @@
+"""A point of the solver: a support, the weights on it, its residual and exact objective.
+
+Every stage returns points and the pipeline keeps the best one; ``Point.refit`` is the one
+place that turns a support into the exact minimiser on it (docs/design.md, section 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._problem import Problem
+
+__all__ = ["Point"]
+
+
+@dataclass
+class Point:
+    """``w`` with nonzeros on ``support`` only, ``r = A w - b`` and ``f`` = the objective at w,
+    computed from A (not carried by updates). ``kinv`` is ``(ridge I + A_S A_S^T)^-1`` (n x n)
+    when the refit formed it on the way; swap search then starts from it."""
+
+    support: Any  # [k] sorted int64
+    w: Any  # [p] float64
+    r: Any  # [n] float64, A w - b
+    f: float
+    kinv: Any = None  # [n, n] float64 or None
+
+    @classmethod
+    def at(cls, prob: Problem, support: Any, values: Any) -> Point:
+        """The point with ``values`` on ``support``: r and f from one support mat-vec."""
+        w = prob.xp.zeros(prob.p)
+        w[support] = values
+        r = prob.residual(support, values)
+        return cls(support, w, r, prob.value(r, w))
+
+    @classmethod
+    def refit(cls, prob: Problem, support: Any, *, keep_inverse: bool = False) -> Point:
+        """The exact minimiser with nonzeros on ``support`` (sorted int64), accurate to
+        rounding at any conditioning (stages/nspace.py: support_values). With
+        ``keep_inverse`` the n x n inverse is kept when the push-through form formed it."""
+        from .stages.nspace import support_values
+
+        values, kinv = support_values(prob, support, keep_inverse=keep_inverse)
+        point = cls.at(prob, support, values)
+        point.kinv = kinv
+        return point
+
+    def copy(self) -> Point:
+        return replace(self, support=self.support.copy(), w=self.w.copy(), r=self.r.copy())

@@ -1,0 +1,302 @@
+"""Swap local search (docs/design.md, section 5).
+
+A swap (i leaves S, j enters) changes K = lam I + A_S A_S^T by the rank-2 term
+a_j a_j^T - a_i a_i^T and c = b - A_S w_bar_S by a_i w_bar_i - a_j w_bar_j, so for a screened
+set of candidate columns V every pair is scored exactly from G = V^T K^{-1} V and
+q = V^T K^{-1} c (the backend's ``swap_scores``), and an applied swap updates G, q and K^{-1}
+by rank-2 formulas: no pass over A, no p x p or |S| x |S| matrix.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._point import Point
+from .nspace import columns, largest, scoring_ridge, support_kinv
+
+__all__ = ["SwapStats", "Swaps", "swap_search"]
+
+# Columns screened to enter and to leave per round.
+N_CANDIDATES = 128
+# The pool of entering candidates a full gradient pass ranks (a multiple of N_CANDIDATES), and
+# the rounds screened from it (pool and support gradients only) between full passes.
+POOL_FACTOR = 8
+POOL_ROUNDS = 4
+# Refinement steps of the final point against the exact operator (each two support passes).
+REFINE_STEPS = 2
+
+
+@dataclass
+class SwapStats:
+    """What :func:`swap_search` did."""
+
+    swaps: int = 0
+    rounds: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Swaps:
+    """Stage: swap local search from the best point so far (its exact optimum), at most
+    ``max_swaps`` swaps in ``max_rounds`` rounds (each one gradient pass). With ``from_iht``,
+    from IHT's refit instead, when IHT beat the start supports but a later stage beat it (two
+    basins: local search from the worse one sometimes ends lower)."""
+
+    max_swaps: int
+    max_rounds: int
+    from_iht: bool = False
+    name: str = "swaps"
+
+    def __post_init__(self) -> None:
+        if self.from_iht:
+            self.name = "swaps from iht"
+
+    def run(self, ctx: Any) -> None:
+        if not self.from_iht:
+            point, stats = swap_search(
+                ctx.prob, ctx.best, max_swaps=self.max_swaps, max_rounds=self.max_rounds
+            )
+            ctx.offer(f"swaps ({stats.swaps} in {stats.rounds} rounds)", point)
+            return
+        # A second basin: IHT's refit, where it beat the starts but a later stage beat it.
+        origin = ctx.iht_point
+        if origin is None or bool(ctx.prob.xp.array_equal(origin.support, ctx.best.support)):
+            return
+        point, stats = swap_search(
+            ctx.prob, origin, max_swaps=self.max_swaps, max_rounds=self.max_rounds
+        )
+        ctx.offer(
+            f"local search from IHT's support ({stats.swaps} swaps in {stats.rounds} rounds)",
+            point,
+        )
+
+
+def swap_search(
+    prob: Any,
+    start: Point,
+    *,
+    max_swaps: int,
+    n_candidates: int = N_CANDIDATES,
+    max_rounds: int = 100,
+) -> tuple[Point, SwapStats]:
+    """Swap local search from ``start``, the exact optimum on its support.
+
+    Each round screens ``n_candidates`` columns to enter (largest g_j^2 / (h_j + lam)) and to
+    leave (smallest removal cost), scores every pair exactly, and applies improving swaps
+    greedily (rescoring exactly after each) until none is left. The entering columns come from a
+    pool of the best ``POOL_FACTOR * n_candidates`` outside columns of a full gradient pass; in
+    between full passes only the pool's and the support's gradients are formed (two support
+    mat-vecs instead of a pass over A). A full pass runs every ``POOL_ROUNDS`` rounds and before
+    the search may stop: it stops only when a round screened from a full gradient finds no
+    improving swap. A round is kept only if the exact objective, recomputed from A, went down;
+    otherwise the search stops at the previous round. Returns (point, stats), never worse than
+    the start; the start's ``kinv`` (lam I + A_S A_S^T)^{-1}, when it has one, is read (never
+    modified) instead of forming the same Gram again.
+    """
+    t0 = time.perf_counter()
+    A, b, w_bar, ridge, kernels, xp = prob.A, prob.b, prob.w_bar, prob.ridge, prob.kernels, prob.xp
+    n, p = prob.n, prob.p
+    h = prob.h
+    k = start.support.size
+    stats = SwapStats()
+    best = start
+    if k >= p or max_swaps <= 0:
+        stats.seconds = time.perf_counter() - t0
+        return best, stats
+    lam = scoring_ridge(prob)
+    S, w, r = start.support.copy(), start.w, start.r
+    Kinv = start.kinv
+    if Kinv is None or lam != prob.ridge:
+        Kinv = support_kinv(prob, S, lam)
+    c = xp.empty(n)
+    kernels.support_matvec(A, S, xp.ascontiguousarray(w_bar[S]), c)
+    c = b - c
+    g = xp.empty(p)
+    in_S = xp.zeros(p, dtype=bool)
+    in_S[S] = True
+    m_in = int(min(n_candidates, p - k))  # columns screened to enter
+    m_out = int(min(n_candidates, k))  # columns screened to leave
+    pool_size = int(min(p - k, POOL_FACTOR * m_in))
+    pool = None  # outside columns ranked best by the last full gradient (sorted)
+    since_full = 0
+    # Where K^-1 is the problem's own (lam == ridge > 0), f on a support is the n-space value
+    # 0.5 ridge (c^T K^-1 c + ||w_bar off S||^2) and the optimum's residual is -ridge K^-1 c, so
+    # rounds between full passes touch A only through the candidates' columns; the full pass
+    # first checks the rounds since the last one against A (the exact point there), and a
+    # drift that did not lower the exact f sends the search back to the last checked state.
+    nspace = lam == ridge and ridge > 0
+    checked = start  # the last point that came from A
+    unchecked = False  # rounds accepted in n-space since then
+    f_cur = start.f
+    swaps_checked = 0
+    tol = 1e-12 * max(abs(start.f), 1e-300)
+    while stats.swaps < max_swaps and stats.rounds < max_rounds:
+        full = pool is None or since_full >= POOL_ROUNDS
+        if full and unchecked:
+            point = _point_on(prob, S, Kinv @ c)
+            if not point.f < checked.f:
+                break  # drift: the rounds since the last check are dropped below
+            checked, best, w, r, f_cur = point, point, point.w, point.r, point.f
+            unchecked, swaps_checked = False, stats.swaps
+        stats.rounds += 1
+        # Screen with the gradient at the current point (zero on S at an exact optimum).
+        if full:
+            kernels.gradient(A, r, w, w_bar, ridge, g)
+            outside = xp.flatnonzero(~in_S)
+            pool = outside[largest(prob, g[outside] ** 2 / (h[outside] + lam), pool_size)]
+            g_pool, g_S = g[pool], g[S]
+            since_full = 0
+        else:
+            pool = pool[~in_S[pool]]
+            g_pool = _support_gradient(prob, pool, r, w)
+            g_S = None  # zero at the optimum on S, up to rounding
+            since_full += 1
+        take = min(m_in, pool.size)
+        jn_cols = pool[largest(prob, g_pool**2 / (h[pool] + lam), take)] if take else pool[:0]
+        cost = w[S] ** 2 * (h[S] + lam)
+        if g_S is not None:
+            cost -= 2.0 * w[S] * g_S
+        io_cols = S[xp.argpartition(cost, m_out - 1)[:m_out]]
+        n_in = jn_cols.size
+        cols = xp.concatenate([jn_cols, io_cols])
+        V = columns(prob, cols)  # [n, n_in + m_out]
+        Y = Kinv @ V
+        G = xp.ascontiguousarray(V.T @ Y)
+        e = Kinv @ c
+        q = V.T @ e
+        s0 = float(c @ e)
+        wv = xp.ascontiguousarray(w_bar[cols])
+        free_j = np.ones(n_in, dtype=bool)  # host bookkeeping: scalars only cross over
+        free_i = np.ones(m_out, dtype=bool)
+        entered: list[int] = []
+        left: list[int] = []
+        c_new = c.copy()
+        # K^{-1} itself is not needed inside the round (Y, G and q carry everything); its rank-2
+        # corrections are collected and applied once, as one product, if the round is kept.
+        corr_z: list[Any] = []
+        corr_c: list[Any] = []
+        while stats.swaps + len(corr_z) < max_swaps:
+            jf, iff = np.flatnonzero(free_j), n_in + np.flatnonzero(free_i)
+            if jf.size == 0 or iff.size == 0:
+                break
+            delta = kernels.swap_scores(G, q, s0, wv, xp.asarray(jf), xp.asarray(iff), lam)
+            flat = int(xp.argmin(delta))
+            a, bb = divmod(flat, jf.size)
+            if not float(delta[a, bb]) < -tol:
+                break
+            jv, iv = int(jf[bb]), int(iff[a])
+            u = xp.asarray([jv, iv])
+            d = xp.stack([-wv[jv], wv[iv]])
+            Q2 = G[u][:, u]
+            mvec = q[u] + Q2 @ d
+            Cinv = xp.linalg.inv(xp.asarray([[1.0, 0.0], [0.0, -1.0]]) + Q2)
+            s0 += 2.0 * float(d @ q[u]) + float(d @ Q2 @ d) - float(mvec @ Cinv @ mvec)
+            Gu = G[:, u]
+            Yu = Y[:, u]
+            q += Gu @ (d - Cinv @ mvec)
+            G -= Gu @ Cinv @ Gu.T
+            Y -= Yu @ (Cinv @ Gu.T)
+            corr_z.append(Yu)
+            corr_c.append(Cinv)
+            c_new += V[:, u] @ d
+            entered.append(jv)
+            left.append(iv)
+            free_j[jv] = False
+            free_i[iv - n_in] = False
+        if not corr_z:
+            if full:
+                break  # no improving swap among the best candidates of a full screen
+            since_full = POOL_ROUNDS  # the pool is spent: screen everything next round
+            continue
+        Z = xp.hstack(corr_z)  # [n, 2s]
+        B = xp.zeros((Z.shape[1], Z.shape[1]))
+        for t, Cinv in enumerate(corr_c):
+            B[2 * t : 2 * t + 2, 2 * t : 2 * t + 2] = Cinv
+        Kinv_new = Kinv - Z @ B @ Z.T
+        in_S[cols[xp.asarray(left)]] = False
+        in_S[cols[xp.asarray(entered)]] = True
+        S_new = xp.flatnonzero(in_S).astype(np.int64)
+        e_new = Kinv_new @ c_new
+        if nspace:
+            wb = w_bar[S_new]
+            f_new = 0.5 * ridge * (float(c_new @ e_new) + max(prob.wbar_sq - float(wb @ wb), 0.0))
+            if not f_new < f_cur:
+                in_S[S_new] = False  # rounding drift or a bad round: keep the last state
+                in_S[S] = True
+                break
+            # The screens of the next rounds: r = -ridge e at the optimum, and x of the
+            # columns that moved (the others' x drift a little; they only rank candidates).
+            w = w.copy()
+            w[cols[xp.asarray(left)]] = 0.0
+            enter = xp.asarray(entered)
+            w[cols[enter]] = wv[enter] + V[:, enter].T @ e_new
+            Kinv, c, S, r, f_cur = Kinv_new, c_new, S_new, -ridge * e_new, f_new
+            unchecked = True
+        else:
+            point = _point_on(prob, S_new, e_new)
+            if not point.f < best.f:
+                in_S[S_new] = False  # rounding drift or a bad round: keep the last state
+                in_S[S] = True
+                break
+            Kinv, c, S, w, r = Kinv_new, c_new, S_new, point.w, point.r
+            best = checked = point
+            swaps_checked = stats.swaps + len(corr_z)
+        stats.swaps += len(corr_z)
+    if unchecked:  # rounds since the last check: polished and checked now, else dropped
+        end = _polish(prob, checked, Point(S, w, r, f_cur), Kinv, c, lam, exact=False)
+        if end.f < checked.f:
+            best, swaps_checked = end, stats.swaps
+        else:
+            best = checked
+        stats.swaps = swaps_checked
+    elif stats.swaps:
+        best = _polish(prob, start, best, Kinv, c, lam)
+    stats.seconds = time.perf_counter() - t0
+    return best, stats
+
+
+def _support_gradient(prob: Any, idx: Any, r: Any, w: Any) -> Any:
+    """g[idx] = A[:, idx]^T r + ridge (w - w_bar)[idx]: one support mat-vec."""
+    out = prob.xp.empty(idx.size)
+    if idx.size:
+        prob.kernels.support_rmatvec(prob.A, idx, r, out)
+        if prob.ridge:
+            out += prob.ridge * (w[idx] - prob.w_bar[idx])
+    return out
+
+
+def _polish(
+    prob: Any, start: Point, end: Point, Kinv: Any, c: Any, lam: float, *, exact: bool = True
+) -> Point:
+    """The exact optimum on the end support. The rank-2-updated inverse gives a point near it;
+    where it is the inverse of the problem's own K (lam == ridge), iterative refinement against
+    the exact operator (two support passes per step) reaches the optimum to rounding without a
+    new Gram; otherwise (a scoring shift), or if refinement does not lower f, a full refit."""
+    xp, S = prob.xp, end.support
+    if bool(xp.array_equal(S, start.support)):  # a round trip: the start is exact there
+        return start if start.f <= end.f or not exact else end
+    candidates = [end] if exact else []
+    if lam == prob.ridge:
+        y = Kinv @ c
+        for _ in range(REFINE_STEPS):
+            t = xp.empty(S.size)
+            prob.kernels.support_rmatvec(prob.A, S, y, t)
+            Ky = xp.empty(prob.n)
+            prob.kernels.support_matvec(prob.A, S, t, Ky)
+            y += Kinv @ (c - Ky - lam * y)
+        candidates.append(_point_on(prob, S, y))
+    if lam != prob.ridge or not candidates[-1].f <= end.f + 1e-12 * abs(end.f):
+        candidates.append(prob.point(S))
+    return min(candidates, key=lambda pt: pt.f)
+
+
+def _point_on(prob: Any, S: Any, e: Any) -> Point:
+    """The point x_S = w_bar_S + A_S^T e, the optimum on S when e = K^-1 c (exact r and f)."""
+    x = prob.xp.empty(S.size)
+    prob.kernels.support_rmatvec(prob.A, S, e, x)
+    x += prob.w_bar[S]
+    return Point.at(prob, S, x)

@@ -1,0 +1,40 @@
+#include "chita/swap.hpp"
+
+#include <cmath>
+#include <limits>
+
+namespace chita {
+
+// With U = [a_j, a_i], D = diag(1, -1) and delta = (-w_bar_j, w_bar_i): K' = K + U D U^T,
+// c' = c + U delta, and c'^T K'^-1 c' = c'^T K^-1 c' - m^T (D + Q)^-1 m with Q = U^T K^-1 U and
+// m = U^T K^-1 c' (Woodbury); f changes by 0.5 lam (c'^T K'^-1 c' - s0 + w_bar_i^2 - w_bar_j^2).
+void swap_scores(const double* G, std::int64_t c, const double* q, double s0, const double* wv,
+                 const std::int64_t* jn, std::int64_t nj, const std::int64_t* io, std::int64_t ni,
+                 double lam, double* out) {
+  const double inf = std::numeric_limits<double>::infinity();
+  for (std::int64_t a = 0; a < ni; ++a) {
+    const std::int64_t i = io[a];
+    const double qi = q[i], gii = G[i * c + i], di = wv[i];
+    const double* Gi = G + i * c;
+    double* row = out + a * nj;
+    for (std::int64_t b = 0; b < nj; ++b) {
+      const std::int64_t j = jn[b];
+      const double qj = q[j], gjj = G[j * c + j], gij = Gi[j], dj = -wv[j];
+      const double ckc = s0 + 2.0 * (dj * qj + di * qi) + dj * dj * gjj + di * di * gii +
+                         2.0 * dj * di * gij;
+      const double m1 = qj + gjj * dj + gij * di;
+      const double m2 = qi + gij * dj + gii * di;
+      const double a11 = 1.0 + gjj, a22 = gii - 1.0, a12 = gij;
+      const double det = a11 * a22 - a12 * a12;  // < 0: a_i^T K^-1 a_i < 1 on the support
+      if (!(det < 0.0)) {
+        row[b] = inf;
+        continue;
+      }
+      const double quad = (a22 * m1 * m1 - 2.0 * a12 * m1 * m2 + a11 * m2 * m2) / det;
+      const double delta = 0.5 * lam * (ckc - quad - s0 + di * di - dj * dj);
+      row[b] = std::isfinite(delta) ? delta : inf;
+    }
+  }
+}
+
+}  // namespace chita

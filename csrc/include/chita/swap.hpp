@@ -1,0 +1,19 @@
+#pragma once
+// Swap scoring for swap local search (docs/design.md, section 5; the NumPy reference is
+// chita_core/backends/host.py: swap_scores, the CUDA version csrc/cuda/swap.cu).
+
+#include <cstdint>
+
+namespace chita {
+
+// out[a * nj + b] = change of f when column io[a] leaves the support and jn[b] enters, from
+// the candidates' n-space products G = V^T K^-1 V and q = V^T K^-1 c, s0 = c^T K^-1 c:
+//   G   [c, c] row-major, symmetric        q  [c]        wv [c] (w_bar on the candidates)
+//   jn  [nj] indices into the candidates   io [ni]       out [ni, nj] row-major
+// A pair whose 2x2 determinant is not negative (rounding on a degenerate pair) or whose score
+// is not finite scores +inf: it is never chosen.
+void swap_scores(const double* G, std::int64_t c, const double* q, double s0, const double* wv,
+                 const std::int64_t* jn, std::int64_t nj, const std::int64_t* io, std::int64_t ni,
+                 double lam, double* out);
+
+}  // namespace chita

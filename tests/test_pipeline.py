@@ -1,0 +1,211 @@
+"""The prepared problem, points, the planner and its budget (docs/design.md, section 6).
+
+Objectives are checked against tests/reference.py (dense float64 NumPy); the planner's decisions
+against its own cost model (never against wall-clock time: machines here are shared)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import reference as ref
+
+import chita_core
+from chita_core import _pipeline
+from chita_core._pipeline import CostModel, Options, Rates, measure_rates, plan
+
+
+def _pruning_problem(n=60, p=400, seed=0, dtype=np.float64, order="F"):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, p)) * np.exp(0.3 * rng.standard_normal(p)) / np.sqrt(n)
+    A = np.asarray(A, dtype=dtype, order=order)
+    w_bar = rng.standard_normal(p).astype(dtype)
+    b = (A.astype(np.float64) @ w_bar.astype(np.float64)).astype(dtype)
+    return A, b, w_bar
+
+
+def _options(**kw):
+    base = dict(
+        max_iter=None,
+        tol=1e-6,
+        init="auto",
+        active_set=True,
+        refine=True,
+        max_swaps=None,
+        effort=3.0,
+        time_limit=None,
+    )
+    base.update(kw)
+    return Options(**base)
+
+
+# ----------------------------------------------------------------------------------------------
+# Problem
+# ----------------------------------------------------------------------------------------------
+
+
+def test_problem_methods_match_the_functions(backend):
+    A, b, w_bar = _pruning_problem()
+    prob = chita_core.Problem(A, b, ridge=0.1, w_bar=w_bar, backend=backend)
+    k = 40
+    res = prob.iht(k)
+    same = chita_core.iht(A, b, k, ridge=0.1, w_bar=w_bar, backend=backend)
+    assert res.objective == same.objective
+    np.testing.assert_array_equal(res.support, same.support)
+    S = np.asarray(res.support)
+    w = prob.backsolve(S)
+    w_ref, f_ref = ref.support_objective(A, b, S, 0.1, w_bar)
+    np.testing.assert_allclose(prob.objective(w), f_ref, rtol=1e-10)
+    np.testing.assert_allclose(w[S], w_ref[S], rtol=1e-8, atol=1e-10 * np.abs(w_ref).max())
+
+
+def test_with_ridge_shares_the_passes_over_A(backend, monkeypatch):
+    A, b, w_bar = _pruning_problem(seed=1)
+    prob = chita_core.Problem(A, b, ridge=0.1, w_bar=w_bar, backend=backend)
+    h, sigma2 = prob.h, prob.sigma2
+    other = prob.with_ridge(2.0)
+    assert other.ridge == 2.0 and prob.ridge == 0.1
+    assert other.h is h and other.sigma2 == sigma2  # computed once, shared
+    np.testing.assert_allclose(other.lipschitz, 1.05 * (sigma2 + 2.0))
+    # The derived problem solves the problem at its own ridge.
+    S = np.arange(0, 400, 7)
+    _, f_ref = ref.support_objective(A, b, S, 2.0, w_bar)
+    np.testing.assert_allclose(other.objective(other.backsolve(S)), f_ref, rtol=1e-10)
+    with pytest.raises(ValueError, match="`ridge`"):
+        prob.with_ridge(-1.0)
+    # sigma_max^2 against the dense value (power iterations bound it from below, 4 of them).
+    s_true = np.linalg.norm(A.astype(np.float64), 2) ** 2
+    assert 0.5 * s_true <= sigma2 <= s_true * (1 + 1e-9)
+
+
+def test_problem_rejects_bad_input_once():
+    A, b, _ = _pruning_problem()
+    with pytest.raises(ValueError, match="`b`"):
+        chita_core.Problem(A, b[:-1])
+    bad = A.copy()
+    bad[3, 17] = np.nan
+    with pytest.raises(ValueError, match=r"`A` contains NaN or Inf \(first in column 17\)"):
+        chita_core.Problem(bad, b)
+    prob = chita_core.Problem(A, b)
+    with pytest.raises(ValueError, match="`k`"):
+        prob.iht(0)
+    assert "Problem(n=60, p=400" in repr(prob)
+
+
+# ----------------------------------------------------------------------------------------------
+# Planner
+# ----------------------------------------------------------------------------------------------
+
+
+def _names(stages):
+    return [s.name for s, _ in stages]
+
+
+def test_small_problems_run_every_stage():
+    # Magnitude + backsolve costs microseconds here: the 0.5 s floor holds every stage.
+    A, b, w_bar = _pruning_problem()
+    prob = chita_core.Problem(A, b, ridge=0.1, w_bar=w_bar)
+    stages = plan(prob, 40, prob.w_bar, _options())
+    assert _names(stages)[:1] == ["magnitude"]
+    assert {"iht", "greedy obs", "swaps"} <= set(_names(stages))
+    assert all(cost >= 0 for _, cost in stages)
+
+
+def test_budget_decides_what_runs(monkeypatch):
+    A, b, w_bar = _pruning_problem()
+    prob = chita_core.Problem(A, b, ridge=0.1, w_bar=w_bar)
+    # A slow machine: every rate a million times lower. Now the floor is small against the
+    # baseline, and the budget (effort x magnitude + backsolve) leaves stages out.
+    slow = Rates(bandwidth=3e4, scattered=1e4, flops=4e4, op=1e-3)
+    monkeypatch.setattr(_pipeline, "HOST_RATES", slow)
+    tight = plan(prob, 40, prob.w_bar, _options(effort=1.0))
+    assert _names(tight) == ["magnitude"]
+    roomy = plan(prob, 40, prob.w_bar, _options(effort=math.inf))
+    assert {"greedy obs", "swaps", "iht"} <= set(_names(roomy))
+    # Each chosen stage fits: the planned total stays within effort x baseline.
+    for effort in (2.0, 5.0, 20.0):
+        stages = plan(prob, 40, prob.w_bar, _options(effort=effort))
+        baseline = stages[0][1]
+        assert sum(c for _, c in stages) <= effort * baseline * (1 + 1e-9), (effort, stages)
+    # time_limit caps the budget in seconds.
+    capped = plan(prob, 40, prob.w_bar, _options(effort=math.inf, time_limit=1e-9))
+    assert _names(capped) == ["magnitude"]
+    # Explicit requests run whatever they cost.
+    forced = plan(prob, 40, prob.w_bar, _options(effort=1.0, max_iter=5, init="greedy"))
+    assert {"iht", "greedy obs"} <= set(_names(forced))
+
+
+def test_plan_does_not_depend_on_the_machine(monkeypatch):
+    # Without time_limit the plan is priced at the reference rates: whatever this process
+    # measures (a loaded or a fast machine), the same problem gets the same plan and result.
+    A, b, w_bar = _pruning_problem(n=200, p=20_000, seed=4)
+    prob = chita_core.Problem(A, b, ridge=0.1, w_bar=w_bar)
+    before = [(s.name, c) for s, c in plan(prob, 2000, prob.w_bar, _options(effort=1.5))]
+    for rates in (Rates(1e3, 1e3, 1e3, 1.0), Rates(1e15, 1e15, 1e15, 1e-12)):
+        monkeypatch.setitem(_pipeline._RATES, prob.backend, rates)
+        after = [(s.name, c) for s, c in plan(prob, 2000, prob.w_bar, _options(effort=1.5))]
+        assert after == before
+
+
+def test_iht_runs_when_the_start_is_no_support(monkeypatch):
+    A, b, _ = _pruning_problem()
+    prob = chita_core.Problem(A, b, ridge=0.1)  # no w_bar: the magnitude start is all zero
+    slow = Rates(bandwidth=3e4, scattered=1e4, flops=4e4, op=1e-3)
+    monkeypatch.setattr(_pipeline, "HOST_RATES", slow)
+    assert "iht" in _names(plan(prob, 40, prob.w_bar, _options(effort=1.0)))
+
+
+def test_refine_false_is_plain_iht_only():
+    A, b, w_bar = _pruning_problem()
+    prob = chita_core.Problem(A, b, w_bar=w_bar)
+    stages = plan(prob, 40, prob.w_bar, _options(refine=False))
+    assert _names(stages) == ["iht"] and stages[0][0].max_iter == _pipeline.PLAIN_ITERS
+
+
+def test_result_reports_the_plan(backend):
+    A, b, w_bar = _pruning_problem(seed=3)
+    res = chita_core.iht(A, b, 40, ridge=0.1, w_bar=w_bar, backend=backend)
+    assert res.plan[0].stage == "magnitude"
+    assert all(p.modeled >= 0 and p.seconds >= 0 for p in res.plan)
+    # The stages' best-so-far objectives end at the result.
+    assert res.objective == res.stages[-1].objective
+
+
+@pytest.mark.parametrize(
+    ("kw", "exc", "match"),
+    [
+        ({"effort": 0.0}, ValueError, "`effort`"),
+        ({"effort": -1}, ValueError, "`effort`"),
+        ({"effort": float("nan")}, ValueError, "`effort`"),
+        ({"effort": "high"}, TypeError, "`effort`"),
+        ({"effort": True}, TypeError, "`effort`"),
+        ({"time_limit": 0}, ValueError, "`time_limit`"),
+        ({"time_limit": "1s"}, TypeError, "`time_limit`"),
+    ],
+)
+def test_bad_budget_options(kw, exc, match):
+    A, b, w_bar = _pruning_problem()
+    with pytest.raises(exc, match=match):
+        chita_core.iht(A, b, 10, w_bar=w_bar, **kw)
+
+
+def test_cost_model_grows_with_the_work():
+    rates = Rates(bandwidth=2e10, scattered=1e10, flops=3e10, op=1e-6)
+    m = CostModel(n=1000, p=268_336, itemsize=4, f_order=True, rates=rates)
+    k = 26_834
+    assert m.refit(2 * k) > m.refit(k) > m.refit(k // 4)
+    assert m.swaps(k, 20, 1000, True) > m.swaps(k, 5, 300, True)
+    assert m.swaps(k, 5, 300, False) > m.swaps(k, 5, 300, True)  # forming K^-1 costs a Gram
+    assert m.greedy(k, 3 * k) > m.greedy(k, 2 * k)
+    c_order = CostModel(n=1000, p=268_336, itemsize=4, f_order=False, rates=rates)
+    assert c_order.cols_pass(k) == c_order.full_pass() > m.cols_pass(k)
+
+
+def test_rates_are_measured_once():
+    A, b, w_bar = _pruning_problem()
+    prob = chita_core.Problem(A, b, w_bar=w_bar)
+    first = measure_rates(prob)
+    assert measure_rates(prob.with_ridge(1.0)) is first
+    assert first.bandwidth > 0 and 0 < first.scattered <= first.bandwidth
+    assert first.flops > 0 and first.op > 0
