@@ -36,15 +36,25 @@ class Point:
         return cls(support, w, r, prob.value(r, w))
 
     @classmethod
-    def refit(cls, prob: Problem, support: Any, *, keep_inverse: bool = False) -> Point:
+    def refit(
+        cls, prob: Problem, support: Any, *, keep_inverse: bool = False, guess: Any = None
+    ) -> Point:
         """The exact minimiser with nonzeros on ``support`` (sorted int64), accurate to
         rounding at any conditioning (stages/nspace.py: support_values). With
-        ``keep_inverse`` the n x n inverse is kept when the push-through form formed it."""
-        from .stages.nspace import support_values
+        ``keep_inverse`` the n x n inverse is kept when the push-through form formed it.
+        ``guess`` may pass an approximate (ridge I + A_S A_S^T)^-1 that a stage carried by
+        low-rank updates: iterative refinement against A_S then reaches the same minimiser
+        without a new Gram, and the full solve runs only if it does not converge."""
+        from .stages.nspace import refined_values, support_values
 
-        values, kinv = support_values(prob, support, keep_inverse=keep_inverse)
+        values = None
+        if guess is not None:
+            values = refined_values(prob, support, guess)
+        kinv = guess
+        if values is None:
+            values, kinv = support_values(prob, support, keep_inverse=keep_inverse)
         point = cls.at(prob, support, values)
-        point.kinv = kinv
+        point.kinv = kinv if keep_inverse else None
         return point
 
     def copy(self) -> Point:

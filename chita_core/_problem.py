@@ -234,11 +234,12 @@ class Problem:
             f += 0.5 * self.ridge * float(d @ d)
         return f
 
-    def point(self, support: Any, *, keep_inverse: bool = False) -> Point:
-        """The exact minimiser on ``support`` (sorted int64 indices) as a :class:`Point`."""
+    def point(self, support: Any, *, keep_inverse: bool = False, guess: Any = None) -> Point:
+        """The exact minimiser on ``support`` (sorted int64 indices) as a :class:`Point`
+        (``guess``: an approximate n x n inverse to refine from, see ``Point.refit``)."""
         from ._point import Point
 
-        return Point.refit(self, support, keep_inverse=keep_inverse)
+        return Point.refit(self, support, keep_inverse=keep_inverse, guess=guess)
 
     def check_magnitude(self, start: Any) -> None:
         """ValueError naming `A` when the problem's squares overflow float64 (entries of A near

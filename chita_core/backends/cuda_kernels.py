@@ -128,6 +128,9 @@ def chita_step(
 ) -> tuple[float, float, int, bool]:
     P = A.p if cols is None else cols.size
     colp = 0 if cols is None else _ptr(cols, "cols", _I64)
+    if cols is not None:
+        _check_sorted_in_range(cols, "cols", A.p)
+    _check_sorted_in_range(support, "support", P)
     f_new, tau, n_cand, changed = _cuda.chita_step(
         A,
         _ptr(b, "b", _F64, A.n),
@@ -144,6 +147,18 @@ def chita_step(
         _stream(),
     )
     return float(f_new), float(tau), int(n_cand), bool(changed)
+
+
+def _check_sorted_in_range(idx: Any, name: str, bound: int) -> None:
+    """The kernels index A (and the local vectors) with these: an out-of-range or unsorted
+    index would read outside A on the device. One small reduction, a scalar back."""
+    if idx.size == 0:
+        return
+    bad = (idx[0] < 0) | (idx[-1] >= bound)
+    if idx.size > 1:
+        bad = bad | cp.any(idx[1:] <= idx[:-1])
+    if bool(bad):
+        raise ValueError(f"`{name}` must be sorted, distinct and in [0, {bound})")
 
 
 def swap_scores(G: Any, q: Any, s0: float, wv: Any, jn: Any, io: Any, lam: float) -> Any:

@@ -22,14 +22,24 @@ def gather_columns(A: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
+# Columns per chunk when a gather also converts the dtype: the chunk (in A's dtype) stays in
+# cache on its way to the float64 output instead of making a full-size temporary.
+_CAST_CHUNK = 512
+
+
 def _gather_into(A: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
-    if A.flags.f_contiguous:  # A.T is C-ordered: each gathered row is one contiguous column
-        if A.dtype == out.dtype:
-            np.take(A.T, idx, axis=0, out=out.T)
-        else:
-            out.T[...] = A.T[idx]
-    else:
+    if not A.flags.f_contiguous:
         out[...] = A[:, idx]
+        return
+    rows = A.T  # C-ordered: each gathered row is one contiguous column of A
+    if A.dtype == out.dtype:
+        np.take(rows, idx, axis=0, out=out.T)
+        return
+    buf = np.empty((min(_CAST_CHUNK, idx.size), A.shape[0]), dtype=A.dtype)
+    for s0 in range(0, idx.size, _CAST_CHUNK):
+        part = idx[s0 : s0 + _CAST_CHUNK]
+        np.take(rows, part, axis=0, out=buf[: part.size])
+        out.T[s0 : s0 + part.size] = buf[: part.size]
 
 
 def support_gram(A: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:

@@ -26,8 +26,6 @@ N_CANDIDATES = 128
 # the rounds screened from it (pool and support gradients only) between full passes.
 POOL_FACTOR = 8
 POOL_ROUNDS = 4
-# Refinement steps of the final point against the exact operator (each two support passes).
-REFINE_STEPS = 2
 
 
 @dataclass
@@ -247,14 +245,14 @@ def swap_search(
             swaps_checked = stats.swaps + len(corr_z)
         stats.swaps += len(corr_z)
     if unchecked:  # rounds since the last check: polished and checked now, else dropped
-        end = _polish(prob, checked, Point(S, w, r, f_cur), Kinv, c, lam, exact=False)
+        end = _polish(prob, checked, Point(S, w, r, f_cur), Kinv, lam, exact=False)
         if end.f < checked.f:
             best, swaps_checked = end, stats.swaps
         else:
             best = checked
         stats.swaps = swaps_checked
     elif stats.swaps:
-        best = _polish(prob, start, best, Kinv, c, lam)
+        best = _polish(prob, start, best, Kinv, lam)
     stats.seconds = time.perf_counter() - t0
     return best, stats
 
@@ -270,28 +268,17 @@ def _support_gradient(prob: Any, idx: Any, r: Any, w: Any) -> Any:
 
 
 def _polish(
-    prob: Any, start: Point, end: Point, Kinv: Any, c: Any, lam: float, *, exact: bool = True
+    prob: Any, start: Point, end: Point, Kinv: Any, lam: float, *, exact: bool = True
 ) -> Point:
     """The exact optimum on the end support. The rank-2-updated inverse gives a point near it;
-    where it is the inverse of the problem's own K (lam == ridge), iterative refinement against
-    the exact operator (two support passes per step) reaches the optimum to rounding without a
-    new Gram; otherwise (a scoring shift), or if refinement does not lower f, a full refit."""
-    xp, S = prob.xp, end.support
-    if bool(xp.array_equal(S, start.support)):  # a round trip: the start is exact there
+    where it is the inverse of the problem's own K (lam == ridge), the refit refines from it
+    (support passes, no new Gram); otherwise (a scoring shift) it solves from scratch. ``exact``
+    says whether ``end`` itself came from A (else only the refit is a candidate)."""
+    S = end.support
+    if bool(prob.xp.array_equal(S, start.support)):  # a round trip: the start is exact there
         return start if start.f <= end.f or not exact else end
-    candidates = [end] if exact else []
-    if lam == prob.ridge:
-        y = Kinv @ c
-        for _ in range(REFINE_STEPS):
-            t = xp.empty(S.size)
-            prob.kernels.support_rmatvec(prob.A, S, y, t)
-            Ky = xp.empty(prob.n)
-            prob.kernels.support_matvec(prob.A, S, t, Ky)
-            y += Kinv @ (c - Ky - lam * y)
-        candidates.append(_point_on(prob, S, y))
-    if lam != prob.ridge or not candidates[-1].f <= end.f + 1e-12 * abs(end.f):
-        candidates.append(prob.point(S))
-    return min(candidates, key=lambda pt: pt.f)
+    fit = prob.point(S, guess=Kinv if lam == prob.ridge else None)
+    return fit if fit.f <= end.f or not exact else end
 
 
 def _point_on(prob: Any, S: Any, e: Any) -> Point:
