@@ -131,8 +131,8 @@ def iht(
         a superset of ``max(3k, 2n, p/4)`` columns, the best support so far plus the weights
         ranked highest by ``|w0|`` or by ``w0_j^2 (||a_j||^2 + ridge)``, whatever it costs; it
         runs in n-space, O(n m^2 / 2 + n^2 m) for m columns, never with a p x p matrix.
-        "auto": magnitude, then greedy OBS from the largest superset that fits 60% of the
-        budget; where not even a small one fits, OBS saliencies when they fit. Tiny problems
+        "auto": magnitude, then greedy OBS from the largest superset that fits the budget
+        left; where not even a small one fits, OBS saliencies when they fit. Tiny problems
         (p <= 32 and at most 2e5 supports) are also solved exactly by enumeration.
     active_set : bool, default True
         CHITA's active set: IHT on the floor(1.5 k) columns picked by a 1/L gradient step
@@ -147,7 +147,7 @@ def iht(
         swap lowers f.
     effort : float, default 3.0
         The time the planner may spend, as a multiple of the (modeled) time of magnitude +
-        backsolve on this problem, at least 0.5 s: stages that do not fit are not run. Larger
+        backsolve on this problem, at least 1 s: stages that do not fit are not run. Larger
         values buy larger greedy supersets, more swap rounds and IHT; ``float("inf")`` runs
         every stage at full size.
     time_limit : float, optional

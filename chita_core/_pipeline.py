@@ -51,7 +51,7 @@ __all__ = [
 DEFAULT_EFFORT = 3.0
 #: Budget floor in seconds: on problems where magnitude + backsolve takes milliseconds every
 #: stage fits (the stages size themselves by the problem, not by the budget).
-MIN_BUDGET = 0.5
+MIN_BUDGET = 1.0
 # IHT iterations in the pipeline and alone (refine=False); swap search's defaults.
 PIPELINE_ITERS = 30
 PLAIN_ITERS = 100

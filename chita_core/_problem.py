@@ -113,7 +113,7 @@ class Problem:
 
                 self.w_bar = cp.zeros(self.A.p)
         else:
-            self.A = check_matrix(A, check_finite=False)
+            self.A = check_matrix(A)
             self.lib = library_of(A)
             self.b = check_vector(
                 b, "b", self.A.shape[0], self.A.dtype, length_of="rows of `A`",

@@ -13,7 +13,6 @@ import numpy as np
 from ._interop import as_host_array
 
 __all__ = [
-    "check_finite_array",
     "check_index",
     "check_matrix",
     "check_nonneg_float",
@@ -22,9 +21,6 @@ __all__ = [
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-# Rows (C order) or columns (F order) per block when scanning A for NaN/Inf: bounds the
-# temporary to a few MB whatever the size of A.
-_FINITE_BLOCK_BYTES = 8 << 20
 
 
 def _describe(arr: np.ndarray) -> str:
@@ -58,27 +54,9 @@ def _check_float_dtype(arr: np.ndarray, name: str) -> None:
     raise TypeError(f"`{name}` must be float32 or float64, got dtype {dt}")
 
 
-def check_finite_array(arr: np.ndarray, name: str) -> None:
-    """Raises ValueError if ``arr`` has NaN or Inf, scanning in blocks (no full-size temporary)."""
-    if arr.ndim == 2 and arr.size * arr.itemsize > _FINITE_BLOCK_BYTES:
-        f_order = arr.flags.f_contiguous and not arr.flags.c_contiguous
-        lines = arr.shape[1] if f_order else arr.shape[0]
-        line_bytes = max(1, (arr.shape[0] if f_order else arr.shape[1]) * arr.itemsize)
-        step = max(1, _FINITE_BLOCK_BYTES // line_bytes)
-        for start in range(0, lines, step):
-            block = arr[:, start : start + step] if f_order else arr[start : start + step]
-            if not np.isfinite(block).all():
-                raise ValueError(
-                    f"`{name}` contains NaN or Inf (first in "
-                    f"{'columns' if f_order else 'rows'} {start}..{min(lines, start + step) - 1})"
-                )
-        return
-    if not np.isfinite(arr).all():
-        raise ValueError(f"`{name}` contains NaN or Inf")
-
-
-def check_matrix(A: Any, *, check_finite: bool = True) -> np.ndarray:
-    """The (n, p) gradient matrix as a NumPy view: float32/float64, C- or F-contiguous."""
+def check_matrix(A: Any) -> np.ndarray:
+    """The (n, p) gradient matrix as a NumPy view: float32/float64, C- or F-contiguous. (Its
+    NaN/Inf scan is the Problem's column-norm pass: one pass over A for both.)"""
     arr = _native(as_host_array(A, "A", copy_ok=False), "A", copy_ok=False)
     _check_float_dtype(arr, "A")
     if arr.ndim != 2:
@@ -93,8 +71,6 @@ def check_matrix(A: Any, *, check_finite: bool = True) -> np.ndarray:
             "chita_core never copies A silently: pass np.ascontiguousarray(A) or "
             "np.asfortranarray(A) (F order is faster) if a copy is acceptable"
         )
-    if check_finite:
-        check_finite_array(arr, "A")
     return arr
 
 
