@@ -71,7 +71,8 @@ _IHT_EXPANSIONS = 2
 _OPS_PER_SWAP = 40.0
 # Greedy OBS's products are GEMMs with one narrow side (a block of 32 to 128 columns): they run
 # at about this fraction of the SYRK rate (measured 1.35 s against 1.05 s modeled at the full
-# rate, digits MLP gradients, m = 9,978).
+# rate, digits MLP gradients, m = 9,978, float64 workspace); with float32 A the passes over its
+# float32 workspace are SGEMMs, 1.25x that (1.12 s measured).
 _GREEDY_BLAS_EFFICIENCY = 0.75
 _OPS_PER_REMOVAL = 25.0
 _OPS_PER_ROUND = 100.0
@@ -251,7 +252,9 @@ class CostModel:
         )
 
     def greedy(self, k: int, m: int) -> float:
-        flops = _GREEDY_BLAS_EFFICIENCY * self.rates.flops
+        # (float32 A: the passes over the workspace run in SGEMM, twice the float64 rate)
+        efficiency = _GREEDY_BLAS_EFFICIENCY * (1.25 if self.itemsize == 4 else 1.0)
+        flops = efficiency * self.rates.flops
         return (
             self.gather(m)
             + greedy_cost(self.n, k, m) / flops

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._linalg import spd_inverse
-from .nspace import columns, kinv_quad, largest, scoring_ridge, shifted_inverse
+from .nspace import columns, kinv_quad, largest, scoring_ridge, shifted_inverse, support_gram
 
 __all__ = ["GreedyOBS", "greedy_cost", "greedy_obs_support", "greedy_screen", "greedy_screen_size"]
 
@@ -161,17 +161,25 @@ def greedy_obs_support(
     The superset's columns are gathered into an [n, |screen|] float64 workspace, so the cost is
     :func:`greedy_cost` multiply-adds and 8 n |screen| bytes; no p x p or |S| x |S| matrix is
     formed. Returns the sorted int64 support of size k."""
-    b, w_bar, xp = prob.b, prob.w_bar, prob.xp
+    w_bar, xp = prob.w_bar, prob.xp
     n = prob.n
     lam = scoring_ridge(prob)
     tiny = np.finfo(float).eps
     S = screen
-    AS = columns(prob, S)  # [n, m] float64 workspace
-    Kinv = shifted_inverse(AS @ AS.T, lam)
-    c = b - AS @ w_bar[S]
+    # The workspace: A's columns in float32 where A is float32 on the host and the pools have
+    # their default slack (the values are A's own, so exact; the passes over the surviving
+    # columns then run in SGEMM at half the bytes, and only the x and d that choose the next
+    # pools carry float32 products: each pool's own quantities are formed in float64).
+    # Otherwise float64.
+    narrow = pool is None and prob.where is None and prob.A.dtype == np.float32
+    AS = _workspace(prob, S, narrow)  # [n, m]
+    Kinv = shifted_inverse(support_gram(prob, S), lam)
+    c = _minus_support(prob, S)
     e = Kinv @ c  # K^-1 c: x = w_bar_S + A_S^T e
-    x = w_bar[S] + AS.T @ e
-    d = kinv_quad(AS, Kinv)  # a_j^T K^-1 a_j
+    x = w_bar[S] + _rmatvec(prob, S, e)
+    # a_j^T K^-1 a_j: it only ranks columns for the pools (each pool's own d is formed from
+    # G0 in float64), so with the float32 workspace it is an SGEMM too.
+    d = kinv_quad(AS, Kinv.astype(np.float32) if narrow else Kinv)
     # Once no more than n columns survive, T = K^-1 A_S (n x survivors) replaces K^-1: the
     # pool's columns are then read from T and no block does n x n work.
     T = None
@@ -187,7 +195,8 @@ def greedy_obs_support(
         nonlocal x, d
         if not pending:
             return
-        Ycat = AS.T @ xp.hstack([z for z, _, _ in pending])
+        Z = xp.hstack([z for z, _, _ in pending])
+        Ycat = AS.T @ (Z.astype(AS.dtype) if narrow else Z)  # (SGEMM when narrow)
         at = 0
         for z, v, M in pending:
             Y = Ycat[:, at : at + z.shape[1]]
@@ -196,12 +205,17 @@ def greedy_obs_support(
             d += ((Y @ M) * Y).sum(axis=1)
         pending.clear()
 
+    def wide(X: Any) -> Any:
+        return xp.asarray(X, dtype=np.float64)
+
     while n_alive > k:
         if T is None and n_alive <= n:
             flush()
             keep = xp.flatnonzero(alive)
             S, AS, x, d = S[keep], AS[:, keep], x[keep], d[keep]
             alive = xp.ones(S.size, dtype=bool)
+            AS = wide(AS)  # (at most n columns left: float64 from here on)
+            narrow = False
             T, Kinv = Kinv @ AS, None
         if block is None:
             nb = max(1, min(_GREEDY_BLOCK, -(-n_alive // _GREEDY_BLOCK_SHARE)))
@@ -213,7 +227,7 @@ def greedy_obs_support(
         sal = x * x / xp.maximum(1.0 - d, tiny)
         sal[~alive] = xp.inf
         C = xp.argpartition(sal, npool - 1)[:npool] if npool < S.size else xp.flatnonzero(alive)
-        AC = AS[:, C]
+        AC = xp.asarray(AS[:, C], dtype=np.float64)
         ZC = Kinv @ AC if T is None else T[:, C]
         G0 = AC.T @ ZC
         # The pool's exact x and cross terms, then greedy removals within it, one at a time.
@@ -235,7 +249,7 @@ def greedy_obs_support(
         Q = C[oq]
         ZQ = ZC[:, oq]
         M = spd_inverse(xp.eye(nb) - G0[oq][:, oq])  # SPD: a_q^T K^-1 a_q < 1 on S
-        c = c + AS[:, Q] @ w_bar[S[Q]]
+        c = c + xp.asarray(AS[:, Q], dtype=np.float64) @ w_bar[S[Q]]
         v = w_bar[S[Q]] + M @ (ZQ.T @ c)  # e changes by ZQ v
         e += ZQ @ v
         alive[Q] = False
@@ -269,3 +283,24 @@ def greedy_obs_support(
     if exact_k and not bool(xp.all(xp.diff(S[alive]) > 0)):
         exact_k = False  # (S stays sorted through compaction; guard the invariant anyway)
     return support, (Kinv if exact_k else None)
+
+
+def _workspace(prob: Any, S: Any, narrow: bool) -> Any:
+    """A[:, S] as an (n, m) F-ordered workspace: float32 (A's own values) when ``narrow``,
+    else float64 (the backend's gather)."""
+    if not narrow:
+        return columns(prob, S)
+    return np.take(prob.A.T, S, axis=0).T if prob.A.flags.f_contiguous else prob.A[:, S]
+
+
+def _minus_support(prob: Any, S: Any) -> Any:
+    """b - A_S w_bar_S, accumulated in float64 by the backend's support mat-vec."""
+    out = prob.xp.empty(prob.n)
+    prob.kernels.support_matvec(prob.A, S, prob.xp.ascontiguousarray(prob.w_bar[S]), out)
+    return prob.b - out
+
+
+def _rmatvec(prob: Any, S: Any, y: Any) -> Any:
+    out = prob.xp.empty(S.size)
+    prob.kernels.support_rmatvec(prob.A, S, prob.xp.ascontiguousarray(y), out)
+    return out

@@ -89,7 +89,8 @@ def scoring_ridge(prob: Any) -> float:
 
 
 def kinv_quad(V: Any, Kinv: Any) -> Any:
-    """a^T K^-1 a for every column a of V (float64, in memory), BLOCK_COLS columns at a time."""
+    """a^T K^-1 a for every column a of V (in memory, float32 or float64; the products are
+    float64), BLOCK_COLS columns at a time."""
     xp = _xp(V)
     out = xp.empty(V.shape[1])
     for s0 in range(0, V.shape[1], BLOCK_COLS):
