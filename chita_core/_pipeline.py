@@ -251,13 +251,13 @@ class CostModel:
             + self.refit(k)
         )
 
-    def greedy(self, k: int, m: int) -> float:
+    def greedy(self, k: int, m: int, known: int = 0) -> float:
         # (float32 A: the passes over the workspace run in SGEMM, twice the float64 rate)
-        efficiency = _GREEDY_BLAS_EFFICIENCY * (1.25 if self.itemsize == 4 else 1.0)
+        efficiency = _GREEDY_BLAS_EFFICIENCY * (1.5 if self.itemsize == 4 else 1.0)
         flops = efficiency * self.rates.flops
         return (
             self.gather(m)
-            + greedy_cost(self.n, k, m) / flops
+            + greedy_cost(self.n, k, m, known) / flops
             + (m - k) * _OPS_PER_REMOVAL * self.rates.op
         )
 
@@ -340,8 +340,11 @@ def plan(prob: Any, k: int, start: Any, opts: Options) -> list[tuple[Stage, floa
         m = greedy_screen_size(prob.n, prob.p, k, math.inf)
         greedy = (GreedyOBS(m), model.greedy(k, m)) if m is not None else None
     elif room and opts.init == "auto":
-        m = _greedy_size(model, k, _GREEDY_SHARE * left)
-        greedy = (GreedyOBS(m), model.greedy(k, m)) if m is not None else None
+        # The magnitude refit keeps its support's Gram (push-through, ridge > 0), which greedy
+        # OBS's superset contains: its SYRK is not paid twice.
+        known = k if prob.ridge > 0 and k > prob.n else 0
+        m = _greedy_size(model, k, _GREEDY_SHARE * left, known)
+        greedy = (GreedyOBS(m), model.greedy(k, m, known)) if m is not None else None
     if room and opts.init in ("obs", "obs_multistep"):
         multistep = opts.init == "obs_multistep"
         starts.append((OBS(multistep), model.obs(multistep)))
@@ -398,7 +401,7 @@ def plan(prob: Any, k: int, start: Any, opts: Options) -> list[tuple[Stage, floa
     return stages
 
 
-def _greedy_size(model: CostModel, k: int, seconds: float) -> int | None:
+def _greedy_size(model: CostModel, k: int, seconds: float, known: int = 0) -> int | None:
     """The largest greedy superset whose modeled time fits ``seconds`` (bisection), or None when
     not even a superset of k + max(32, n/4) columns fits (below that the n x n algebra, paid
     whatever m is, buys too few removals)."""
@@ -407,11 +410,11 @@ def _greedy_size(model: CostModel, k: int, seconds: float) -> int | None:
     if hi is None:
         return None
     lo = min(hi, k + max(32, n // 4))
-    if model.greedy(k, lo) > seconds:
+    if model.greedy(k, lo, known) > seconds:
         return None
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if model.greedy(k, mid) <= seconds:
+        if model.greedy(k, mid, known) <= seconds:
             lo = mid
         else:
             hi = mid - 1

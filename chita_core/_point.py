@@ -19,13 +19,15 @@ __all__ = ["Point"]
 class Point:
     """``w`` with nonzeros on ``support`` only, ``r = A w - b`` and ``f`` = the objective at w,
     computed from A (not carried by updates). ``kinv`` is ``(ridge I + A_S A_S^T)^-1`` (n x n)
-    when the refit formed it on the way; swap search then starts from it."""
+    when the refit formed it on the way, and ``gram`` is ``A_S A_S^T``; swap search starts from
+    the first, greedy OBS from the second (its superset contains S)."""
 
     support: Any  # [k] sorted int64
     w: Any  # [p] float64
     r: Any  # [n] float64, A w - b
     f: float
     kinv: Any = None  # [n, n] float64 or None
+    gram: Any = None  # [n, n] float64 A_S A_S^T, kept with kinv by a push-through refit
 
     @classmethod
     def at(cls, prob: Problem, support: Any, values: Any) -> Point:
@@ -47,14 +49,15 @@ class Point:
         without a new Gram, and the full solve runs only if it does not converge."""
         from .stages.nspace import refined_values, support_values
 
-        values = None
+        values, gram = None, None
         if guess is not None:
             values = refined_values(prob, support, guess)
         kinv = guess
         if values is None:
-            values, kinv = support_values(prob, support, keep_inverse=keep_inverse)
+            values, kinv, gram = support_values(prob, support, keep_inverse=keep_inverse)
         point = cls.at(prob, support, values)
         point.kinv = kinv if keep_inverse else None
+        point.gram = gram if keep_inverse else None
         return point
 
     def copy(self) -> Point:

@@ -47,17 +47,21 @@ class GreedyOBS:
 
     def run(self, ctx: Any) -> None:
         prob = ctx.prob
-        screen = greedy_screen(prob, ctx.start, ctx.best.support, self.m)
-        support, kinv = greedy_obs_support(prob, screen, ctx.k, return_inverse=True)
+        best = ctx.best
+        screen = greedy_screen(prob, ctx.start, best.support, self.m)
+        known = (best.support, best.gram) if best.gram is not None else None
+        support, kinv = greedy_obs_support(prob, screen, ctx.k, return_inverse=True, known=known)
         point = ctx.point(support, guess=kinv)
         ctx.offer(f"greedy obs from {screen.size} + refit", point)
 
 
-def greedy_cost(n: int, k: int, m: int) -> float:
+def greedy_cost(n: int, k: int, m: int, known: int = 0) -> float:
     """Multiply-adds of :func:`greedy_obs_support` from ``m`` columns down to ``k``: the Gram
     and inverse of the superset, its initial diagonal, then per block the pool's products, the
-    pass over the surviving columns and the rank-``block`` update of the n x n inverse."""
+    pass over the surviving columns and the rank-``block`` update of the n x n inverse.
+    ``known``: columns whose Gram comes with the start point (its SYRK, n^2 / 2 each, saved)."""
     n, k, m = float(n), float(k), float(m)
+    saved = 0.5 * n * n * min(float(known), m)
     # Per removal while more than n columns survive (blocks of B >= m / 64 > n / 64, pools
     # of B + 16): the pool's K^-1 A_C and G_CC, n^2 (B + 16) / B + n (B + 16)^2 / B, and the
     # rank-B update of K^-1, n^2. Below n survivors T = K^-1 A_S (n^3 once) replaces K^-1 and
@@ -65,7 +69,8 @@ def greedy_cost(n: int, k: int, m: int) -> float:
     B = float(max(1, min(_GREEDY_BLOCK, math.ceil(max(m, n) / _GREEDY_BLOCK_SHARE))))
     P = B + _GREEDY_POOL_EXTRA
     per_removal = n * n * (P / B + 1.0) + n * P * P / B
-    return 2.0 * n * n * m + 2.0 * n**3 + 0.5 * n * (m * m - k * k) + (m - k) * per_removal
+    total = 2.0 * n * n * m + 2.0 * n**3 + 0.5 * n * (m * m - k * k) + (m - k) * per_removal
+    return total - saved
 
 
 def greedy_screen_size(
@@ -138,6 +143,7 @@ def greedy_obs_support(
     block: int | None = None,
     pool: int | None = None,
     return_inverse: bool = False,
+    known: Any = None,
 ) -> Any:
     """Greedy OBS (backward elimination) from the columns ``screen`` down to ``k`` of them.
 
@@ -173,7 +179,7 @@ def greedy_obs_support(
     # Otherwise float64.
     narrow = pool is None and prob.where is None and prob.A.dtype == np.float32
     AS = _workspace(prob, S, narrow)  # [n, m]
-    Kinv = shifted_inverse(support_gram(prob, S), lam)
+    Kinv = shifted_inverse(_screen_gram(prob, S, known), lam)
     c = _minus_support(prob, S)
     e = Kinv @ c  # K^-1 c: x = w_bar_S + A_S^T e
     x = w_bar[S] + _rmatvec(prob, S, e)
@@ -304,3 +310,18 @@ def _rmatvec(prob: Any, S: Any, y: Any) -> Any:
     out = prob.xp.empty(S.size)
     prob.kernels.support_rmatvec(prob.A, S, prob.xp.ascontiguousarray(y), out)
     return out
+
+
+def _screen_gram(prob: Any, S: Any, known: Any) -> Any:
+    """A_S A_S^T for the screen S. ``known`` may pass (T, A_T A_T^T) for a subset T of S (the
+    best point's support, whose refit formed its Gram): then only the other columns' Gram is
+    added (the screen is the best support plus a few more columns)."""
+    if known is not None:
+        T, gram_T = known
+        extra = S[~prob.xp.isin(S, T)]
+        if extra.size + T.size == S.size:  # T lies inside S
+            K = gram_T.copy()
+            if extra.size:
+                K += support_gram(prob, extra)
+            return K
+    return support_gram(prob, S)

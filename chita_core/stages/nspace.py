@@ -118,7 +118,8 @@ def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tu
     iterative refinement against A_S itself), or an SVD of A_S when they are ill-conditioned.
     With |S| > n: z = A_S^T y, (ridge I + A_S A_S^T) y = c, an n x n system (BLAS Gram over
     column panels) refined against mat-vecs over A_S; the m x m matrix is never formed.
-    Returns (x_S, K^{-1} or None); K^{-1} only with ``keep_inverse``, ridge > 0 and |S| > n."""
+    Returns (x_S, K^{-1} or None, A_S A_S^T or None); the last two only with ``keep_inverse``,
+    ridge > 0 and |S| > n (a later stage starts from them instead of forming them again)."""
     A, b, ridge, kernels = prob.A, prob.b, prob.ridge, prob.kernels
     xp = prob.xp
     n = prob.n
@@ -127,7 +128,7 @@ def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tu
     c = xp.empty(n)
     kernels.support_matvec(A, support, wb, c)
     c = b - c
-    Kinv = None
+    Kinv = gram = None
     if m <= n:
         X = columns(prob, support)  # [n, m] float64, m <= n: at most n^2 numbers
         G = X.T @ X
@@ -141,6 +142,8 @@ def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tu
             z = least_squares(X, c, ridge)
     else:
         K = support_gram(prob, support)
+        if keep_inverse and ridge > 0:
+            gram = K.copy()
         K[xp.diag_indices(n)] += ridge
 
         def apply(y: Any) -> Any:
@@ -162,7 +165,7 @@ def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tu
             y = system.solve(c, apply, refine_from=REFINE_FROM)
             z = xp.empty(m)
             kernels.support_rmatvec(A, support, xp.ascontiguousarray(y), z)
-    return z + wb, Kinv
+    return z + wb, Kinv, gram
 
 
 def refined_values(prob: Any, support: Any, Kinv: Any) -> Any:
