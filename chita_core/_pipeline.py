@@ -50,8 +50,9 @@ __all__ = [
 #: of magnitude + backsolve on the same problem.
 DEFAULT_EFFORT = 3.0
 #: Budget floor in seconds: on problems where magnitude + backsolve takes milliseconds every
-#: stage fits (the stages size themselves by the problem, not by the budget).
-MIN_BUDGET = 1.0
+#: stage fits (the stages size themselves by the problem, not by the budget). (0.5 s cut greedy
+#: OBS on the 64-256-10 digits gradients of bench/quality.py to 31.7% instead of 35.3% at 90%.)
+MIN_BUDGET = 0.8
 # IHT iterations in the pipeline and alone (refine=False); swap search's defaults.
 PIPELINE_ITERS = 30
 PLAIN_ITERS = 100
@@ -71,8 +72,10 @@ _IHT_EXPANSIONS = 2
 _OPS_PER_SWAP = 40.0
 # Greedy OBS's products are GEMMs with one narrow side (a block of 32 to 128 columns): they run
 # at about this fraction of the SYRK rate (measured 1.35 s against 1.05 s modeled at the full
-# rate, digits MLP gradients, m = 9,978, float64 workspace); with float32 A the passes over its
-# float32 workspace are SGEMMs, 1.25x that (1.12 s measured).
+# rate, digits MLP gradients, m = 9,978, float64 workspace, every update applied per block).
+# With the deferred updates of x, d and K^-1 (one wider GEMM each few blocks) that is 1.25x
+# higher, and with float32 A, whose float32 workspace makes the passes SGEMMs, 1.9x (0.75 to
+# 0.98 s measured against 0.75 s modeled at m = 9,978).
 _GREEDY_BLAS_EFFICIENCY = 0.75
 _OPS_PER_REMOVAL = 25.0
 _OPS_PER_ROUND = 100.0
@@ -253,7 +256,7 @@ class CostModel:
 
     def greedy(self, k: int, m: int, known: int = 0) -> float:
         # (float32 A: the passes over the workspace run in SGEMM, twice the float64 rate)
-        efficiency = _GREEDY_BLAS_EFFICIENCY * (1.5 if self.itemsize == 4 else 1.0)
+        efficiency = _GREEDY_BLAS_EFFICIENCY * (1.9 if self.itemsize == 4 else 1.25)
         flops = efficiency * self.rates.flops
         return (
             self.gather(m)

@@ -195,10 +195,12 @@ def greedy_obs_support(
     # deferred over up to _GREEDY_DEFER blocks and done as one wider GEMM: each block's own
     # quantities (the pool's x and cross terms, e, K^-1) stay exact, only the choice of the
     # next pools reads x and d that lag by a few blocks.
-    pending: list[tuple[Any, Any, Any]] = []  # (Z_Q, v, M) of blocks not yet in x and d
+    # K^-1's own update (K^-1 += Z_Q M Z_Q^T) is deferred with them, as one GEMM; meanwhile the
+    # pools read K^-1 A_C with the pending corrections applied (exact, a few n x 32 products).
+    pending: list[tuple[Any, Any, Any]] = []  # (Z_Q, v, M) of blocks not yet in x, d, K^-1
 
     def flush() -> None:
-        nonlocal x, d
+        nonlocal x, d, Kinv
         if not pending:
             return
         Z = xp.hstack([z for z, _, _ in pending])
@@ -209,7 +211,15 @@ def greedy_obs_support(
             at += z.shape[1]
             x += Y @ v
             d += ((Y @ M) * Y).sum(axis=1)
+        Kinv += xp.hstack([z @ M for z, _, M in pending]) @ Z.T
         pending.clear()
+
+    def kinv_times(X: Any) -> Any:
+        """K^-1 X with the pending blocks' updates of K^-1 applied."""
+        out = Kinv @ X
+        for z, _, M in pending:
+            out += z @ (M @ (z.T @ X))
+        return out
 
     def wide(X: Any) -> Any:
         return xp.asarray(X, dtype=np.float64)
@@ -234,7 +244,7 @@ def greedy_obs_support(
         sal[~alive] = xp.inf
         C = xp.argpartition(sal, npool - 1)[:npool] if npool < S.size else xp.flatnonzero(alive)
         AC = xp.asarray(AS[:, C], dtype=np.float64)
-        ZC = Kinv @ AC if T is None else T[:, C]
+        ZC = kinv_times(AC) if T is None else T[:, C]
         G0 = AC.T @ ZC
         # The pool's exact x and cross terms, then greedy removals within it, one at a time.
         xc = w_bar[S[C]] + AC.T @ e
@@ -261,7 +271,6 @@ def greedy_obs_support(
         alive[Q] = False
         n_alive -= nb
         if T is None:
-            Kinv += ZQ @ M @ ZQ.T
             pending.append((ZQ, v, M))
             # (An explicit pool gets x and d up to date every block: with pool = block = 1
             # this is textbook greedy OBS, which chooses from exact saliencies.)
@@ -280,6 +289,7 @@ def greedy_obs_support(
             if T is not None:
                 T = T[:, keep]
             alive = xp.ones(S.size, dtype=bool)
+    flush()  # (K^-1 of the result, for return_inverse)
     support = xp.sort(S[alive]).astype(np.int64)
     if not return_inverse:
         return support
