@@ -385,7 +385,7 @@ def plan(prob: Any, k: int, start: Any, opts: Options) -> list[tuple[Stage, floa
     # IHT: always when asked for (max_iter) or when the start is no support at all (fewer than
     # k nonzeros, e.g. no w_bar); otherwise when what the other stages leave pays for it.
     iters = PIPELINE_ITERS if opts.max_iter is None else opts.max_iter
-    iht_cost = model.iht(k, iters, prob._cache.sigma2 is not None)
+    iht_cost = model.iht(k, iters, prob.sigma2_known)
     degenerate = int(prob.xp.count_nonzero(start)) < k
     iht = None
     if opts.max_iter is not None or degenerate or iht_cost <= left:

@@ -183,6 +183,11 @@ class Problem:
         return self._cache.sigma2
 
     @property
+    def sigma2_known(self) -> bool:
+        """Whether sigma_max^2 is cached (the planner then does not price its power iterations)."""
+        return self._cache.sigma2 is not None
+
+    @property
     def lipschitz(self) -> float:
         """Upper estimate of the gradient's Lipschitz constant: 1.05 (sigma_max^2 + ridge)."""
         return _LIPSCHITZ_MARGIN * (self.sigma2 + self.ridge)
