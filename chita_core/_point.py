@@ -18,9 +18,11 @@ __all__ = ["Point"]
 @dataclass
 class Point:
     """``w`` with nonzeros on ``support`` only, ``r = A w - b`` and ``f`` = the objective at w,
-    computed from A (not carried by updates). ``kinv`` is ``(ridge I + A_S A_S^T)^-1`` (n x n)
-    when the refit formed it on the way, and ``gram`` is ``A_S A_S^T``; swap search starts from
-    the first, greedy OBS from the second (its superset contains S)."""
+    computed from A (not carried by updates). :meth:`inverse` is ``(ridge I + A_S A_S^T)^-1``
+    (n x n) where a stage carried it (``kinv``) or the refit factored K on the way (``factor``:
+    the inverse is then formed on the first call, a third of the cost of a new factorisation),
+    and ``gram`` is ``A_S A_S^T``; swap search starts from the first, greedy OBS from the second
+    (its superset contains S)."""
 
     support: Any  # [k] sorted int64
     w: Any  # [p] float64
@@ -28,6 +30,7 @@ class Point:
     f: float
     kinv: Any = None  # [n, n] float64 or None
     gram: Any = None  # [n, n] float64 A_S A_S^T, kept with kinv by a push-through refit
+    factor: Any = None  # _linalg.SPDSystem of ridge I + A_S A_S^T, or None
 
     @classmethod
     def at(cls, prob: Problem, support: Any, values: Any) -> Point:
@@ -49,16 +52,23 @@ class Point:
         without a new Gram, and the full solve runs only if it does not converge."""
         from .stages.nspace import refined_values, support_values
 
-        values, gram = None, None
+        values, gram, factor = None, None, None
         if guess is not None:
             values = refined_values(prob, support, guess)
         kinv = guess
         if values is None:
-            values, kinv, gram = support_values(prob, support, keep_inverse=keep_inverse)
+            kinv = None
+            values, factor, gram = support_values(prob, support, keep_inverse=keep_inverse)
         point = cls.at(prob, support, values)
-        point.kinv = kinv if keep_inverse else None
-        point.gram = gram if keep_inverse else None
+        if keep_inverse:
+            point.kinv, point.gram, point.factor = kinv, gram, factor
         return point
+
+    def inverse(self) -> Any:
+        """(ridge I + A_S A_S^T)^-1 where the point carries it or its factor, else None."""
+        if self.kinv is None and self.factor is not None:
+            self.kinv = self.factor.inverse()
+        return self.kinv
 
     def copy(self) -> Point:
         return replace(self, support=self.support.copy(), w=self.w.copy(), r=self.r.copy())

@@ -27,6 +27,7 @@ from ._device import (
     to_caller,
 )
 from ._interop import array_module, library_of, to_library
+from ._linalg import serial_lapack
 from ._validation import check_matrix, check_nonneg_float, check_support, check_vector
 from .backends import get_backend
 
@@ -153,9 +154,10 @@ class Problem:
         return bool(self.A.flags.f_contiguous)
 
     def stream(self) -> contextlib.AbstractContextManager[Any]:
-        """Context in which the kernels run: A's device and the caller's stream."""
+        """Context in which the kernels run: A's device and the caller's stream on a GPU; on
+        the host, SciPy's LAPACK on one thread (``_linalg.serial_lapack``)."""
         if self.where is None:
-            return contextlib.nullcontext()
+            return serial_lapack
         return on_stream(self.A, self.where)
 
     # ------------------------------------------------------------------ derived problems

@@ -195,6 +195,22 @@ PYBIND11_MODULE(_core, mod) {
       py::arg("lam"), py::arg("out"));
 
   mod.def(
+      "pool_eliminate",
+      [](py::array G, py::array x, int64_t count, py::array order) {
+        if (G.ndim() != 2 || G.shape(0) != G.shape(1) || !has_dtype<double>(G) ||
+            !(G.flags() & py::array::c_style) || !G.writeable())
+          throw py::value_error("`G` must be a square writeable C-contiguous float64 matrix");
+        const int64_t c = G.shape(0);
+        double* xp = out_vec<double>(x, "x", c);
+        if (count < 0 || count > c) throw py::value_error("`count` must lie in [0, c]");
+        int64_t* op = out_vec<int64_t>(order, "order", count);
+        double* Gp = static_cast<double*>(G.mutable_data());
+        py::gil_scoped_release release;
+        chita::pool_eliminate(Gp, xp, c, count, op);
+      },
+      py::arg("G"), py::arg("x"), py::arg("count"), py::arg("order"));
+
+  mod.def(
       "support_rmatvec",
       [](py::array A, py::array idx, py::array y, py::array out) {
         const Matrix M = as_matrix(A, "A");

@@ -135,10 +135,11 @@ def obs_saliency(A, b, ridge, w_bar=None):
     return w * w / np.diag(Hinv)
 
 
-def greedy_obs(A, b, k, ridge, w_bar=None, start=None):
+def greedy_obs(A, b, k, ridge, w_bar=None, start=None, candidates=None):
     """Textbook greedy OBS: from the support ``start`` (default: every column), remove one weight
     at a time, the one of least saliency x_q^2 / [H_S^-1]_qq at the exact minimiser x on the
-    current support S (H_S = A_S^T A_S + ridge I, dense |S| x |S|, inverted afresh every step).
+    current support S (H_S = A_S^T A_S + ridge I, dense |S| x |S|, inverted afresh every step);
+    with ``candidates``, only weights among them are removed (greedy OBS within a pool).
     Returns (sorted support of size k, [(removed weight, its saliency margin)] in order), where
     the margin is the relative gap to the second-least saliency (ties make the order arbitrary).
     Needs ridge > 0. Small problems only."""
@@ -153,6 +154,8 @@ def greedy_obs(A, b, k, ridge, w_bar=None, start=None):
         Hinv = np.linalg.inv(AS.T @ AS + float(ridge) * np.eye(S.size))
         x = Hinv @ (AS.T @ b + float(ridge) * w_bar[S])
         sal = x * x / np.diag(Hinv)
+        if candidates is not None:
+            sal[~np.isin(S, candidates)] = np.inf
         order = np.argsort(sal, kind="stable")
         q = order[0]
         margin = (sal[order[1]] - sal[q]) / max(sal[order[1]], 1e-300) if S.size > 1 else 1.0

@@ -196,6 +196,65 @@ def test_guarded_inverse_and_solve_on_singular_matrices():
     assert np.allclose(least_squares(X, c, 0.3), ref, rtol=1e-12)
 
 
+def test_cholesky_path_factor_inverse_and_solve_against_float64():
+    """The LAPACK path (potrf, potrs, potri): factor, inverse and solve of a well-conditioned
+    SPD matrix agree with NumPy's float64 inverse; an empty system is the identity."""
+    from chita_core._linalg import SPDSystem
+
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((40, 60))
+    K = W @ W.T + 0.5 * np.eye(40)
+    K *= np.logspace(-2, 2, 40)[:, None] * np.logspace(-2, 2, 40)[None, :]  # row/column scales
+    system = SPDSystem(K)
+    assert system.good
+    L = system.factor()
+    assert np.allclose(L, np.tril(L)) and np.allclose(L @ L.T, K, rtol=1e-12, atol=0)
+    Kinv = np.linalg.inv(K)
+    inv = system.inverse()
+    np.testing.assert_array_equal(inv, inv.T)
+    np.testing.assert_allclose(inv, Kinv, rtol=1e-9, atol=1e-9 * np.abs(Kinv).max())
+    rhs = rng.standard_normal(40)
+    np.testing.assert_allclose(system.solve(rhs), Kinv @ rhs, rtol=1e-9)
+    empty = SPDSystem(np.zeros((0, 0)))
+    assert empty.good and empty.inverse().shape == (0, 0) and empty.solve(np.zeros(0)).size == 0
+    assert SPDSystem(-np.eye(3)).factor() is None  # not positive definite: no factor
+
+
+def _scipy_blas():
+    """threadpoolctl's controller of SciPy's own BLAS where it is not NumPy's, else None."""
+    from chita_core._linalg import serial_lapack
+
+    return serial_lapack._find()
+
+
+def test_scipy_blas_serial_inside_a_solve_and_restored_after():
+    """Inside a solve SciPy's LAPACK runs on one thread (its pool would starve NumPy's); the
+    user's setting comes back afterwards, also after nested entries and errors."""
+    from chita_core._linalg import serial_lapack
+
+    controller = _scipy_blas()
+    if controller is None:
+        pytest.skip("SciPy shares NumPy's BLAS here: nothing to serialise")
+    before = controller.num_threads
+    controller.set_num_threads(2)
+    try:
+        with serial_lapack:
+            assert controller.num_threads == 1
+            with serial_lapack:
+                assert controller.num_threads == 1
+            assert controller.num_threads == 1
+        assert controller.num_threads == 2
+        with pytest.raises(RuntimeError), serial_lapack:
+            raise RuntimeError("inside")
+        assert controller.num_threads == 2
+        rng = np.random.default_rng(6)
+        A = rng.standard_normal((30, 200))
+        chita_core.iht(A, A @ rng.standard_normal(200), 40, ridge=0.1)
+        assert controller.num_threads == 2
+    finally:
+        controller.set_num_threads(before)
+
+
 # ------------------------------------------------- a zero Lipschitz estimate (defect 5)
 
 

@@ -28,7 +28,12 @@ class _RecordingKernels:
 
     def __getattr__(self, name):
         fn = getattr(self._module, name)
-        if not callable(fn) or name in ("num_threads", "topk", "swap_scores"):  # no A here
+        if not callable(fn) or name in (
+            "num_threads",
+            "topk",
+            "swap_scores",
+            "pool_eliminate",
+        ):  # no A
             return fn
 
         def wrapper(A, *args, **kwargs):

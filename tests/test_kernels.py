@@ -571,3 +571,65 @@ def test_chita_step_rejects_bad_columns(kernels, make_problem):
             kernels.chita_step(
                 prob.A, *args, np.arange(2, dtype=np.int64), 1.0, cols.astype(np.int64)
             )
+
+
+# ----------------------------------------------------------------------------------------------
+# pool_eliminate: greedy OBS's removals within a pool, from n-space products
+# ----------------------------------------------------------------------------------------------
+
+
+def _pool_problem(seed: int, n: int = 12, m: int = 30, pool: int = 10):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, m))
+    b = rng.standard_normal(n)
+    w_bar = rng.standard_normal(m)
+    lam = 0.3
+    C = np.sort(rng.choice(m, size=pool, replace=False))
+    Kinv = np.linalg.inv(lam * np.eye(n) + A @ A.T)  # every column on the support, m > n
+    G0 = A[:, C].T @ Kinv @ A[:, C]
+    x = ref.backsolve(A, b, np.arange(m), w_bar, lam)
+    return A, b, w_bar, lam, C, G0, x[C]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pool_eliminate_is_greedy_obs_within_the_pool(kernels, seed):
+    A, b, w_bar, lam, C, G0, xC = _pool_problem(seed)
+    count = 6
+    G_in, x_in = G0.copy(), xC.copy()
+    order = kernels.pool_eliminate(G0, xC, count)
+    kept, path = ref.greedy_obs(A, b, A.shape[1] - count, lam, w_bar, candidates=C)
+    assert min(margin for _, margin in path) > 1e-6  # (the seeded order is tie-free)
+    assert order.dtype == np.int64
+    np.testing.assert_array_equal(C[order], [q for q, _ in path])
+    np.testing.assert_array_equal(kept, np.setdiff1d(np.arange(A.shape[1]), C[order]))
+    np.testing.assert_array_equal(G0, G_in)  # the inputs are left unchanged
+    np.testing.assert_array_equal(xC, x_in)
+
+
+def test_pool_eliminate_ties_and_degenerate_scores(kernels):
+    c = 6
+    # Equal saliencies (x = 0): the lowest live index each time.
+    np.testing.assert_array_equal(
+        kernels.pool_eliminate(np.zeros((c, c)), np.zeros(c), 4), [0, 1, 2, 3]
+    )
+    # NaN scores rank last; a column with d = 1 (1 - d floored at eps) is the most salient.
+    x = np.array([np.nan, 1.0, 2.0, 0.5, 3.0, 1.5])
+    G = np.zeros((c, c))
+    G[3, 3] = 1.0
+    np.testing.assert_array_equal(kernels.pool_eliminate(G, x, 4), [1, 5, 2, 4])
+    assert kernels.pool_eliminate(G, x, 0).size == 0
+    with pytest.raises(ValueError, match="count"):
+        kernels.pool_eliminate(G, x, c + 1)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_pool_eliminate_numpy_reference_matches_the_kernels(seed):
+    """backends/host.py's NumPy loop (the CUDA backend's fallback without _core) takes the same
+    removals as the textbook reference."""
+    A, b, w_bar, lam, C, G0, xC = _pool_problem(seed)
+    _, path = ref.greedy_obs(A, b, A.shape[1] - 5, lam, w_bar, candidates=C)
+    np.testing.assert_array_equal(C[host.pool_eliminate(G0, xC, 5)], [q for q, _ in path])
+    x = np.array([np.nan, 1.0, 2.0, 0.5, 3.0, 1.5])
+    G = np.zeros((6, 6))
+    G[3, 3] = 1.0
+    np.testing.assert_array_equal(host.pool_eliminate(G, x, 6), [1, 5, 2, 4, 3, 0])

@@ -36,6 +36,16 @@ def swap_scores(
     return out
 
 
+def pool_eliminate(G: np.ndarray, x: np.ndarray, count: int) -> np.ndarray:
+    """Pool indices of ``count`` greedy removals, in order: the C++ kernel (the maths is
+    host.pool_eliminate'; G and x are left unchanged)."""
+    order = np.empty(int(count), dtype=np.int64)
+    _core.pool_eliminate(
+        np.array(G, dtype=np.float64, order="C"), np.array(x, dtype=np.float64), int(count), order
+    )
+    return order
+
+
 def _index(x: Any) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.int64)
 
@@ -46,6 +56,7 @@ __all__ = [
     "gather_columns",
     "gradient",
     "num_threads",
+    "pool_eliminate",
     "support_gram",
     "support_matvec",
     "support_rmatvec",

@@ -25,6 +25,7 @@ __all__ = [
     "gather_columns",
     "gradient",
     "num_threads",
+    "pool_eliminate",
     "support_gram",
     "support_matvec",
     "support_rmatvec",
@@ -159,6 +160,16 @@ def _check_sorted_in_range(idx: Any, name: str, bound: int) -> None:
         bad = bad | cp.any(idx[1:] <= idx[:-1])
     if bool(bad):
         raise ValueError(f"`{name}` must be sorted, distinct and in [0, {bound})")
+
+
+def pool_eliminate(G: Any, x: Any, count: int) -> Any:
+    """Greedy OBS within a pool on the host (a few KB cross over once per block instead of a
+    launch and a sync per removal): the C++ kernel where ``_core`` is built, else NumPy's."""
+    try:
+        from .cpp import pool_eliminate as eliminate
+    except ImportError:  # pragma: no cover - _core is built with the CUDA module
+        from .host import pool_eliminate as eliminate
+    return cp.asarray(eliminate(cp.asnumpy(G), cp.asnumpy(x), count))
 
 
 def swap_scores(G: Any, q: Any, s0: float, wv: Any, jn: Any, io: Any, lam: float) -> Any:

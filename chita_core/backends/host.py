@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["gather_columns", "support_gram", "swap_scores"]
+__all__ = ["gather_columns", "pool_eliminate", "support_gram", "swap_scores"]
 
 # Column panels of the Gram: a float64 workspace of about this many bytes (at least 256
 # columns), reused across panels, so A_S is never gathered whole.
@@ -111,3 +111,29 @@ def _array_module(x: Any) -> Any:
     from .._interop import array_module
 
     return array_module(x)
+
+
+def pool_eliminate(G: np.ndarray, x: np.ndarray, count: int) -> np.ndarray:
+    """Greedy OBS within a pool: the pool indices of ``count`` removals, in order, from the
+    pool's n-space products ``G = A_C^T K^-1 A_C`` [c, c] and its exact optimum ``x`` [c] (both
+    left unchanged). Each removal takes the live q of least saliency x_q^2 / max(1 - G_qq, eps)
+    (ties and NaN scores: the lowest live index, NaN ranking as +inf) and moves the others to
+    the new optimum: x += G[:, q] x_q / d_q, G += G[:, q] G[q, :] / d_q (stages/greedy.py).
+    The NumPy reference of the compiled kernels (one Python step per removal)."""
+    G = np.array(G, dtype=np.float64)
+    x = np.array(x, dtype=np.float64)
+    tiny = np.finfo(np.float64).eps
+    live = np.ones(x.size, dtype=bool)
+    order = np.empty(count, dtype=np.int64)
+    for t in range(count):
+        cand = np.flatnonzero(live)
+        d = np.maximum(1.0 - G[cand, cand], tiny)
+        s = x[cand] * x[cand] / d
+        q = int(cand[np.argmin(np.where(np.isnan(s), np.inf, s))])
+        order[t] = q
+        live[q] = False
+        dq = max(1.0 - G[q, q], tiny)
+        g = G[:, q].copy()
+        x += g * (x[q] / dq)
+        G += np.outer(g / dq, g)
+    return order

@@ -49,6 +49,7 @@ __all__ = [
     "gather_columns",
     "gradient",
     "num_threads",
+    "pool_eliminate",
     "support_gram",
     "support_matvec",
     "support_rmatvec",
@@ -998,3 +999,52 @@ def chita_step(A, b, w_bar, ridge, g, w, r, support, f, cols=None):
 def num_threads():
     """Threads the kernels use (numba's current thread count)."""
     return int(numba.get_num_threads())
+
+
+# ----------------------------------------------------------------------------------------------
+# Greedy OBS within a pool (the maths: backends/host.py pool_eliminate)
+# ----------------------------------------------------------------------------------------------
+
+
+@numba.njit(**_JIT)
+def _pool_eliminate(G, x, count, order):
+    c = x.shape[0]
+    tiny = np.finfo(np.float64).eps
+    live = np.ones(c, dtype=np.bool_)
+    g = np.empty(c)
+    for t in range(count):
+        q = -1
+        best = np.inf
+        for i in range(c):
+            if not live[i]:
+                continue
+            s = x[i] * x[i] / max(1.0 - G[i, i], tiny)
+            if q < 0 or s < best:  # (NaN never compares less: it ranks as +inf)
+                q = i
+                best = np.inf if np.isnan(s) else s
+        order[t] = q
+        live[q] = False
+        dq = max(1.0 - G[q, q], tiny)
+        step = x[q] / dq
+        for i in range(c):
+            g[i] = G[i, q]
+        for i in range(c):
+            x[i] += g[i] * step
+            gi = g[i] / dq
+            for j in range(c):
+                G[i, j] += gi * g[j]
+
+
+def pool_eliminate(G, x, count):
+    """Pool indices of ``count`` greedy removals, in order (host.pool_eliminate's maths; G and x
+    are left unchanged)."""
+    G = np.array(G, dtype=np.float64, order="C")
+    x = np.array(x, dtype=np.float64)
+    if G.ndim != 2 or G.shape != (x.size, x.size):
+        raise ValueError(f"`G` must be ({x.size}, {x.size}) to match `x`, got {G.shape}")
+    count = operator.index(count)
+    if not 0 <= count <= x.size:
+        raise ValueError(f"`count` must lie in [0, {x.size}], got {count}")
+    order = np.empty(count, dtype=np.int64)
+    _pool_eliminate(G, x, count, order)
+    return order

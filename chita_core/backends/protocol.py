@@ -68,6 +68,10 @@ class Kernels(Protocol):
     ) -> Array:
         """[len(io), len(jn)] change of f for each swap (stages/swaps.py has the maths)"""
 
+    def pool_eliminate(self, G: Array, x: Array, count: int) -> Array:
+        """int64 [count]: greedy OBS's removals within a pool, in order (G [c, c], x [c] left
+        unchanged; backends/host.py has the maths)"""
+
 
 #: The op names of the contract, in declaration order.
 OPS = tuple(

@@ -204,13 +204,15 @@ def greedy_obs_support(
         if not pending:
             return
         Z = xp.hstack([z for z, _, _ in pending])
-        Ycat = AS.T @ (Z.astype(AS.dtype) if narrow else Z)  # (SGEMM when narrow)
+        dt = AS.dtype
+        Ycat = AS.T @ Z.astype(dt, copy=False)  # (an SGEMM when narrow)
         at = 0
         for z, v, M in pending:
             Y = Ycat[:, at : at + z.shape[1]]
             at += z.shape[1]
-            x += Y @ v
-            d += ((Y @ M) * Y).sum(axis=1)
+            # (In the workspace's precision: float64 operands would make NumPy cast Y.)
+            x += Y @ v.astype(dt, copy=False)
+            d += xp.einsum("ij,ij->i", Y @ M.astype(dt, copy=False), Y)
         Kinv += xp.hstack([z @ M for z, _, M in pending]) @ Z.T
         pending.clear()
 
@@ -246,22 +248,10 @@ def greedy_obs_support(
         AC = xp.asarray(AS[:, C], dtype=np.float64)
         ZC = kinv_times(AC) if T is None else T[:, C]
         G0 = AC.T @ ZC
-        # The pool's exact x and cross terms, then greedy removals within it, one at a time.
+        # The pool's exact x and cross terms, then greedy removals within it, one at a time
+        # (the backend's pool_eliminate: one compiled loop over the block's removals).
         xc = w_bar[S[C]] + AC.T @ e
-        G = G0.copy()
-        live = np.ones(npool, dtype=bool)  # host bookkeeping: scalars only cross over
-        order: list[int] = []
-        for _ in range(nb):
-            dc = xp.maximum(1.0 - xp.diagonal(G), tiny)
-            s = xc * xc / dc
-            s[xp.asarray(~live)] = xp.inf
-            q = int(xp.argmin(s))
-            g = G[:, q].copy()
-            xc += g * (xc[q] / dc[q])
-            G += xp.outer(g / dc[q], g)
-            live[q] = False
-            order.append(q)
-        oq = xp.asarray(order)
+        oq = xp.asarray(prob.kernels.pool_eliminate(G0, xc, nb))
         Q = C[oq]
         ZQ = ZC[:, oq]
         M = spd_inverse(xp.eye(nb) - G0[oq][:, oq])  # SPD: a_q^T K^-1 a_q < 1 on S

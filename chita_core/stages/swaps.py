@@ -107,8 +107,8 @@ def swap_search(
         return best, stats
     lam = scoring_ridge(prob)
     S, w, r = start.support.copy(), start.w, start.r
-    Kinv = start.kinv
-    if Kinv is None or lam != prob.ridge:
+    Kinv = start.inverse() if lam == prob.ridge else None
+    if Kinv is None:
         Kinv = support_kinv(prob, S, lam)
     c = xp.empty(n)
     kernels.support_matvec(A, S, xp.ascontiguousarray(w_bar[S]), c)

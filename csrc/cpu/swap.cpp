@@ -1,7 +1,9 @@
 #include "chita/swap.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace chita {
 
@@ -33,6 +35,38 @@ void swap_scores(const double* G, std::int64_t c, const double* q, double s0, co
       const double quad = (a22 * m1 * m1 - 2.0 * a12 * m1 * m2 + a11 * m2 * m2) / det;
       const double delta = 0.5 * lam * (ckc - quad - s0 + di * di - dj * dj);
       row[b] = std::isfinite(delta) ? delta : inf;
+    }
+  }
+}
+
+void pool_eliminate(double* G, double* x, std::int64_t c, std::int64_t count,
+                    std::int64_t* order) {
+  const double inf = std::numeric_limits<double>::infinity();
+  const double tiny = std::numeric_limits<double>::epsilon();
+  std::vector<char> live(static_cast<std::size_t>(c), 1);
+  std::vector<double> g(static_cast<std::size_t>(c));
+  for (std::int64_t t = 0; t < count; ++t) {
+    std::int64_t q = -1;
+    double best = inf;
+    for (std::int64_t i = 0; i < c; ++i) {
+      if (!live[i]) continue;
+      const double s = x[i] * x[i] / std::max(1.0 - G[i * c + i], tiny);
+      if (q < 0 || s < best) {  // (NaN never compares less: it ranks as +inf)
+        q = i;
+        best = std::isnan(s) ? inf : s;
+      }
+    }
+    if (q < 0) break;  // (count <= c: not reached)
+    order[t] = q;
+    live[q] = 0;
+    const double dq = std::max(1.0 - G[q * c + q], tiny);
+    const double step = x[q] / dq;
+    for (std::int64_t i = 0; i < c; ++i) g[i] = G[i * c + q];
+    for (std::int64_t i = 0; i < c; ++i) {
+      x[i] += g[i] * step;
+      const double gi = g[i] / dq;
+      double* row = G + i * c;
+      for (std::int64_t j = 0; j < c; ++j) row[j] += gi * g[j];
     }
   }
 }

@@ -16,4 +16,13 @@ void swap_scores(const double* G, std::int64_t c, const double* q, double s0, co
                  const std::int64_t* jn, std::int64_t nj, const std::int64_t* io, std::int64_t ni,
                  double lam, double* out);
 
+// Greedy OBS within a pool (docs/design.md, section 4): `count` removals, one at a time, from
+// the pool's n-space products G = A_C^T K^-1 A_C ([c, c] row-major, symmetric; overwritten) and
+// its exact optimum x ([c]; overwritten). Each removal takes the live q of least saliency
+// x_q^2 / max(1 - G_qq, eps) (ties and NaN scores: the lowest live index, NaN ranking as +inf)
+// and moves the others to the new optimum: x += G[:, q] x_q / d_q, G += G[:, q] G[q, :] / d_q.
+// order[t] = the pool index removed t-th. The NumPy reference is backends/host.py.
+void pool_eliminate(double* G, double* x, std::int64_t c, std::int64_t count,
+                    std::int64_t* order);
+
 }  // namespace chita
