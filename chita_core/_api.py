@@ -147,7 +147,8 @@ def iht(
         swap lowers f.
     effort : float, default 3.0
         The time the planner may spend, as a multiple of the (modeled) time of magnitude +
-        backsolve on this problem, at least 0.8 s: stages that do not fit are not run. Larger
+        backsolve on this problem, at least ``0.25 * effort`` seconds (0.75 s): stages that do
+        not fit are not run. Larger
         values buy larger greedy supersets, more swap rounds and IHT; ``float("inf")`` runs
         every stage at full size.
     time_limit : float, optional

@@ -4,7 +4,8 @@
 stage with a cost model (bytes read from A over the memory bandwidth, multiply-adds over the BLAS
 rate, and a per-step interpreter overhead for the stages that loop in Python) and fits the
 stages into a budget of ``effort`` times the modeled cost of magnitude + backsolve (never below
-``MIN_BUDGET`` seconds, where everything is cheap anyway). Stages that do not fit are left out.
+``effort * MIN_BUDGET_PER_EFFORT`` seconds, where everything is cheap anyway). Stages that do
+not fit are left out.
 The rates are reference rates measured on the development machine (``HOST_RATES``), so a plan
 depends only on the problem's shape and the options and results are reproducible; a
 ``time_limit`` in seconds is priced with the rates measured in this process
@@ -49,10 +50,13 @@ __all__ = [
 #: Default ``effort``: the planned time of the whole pipeline, as a multiple of the modeled time
 #: of magnitude + backsolve on the same problem.
 DEFAULT_EFFORT = 3.0
-#: Budget floor in seconds: on problems where magnitude + backsolve takes milliseconds every
-#: stage fits (the stages size themselves by the problem, not by the budget). (0.5 s cut greedy
-#: OBS on the 64-256-10 digits gradients of bench/quality.py to 31.7% instead of 35.3% at 90%.)
-MIN_BUDGET = 0.8
+#: Budget floor in seconds per unit of ``effort`` (0.75 s at the default): on problems where
+#: magnitude + backsolve takes milliseconds every stage fits (the stages size themselves by the
+#: problem, not by the budget). Digits-MLP gradients, 64-256-256-10, p = 84,480, 90%: a 0.8 s
+#: floor gave greedy OBS 9,992 columns (-4.87% against magnitude + backsolve, 4.9x its time),
+#: 0.75 s gives it 9,858 (-4.77%, 4.5x); on the 64-256-10 gradients of bench/quality.py a 0.5 s
+#: floor cut greedy OBS to 31.7% of the weights instead of 35.3% at 90%.
+MIN_BUDGET_PER_EFFORT = 0.25
 # IHT iterations in the pipeline and alone (refine=False); swap search's defaults.
 PIPELINE_ITERS = 30
 PLAIN_ITERS = 100
@@ -225,13 +229,15 @@ class CostModel:
         """A_S A_S^T over m columns: panel gathers and SYRK (n^2 m / 2 multiply-adds)."""
         return self.gather(m) + 0.5 * self.n * self.n * m / self.rates.flops
 
-    def refit(self, m: float, keep_inverse: bool = True) -> float:
+    def refit(self, m: float) -> float:
+        """The exact point on m columns: the Gram, its Cholesky factor (n^3 / 6 multiply-adds;
+        the inverse, n^3 / 3 more from the factor, is priced by the stage that asks for it)
+        and the passes over the support."""
         n, F = float(self.n), self.rates.flops
         passes = 4 * self.cols_pass(m)  # c, the rmatvec of y, the residual, one refinement
         if m <= n:
-            return self.gather(m) + (0.5 * n * m * m + m**3 / 3.0) / F + passes
-        dense = n**3 / 3.0 + (n**3 if keep_inverse else 0.0)
-        return self.gram(m) + dense / F + passes + 20 * self.rates.op
+            return self.gather(m) + (0.5 * n * m * m + m**3 / 6.0) / F + passes
+        return self.gram(m) + n**3 / 6.0 / F + passes + 20 * self.rates.op
 
     def magnitude(self, k: int) -> float:
         return self.refit(k) + 8 * self.p / self.rates.bandwidth
@@ -272,7 +278,8 @@ class CostModel:
         overhead); finally the refinement on the end support."""
         n, F, B, op = float(self.n), self.rates.flops, self.rates.bandwidth, self.rates.op
         c = 2 * N_CANDIDATES
-        setup = 0.0 if have_inverse else self.gram(k) + n**3 / F
+        # K^-1 from the start's factor (potri), or a new Gram, factor and inverse
+        setup = n**3 / 3.0 / F if have_inverse else self.gram(k) + n**3 / 2.0 / F
         per_swap = (N_CANDIDATES**2 * 8 + 3 * 8 * n * c) / B + _OPS_PER_SWAP * op
         per_round = (
             self.gather(c)
@@ -331,7 +338,7 @@ def plan(prob: Any, k: int, start: Any, opts: Options) -> list[tuple[Stage, floa
     model = CostModel(prob.n, prob.p, prob.itemsize, prob.f_order, rates)
     starts: list[tuple[Stage, float]] = [(Magnitude(), model.magnitude(k))]
     baseline = starts[0][1]
-    budget = max(opts.effort * baseline, MIN_BUDGET)
+    budget = opts.effort * max(baseline, MIN_BUDGET_PER_EFFORT)
     if opts.time_limit is not None:
         budget = min(budget, opts.time_limit)
     left = budget - baseline

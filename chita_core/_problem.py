@@ -280,11 +280,15 @@ class Problem:
     def backsolve(self, support: Any) -> Any:
         """Exact minimiser with nonzeros on ``support`` only (see :func:`chita_core.backsolve`);
         a length-p vector in the library and dtype of ``A``."""
+        from .stages.nspace import support_values
+
         with self.stream():
             idx = self.indices(support)
             if self.check_finite:
                 self.scan_finite()
-            return self.output(self.point(idx).w)
+            w = self.xp.zeros(self.p)
+            w[idx] = support_values(self, idx)[0]  # (no residual: only w is returned)
+            return self.output(w)
 
     def iht(self, k: int, **options: Any) -> IHTResult:
         """:func:`chita_core.iht` on this problem: ``k`` and the solver options only."""

@@ -69,7 +69,9 @@ def greedy_cost(n: int, k: int, m: int, known: int = 0) -> float:
     B = float(max(1, min(_GREEDY_BLOCK, math.ceil(max(m, n) / _GREEDY_BLOCK_SHARE))))
     P = B + _GREEDY_POOL_EXTRA
     per_removal = n * n * (P / B + 1.0) + n * P * P / B
-    total = 2.0 * n * n * m + 2.0 * n**3 + 0.5 * n * (m * m - k * k) + (m - k) * per_removal
+    # n^3 / 2: the superset's Cholesky factor and inverse from it; n^3: T = K^-1 A_S once
+    # below n survivors.
+    total = 2.0 * n * n * m + 1.5 * n**3 + 0.5 * n * (m * m - k * k) + (m - k) * per_removal
     return total - saved
 
 
