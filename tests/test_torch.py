@@ -14,6 +14,7 @@ from torch import nn  # noqa: E402
 
 import chita_core  # noqa: E402
 import chita_core.torch as ct  # noqa: E402
+import chita_core.torch._prune as ct_prune  # noqa: E402
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -93,9 +94,9 @@ def test_masks_keep_pruned_weights_zero_after_optimizer_steps():
 def test_gradients_equal_a_per_sample_loop():
     model = _model(3)
     data = _data(n=40, batch=16)
-    selected = ct._select(model, None)
-    X, Y = ct._draw(data, 40, torch.device("cpu"))
-    A = ct._gradient_matrix(model, LOSS, X, Y, selected, chunk=7, progress=False)
+    selected = ct_prune._select(model, None)
+    X, Y = ct_prune._draw(data, 40, torch.device("cpu"))
+    A = ct_prune._gradient_matrix(model, LOSS, X, Y, selected, chunk=7, progress=False)
     assert A.shape == (40, sum(p.numel() for *_, p in selected))
     assert A.t().is_contiguous()  # F order: what the solver reads fastest
     for i in range(40):
@@ -127,13 +128,13 @@ def test_params_selection_by_module_parameter_and_name():
 
 def test_multistage_recomputes_gradients_at_pruned_weights(monkeypatch):
     seen = []
-    real = ct._gradient_matrix
+    real = ct_prune._gradient_matrix
 
     def spy(model, loss_fn, X, Y, selected, chunk, progress):
         seen.append(sum(int((p == 0).sum()) for *_, p in selected))
         return real(model, loss_fn, X, Y, selected, chunk, progress)
 
-    monkeypatch.setattr(ct, "_gradient_matrix", spy)
+    monkeypatch.setattr(ct_prune, "_gradient_matrix", spy)
     model = _model()
     rep = ct.prune(
         model, LOSS, _data(), 0.9, n_grads=64, stages=3, schedule="linear", progress=False
@@ -265,7 +266,7 @@ def test_ridge_path_picks_the_lowest_selection_loss():
 
 def test_fixed_ridge_solves_once():
     calls = []
-    real = ct._solve
+    real = ct_prune._solve
 
     def spy(*args):
         calls.append(args[3])  # the ridge
@@ -274,7 +275,7 @@ def test_fixed_ridge_solves_once():
     m = _model()
     import unittest.mock
 
-    with unittest.mock.patch.object(ct, "_solve", spy):
+    with unittest.mock.patch.object(ct_prune, "_solve", spy):
         rep = ct.prune(m, LOSS, _data(), 0.5, n_grads=64, ridge=0.25, progress=False)
     assert calls == [0.25] and rep.stages[0].ridge == 0.25 and rep.stages[0].chosen == "chita"
     with pytest.raises(ValueError, match="`val_data` yielded no samples"):

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import chita_core.torch as ct  # noqa: E402
+import chita_core.torch._prune as ct_prune  # noqa: E402
 
 LOSS = nn.CrossEntropyLoss()
 V, D = 13, 6  # vocabulary and width of the tied LM
@@ -72,8 +73,8 @@ def no_gradient_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("prune started gradient work before rejecting its arguments")
 
-    monkeypatch.setattr(ct, "_draw", forbidden)
-    monkeypatch.setattr(ct, "_gradient_matrix", forbidden)
+    monkeypatch.setattr(ct_prune, "_draw", forbidden)
+    monkeypatch.setattr(ct_prune, "_gradient_matrix", forbidden)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,12 +84,12 @@ def no_gradient_work(monkeypatch):
 
 def test_tied_weight_is_one_variable_whose_gradient_sums_its_uses():
     model = TiedLM(3)
-    selected = ct._select(model, None)
+    selected = ct_prune._select(model, None)
     # mid.weight, and the tied weight once, under its name in named_parameters()
     assert [q for q, *_ in selected] == ["mid.weight", "embed.weight"]
     assert selected[1][3] is model.embed.weight is model.decoder.weight
-    X, Y = ct._draw(_tokens(), 40, torch.device("cpu"))
-    A = ct._gradient_matrix(model, LOSS, X, Y, selected, chunk=7, progress=False)
+    X, Y = ct_prune._draw(_tokens(), 40, torch.device("cpu"))
+    A = ct_prune._gradient_matrix(model, LOSS, X, Y, selected, chunk=7, progress=False)
     assert A.shape == (40, D * D + V * D)  # one block of columns for the tied weight
     untied = UntiedLM(model)
     for i in range(40):
@@ -136,14 +137,14 @@ def _check_tied_masks(model):
 )
 def test_tied_weight_is_pruned_once_and_every_alias_is_masked(params, monkeypatch):
     widths = []
-    real = ct._gradient_matrix
+    real = ct_prune._gradient_matrix
 
     def spy(*args):
         A = real(*args)
         widths.append(A.shape[1])
         return A
 
-    monkeypatch.setattr(ct, "_gradient_matrix", spy)
+    monkeypatch.setattr(ct_prune, "_gradient_matrix", spy)
     model = TiedLM()
     dense = model.embed.weight.detach().clone()
     if params == "module":
@@ -357,8 +358,8 @@ def _dead(units: int) -> nn.Sequential:
 @pytest.mark.parametrize("method", ["magnitude", "magnitude+backsolve", "chita"])
 def test_partly_dead_network_prunes(method, per_layer):
     model = _dead(5)
-    X, Y = ct._draw(_data(), 48, torch.device("cpu"))
-    A = ct._gradient_matrix(model, LOSS, X, Y, ct._select(model, None), None, False)
+    X, Y = ct_prune._draw(_data(), 48, torch.device("cpu"))
+    A = ct_prune._gradient_matrix(model, LOSS, X, Y, ct_prune._select(model, None), None, False)
     assert torch.all(A[:, :25] == 0) and torch.any(A[:, 25:40] != 0)  # dead rows of 0.weight
     rep = ct.prune(
         model, LOSS, _data(), 0.5, n_grads=48, method=method, per_layer=per_layer, progress=False
@@ -397,13 +398,13 @@ def test_fully_dead_network_default_chita():
 
 def test_zero_curvature_ridge_path_solves_each_ridge_once(monkeypatch):
     calls = []
-    real = ct._solve
+    real = ct_prune._solve
 
     def spy(*args):
         calls.append((args[3], args[2]))  # (ridge, method)
         return real(*args)
 
-    monkeypatch.setattr(ct, "_solve", spy)
+    monkeypatch.setattr(ct_prune, "_solve", spy)
     rep = ct.prune(
         _dead(8), LOSS, _data(), 0.5, n_grads=48, method="magnitude+backsolve", progress=False
     )

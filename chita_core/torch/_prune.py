@@ -1,0 +1,349 @@
+"""chita_core.torch.prune: one or several pruning stages, and their report."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+import operator
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from .._api import IHTResult
+from ..backends import get_backend
+from ._gradients import _draw, _gradient_matrix, _Progress
+from ._params import _aliases, _select, _write_back
+from ._solve import _blocks, _check_solver_options, _mean_curvature, _solve
+
+_SCHEDULES = ("poly", "exp", "linear")
+_METHODS = ("chita", "magnitude", "magnitude+backsolve")
+#: ``ridge=None`` tries these ridges, relative to the mean curvature of one weight (the mean
+#: squared column norm of A), and keeps the solution with the lowest loss on the gradient samples.
+RIDGE_SCALES = (0.01, 0.1, 1.0, 10.0)
+
+
+@dataclass
+class StageReport:
+    """One stage of :func:`prune`."""
+
+    target_sparsity: float  #: sparsity this stage prunes to
+    k: int  #: weights kept (all selected tensors together)
+    objective: float  #: the solver's objective at its solution
+    ridge: float  #: ridge used (the one kept, when several were tried)
+    loss: float  #: mean loss of the pruned model on the selection samples (see ``val_data``)
+    chosen: str  #: the candidate kept: ``method``, or "magnitude+backsolve" when it had lower loss
+    grad_seconds: float  #: building A (per-sample gradients)
+    solve_seconds: float  #: the solver
+    results: list[IHTResult] = field(repr=False)  #: solver results (one, or one per tensor)
+
+
+@dataclass
+class PruneReport:
+    """What :func:`prune` did. ``str(report)`` is a readable table."""
+
+    #: achieved sparsity: the fraction of the selected weights (all tensors together, a tied
+    #: tensor once) that are exactly zero in the pruned model, for every ``method`` alike. It
+    #: counts the weights the masks prune and any kept weight that is zero (e.g. zero in the
+    #: dense model already), so it can exceed the target; the masks are the supports (exactly
+    #: ``k`` kept entries, see ``stages[i].k``).
+    sparsity: float
+    #: name (as in ``model.named_parameters()``; a tied tensor under its first name) ->
+    #: (fraction of its weights that are zero, as for ``sparsity``; number of weights)
+    tensors: dict[str, tuple[float, int]]
+    stages: list[StageReport]
+    n_grads: int  #: samples in A
+    method: str
+    grad_seconds: float
+    solve_seconds: float
+
+    @property
+    def objectives(self) -> list[float]:
+        return [s.objective for s in self.stages]
+
+    def __str__(self) -> str:
+        lines = [
+            f"chita_core.torch.prune ({self.method}): sparsity {self.sparsity:.2%} over "
+            f"{sum(m for _, m in self.tensors.values()):,} weights, n_grads={self.n_grads}, "
+            f"gradients {self.grad_seconds:.2f} s, solve {self.solve_seconds:.2f} s"
+        ]
+        for i, s in enumerate(self.stages, 1):
+            lines.append(
+                f"  stage {i}: sparsity {s.target_sparsity:.2%}, k={s.k:,}, objective "
+                f"{s.objective:.6g}, ridge {s.ridge:.3g}, loss {s.loss:.4g}, kept {s.chosen} "
+                f"({s.grad_seconds:.2f} s + "
+                f"{s.solve_seconds:.2f} s)"
+            )
+        width = max(len(n) for n in self.tensors)
+        for name, (sp, m) in self.tensors.items():
+            lines.append(f"  {name:<{width}}  {sp:7.2%} of {m:,}")
+        return "\n".join(lines)
+
+
+def schedule_sparsities(sparsity: float, stages: int, schedule: str = "poly") -> list[float]:
+    """Sparsity after each stage, ending at ``sparsity``.
+
+    ``linear``: s t / T; ``poly``: s (1 - (1 - t/T)^3) (prunes most early, while the network is
+    dense and the quadratic model most trustworthy relative to what is removed); ``exp``: the
+    kept fraction shrinks geometrically, 1 - (1 - s)^(t / T)."""
+    if schedule not in _SCHEDULES:
+        raise ValueError(
+            f"`schedule` must be one of {', '.join(map(repr, _SCHEDULES))}; got {schedule!r}"
+        )
+    out = []
+    for t in range(1, stages + 1):
+        x = t / stages
+        if schedule == "linear":
+            s = sparsity * x
+        elif schedule == "poly":
+            s = sparsity * (1.0 - (1.0 - x) ** 3)
+        else:
+            s = 1.0 - (1.0 - sparsity) ** x
+        out.append(s)
+    out[-1] = sparsity
+    return out
+
+
+def _mean_loss(model, loss_fn, X, Y, batch: int = 1024) -> float:
+    """Mean of ``loss_fn`` over the samples (in eval mode, without gradients)."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for i0 in range(0, X.shape[0], batch):
+                out = model(X[i0 : i0 + batch])
+                total += float(loss_fn(out, Y[i0 : i0 + batch])) * min(batch, X.shape[0] - i0)
+    finally:
+        model.train(was_training)
+    return total / X.shape[0]
+
+
+def _is_real(value: Any) -> bool:
+    """A real number (Python or NumPy scalar, ...), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _integer(name: str, value: Any, low: int, what: str | None = None) -> int:
+    """``value`` as a Python int >= low: anything ``operator.index`` accepts (int, NumPy
+    integers, ...), but not a bool."""
+    what = what or f"an integer >= {low}"
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be {what}, got {value!r}")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise ValueError(f"`{name}` must be {what}, got {value!r}") from None
+    if out < low:
+        raise ValueError(f"`{name}` must be {what}, got {value!r}")
+    return out
+
+
+def prune(
+    model: nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    data: Iterable[Any],
+    sparsity: float,
+    *,
+    params: Any = None,
+    n_grads: int = 1000,
+    ridge: float | None = None,
+    stages: int = 1,
+    schedule: str = "poly",
+    per_layer: bool = False,
+    method: str = "chita",
+    backend: str = "auto",
+    progress: bool = True,
+    chunk_size: int | None = None,
+    val_data: Iterable[Any] | None = None,
+    **solver_options: Any,
+) -> PruneReport:
+    """Prune ``model`` in place to ``sparsity`` with chita_core; returns a :class:`PruneReport`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Trained model, on the CPU or (with the CUDA backend) a GPU. Left in its train/eval
+        mode; gradients are computed in eval mode.
+    loss_fn : callable
+        ``loss_fn(output, target)`` -> scalar loss (e.g. ``nn.CrossEntropyLoss()``); it is
+        called on one sample at a time (batch dimension 1).
+    data : iterable of (input, target)
+        Batches with samples along the first dimension (a DataLoader, a list of pairs, ...);
+        the first ``n_grads`` samples are used.
+    sparsity : float in [0, 1)
+        Fraction of the selected weights set to zero (any real number: Python or NumPy).
+    params : optional
+        What to prune: a non-empty list of modules (their ``weight``), parameters or parameter
+        names. Default: the weights of every Linear and Conv layer (biases and norms are left
+        alone; empty weights are skipped). A tied parameter is selected once, by any of its
+        names (or several), and masked in every module that holds it. The selected tensors
+        must be float32 or float64 (prune a ``model.float()`` copy of a half-precision model)
+        on one device; a model on the meta device holds no data and is refused.
+    n_grads : int, default 1000
+        Samples in the gradient matrix A (its rows). Integers here and in ``stages`` and
+        ``chunk_size`` may be NumPy integers (anything ``operator.index`` takes, not bools).
+    ridge : float, optional
+        Weight of ``0.5 ||w - w_bar||^2``, which keeps the solution where the quadratic model
+        of the loss holds; finite and >= 0. Default: a short path, ``RIDGE_SCALES`` (0.01,
+        0.1, 1, 10) times the mean squared column norm of A (the average curvature of one
+        weight; 0 alone when every gradient is zero); each is solved and the solution with the
+        lowest real loss on the ``n_grads`` samples is kept (at every stage, and for
+        "magnitude+backsolve" alike).
+    stages : int, default 1
+        CHITA++: reach ``sparsity`` through ``stages`` solves following ``schedule``,
+        recomputing the gradients at the pruned weights before each.
+    schedule : {"poly", "exp", "linear"}, default "poly"
+        Sparsity schedule for ``stages > 1`` (see :func:`schedule_sparsities`).
+    per_layer : bool, default False
+        Prune every tensor to the same sparsity (one problem per tensor) instead of one global
+        problem in which the solver spreads the sparsity across layers.
+    method : {"chita", "magnitude", "magnitude+backsolve"}, default "chita"
+        The solver; the other two are the usual baselines (keep the largest weights, and
+        optionally refit them exactly on the same quadratic model).
+    backend : {"auto", "cpp", "numba", "cuda"}, default "auto"
+        Solver backend; "auto" follows the model's device.
+    progress : bool, default True
+        Progress bars (tqdm) for the gradients and the stages.
+    chunk_size : int, optional
+        Samples per vmap chunk; default bounds the per-sample gradients held at once to 256 MB.
+    val_data : iterable of (input, target), optional
+        Samples whose mean loss chooses among the candidate solutions of a stage (the ridges
+        of the path; chita or magnitude + backsolve). Default: the ``n_grads`` gradient samples.
+        Samples not used for A (a validation split of the training data) choose more honestly.
+    **solver_options
+        Passed to :func:`chita_core.iht` (``init``, ``swaps``, ``max_iter``, ...).
+
+    Returns
+    -------
+    PruneReport
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be callable, got {type(loss_fn).__name__}")
+    if not _is_real(sparsity):
+        raise TypeError(f"`sparsity` must be a number in [0, 1), got {sparsity!r}")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"`sparsity` must be in [0, 1), got {sparsity!r}")
+    sparsity = float(sparsity)
+    n_grads = _integer("n_grads", n_grads, 1)
+    stages = _integer("stages", stages, 1)
+    if chunk_size is not None:
+        chunk_size = _integer("chunk_size", chunk_size, 1, "a positive integer")
+    if method not in _METHODS:
+        raise ValueError(
+            f"`method` must be one of {', '.join(map(repr, _METHODS))}; got {method!r}"
+        )
+    if ridge is not None:
+        if not _is_real(ridge) or not (math.isfinite(float(ridge)) and float(ridge) >= 0.0):
+            raise ValueError(f"`ridge` must be a finite number >= 0 or None, got {ridge!r}")
+        ridge = float(ridge)
+    targets = schedule_sparsities(sparsity, stages, schedule)
+    meta = [
+        name
+        for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
+        if t.is_meta
+    ]
+    if meta:
+        more = f" and {len(meta) - 1} more" if len(meta) > 1 else ""
+        raise ValueError(
+            f"`model` has tensors on the meta device ({meta[0]}{more}): meta tensors hold no "
+            "data (only shapes), so there are no weights to prune and no gradients to compute; "
+            "chita_core runs on the CPU or CUDA GPUs: materialise the model first (e.g. "
+            "`model.to_empty(device='cpu')`, then `model.load_state_dict(...)`)"
+        )
+    selected = _select(model, params)
+    devices = {par.device for *_, par in selected}
+    dtypes = {par.dtype for *_, par in selected}
+    if len(devices) > 1 or len(dtypes) > 1:
+        raise ValueError(
+            "the selected tensors must share one device and dtype, got "
+            f"{sorted(map(str, devices))} and {sorted(map(str, dtypes))}"
+        )
+    device = devices.pop()
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"`model` is on {device}; chita_core runs on the CPU or CUDA GPUs")
+    get_backend(backend, on_device=device.type == "cuda")  # fail before any gradient work
+    _check_solver_options(solver_options)
+    holders = _aliases(model)  # every (module, attribute) holding each selected tensor
+    sizes = [par.numel() for *_, par in selected]
+    p = sum(sizes)
+
+    X, Y = _draw(data, n_grads, device)
+    Xv, Yv = (X, Y) if val_data is None else _draw(val_data, None, device, "val_data")
+    stage_reports: list[StageReport] = []
+    bar = _Progress(progress and stages > 1, stages, "stages")
+    try:
+        for target in targets:
+            t0 = time.perf_counter()
+            A = _gradient_matrix(model, loss_fn, X, Y, selected, chunk_size, progress)
+            w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
+            t1 = time.perf_counter()
+            k = max(1, round((1.0 - target) * p))
+            blocks = _blocks(A, w_bar, k, sizes, target, per_layer, backend)
+            if ridge is not None or method == "magnitude":
+                ridges = [0.0 if ridge is None else ridge]
+            else:  # a short path of ridges; the real loss on the samples picks one
+                curvature = _mean_curvature(blocks, p)
+                # distinct ridges only: with zero curvature (all gradients zero, e.g. dead
+                # ReLUs everywhere) the path collapses to ridge 0
+                ridges = list(dict.fromkeys(scale * curvature for scale in RIDGE_SCALES))
+            # chita also weighs magnitude + backsolve at each ridge, so that on the real loss it
+            # is never worse than that baseline (the solver guarantees it on the quadratic).
+            runs = [(lam, method) for lam in ridges]
+            if method == "chita" and ridge is None:
+                runs += [(lam, "magnitude+backsolve") for lam in ridges]
+            best = None
+            for lam, how in runs:
+                w, kept, f, results = _solve(w_bar, blocks, how, lam, solver_options)
+                _write_back(selected, w)
+                loss = _mean_loss(model, loss_fn, Xv, Yv)
+                if best is None or loss < best[0]:
+                    best = (loss, lam, w, kept, f, results, how)
+            loss, lam, w, kept, f, results, how = best
+            _write_back(selected, w)
+            t2 = time.perf_counter()
+            stage_reports.append(
+                StageReport(target, k, f, lam, loss, how, t1 - t0, t2 - t1, results)
+            )
+            del A, blocks
+            bar.update(1)
+    finally:
+        bar.close()
+
+    tensors: dict[str, tuple[float, int]] = {}
+    zeros_total = 0
+    off = 0
+    for qual, _, _, par in selected:
+        m = par.numel()
+        keep = kept[off : off + m].view_as(par)
+        off += m
+        # zeros of the pruned tensor: the pruned entries and any kept entry that is zero
+        zeros = int(((par.detach() == 0) | ~keep).sum())
+        tensors[qual] = (zeros / m, m)
+        zeros_total += zeros
+        # the same mask on every (module, attribute) holding the tensor: each keeps reading the
+        # one `<attr>_orig` Parameter (the tie survives training) through the one mask buffer
+        shared = None
+        for _, mod, attr in holders[id(par)]:
+            torch_prune.custom_from_mask(mod, attr, keep.to(par.dtype))
+            if shared is None:
+                shared = getattr(mod, attr + "_mask")
+            else:
+                mod.register_buffer(attr + "_mask", shared)
+    return PruneReport(
+        sparsity=zeros_total / p,
+        tensors=tensors,
+        stages=stage_reports,
+        n_grads=n_grads,
+        method=method,
+        grad_seconds=sum(s.grad_seconds for s in stage_reports),
+        solve_seconds=sum(s.solve_seconds for s in stage_reports),
+    )

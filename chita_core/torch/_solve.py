@@ -1,0 +1,142 @@
+"""The solves of one pruning stage (chita_core.torch): A's column blocks as prepared problems
+and the ridge path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._api import IHTResult, solve
+from .._problem import Problem
+
+
+def _column_blocks(A: torch.Tensor):
+    """Column blocks of A upcast to float64, about 32 MB each: A itself is never copied."""
+    step = max(1, (32 << 20) // (8 * max(1, A.shape[0])))
+    for j0 in range(0, A.shape[1], step):
+        yield j0, A[:, j0 : j0 + step].double()
+
+
+def _matvec64(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A @ x accumulated in float64, by column blocks."""
+    out = torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
+    for j0, block in _column_blocks(A):
+        out += block @ x[j0 : j0 + block.shape[1]].double()
+    return out
+
+
+@dataclass
+class _Block:
+    """One problem of a stage: columns lo:hi of A (the whole A, or one tensor's), its k and the
+    prepared Problem (validated once: one NaN scan and column-norm pass of A per stage), with
+    the magnitude + backsolve point of each ridge solved so far (``iht`` starts from it)."""
+
+    lo: int
+    hi: int
+    k: int
+    problem: Problem
+    magnitude: dict[float, Any] = field(default_factory=dict)
+
+    def at(self, ridge: float) -> Problem:
+        return self.problem.with_ridge(ridge)
+
+    def magnitude_point(self, ridge: float) -> Any:
+        """The exact refit on the k largest |w_bar| at ``ridge`` (solved once per ridge)."""
+        if ridge not in self.magnitude:
+            prob = self.at(ridge)
+            with prob.stream():
+                support = prob.xp.empty(self.k, dtype=np.int64)
+                prob.kernels.topk(prob.w_bar, self.k, support)
+                self.magnitude[ridge] = prob.point(support, keep_inverse=True)
+        return self.magnitude[ridge]
+
+
+def _blocks(
+    A: torch.Tensor,
+    w_bar: torch.Tensor,
+    k_total: int,
+    sizes: list[int],
+    sparsity: float,
+    per_layer: bool,
+    backend: str,
+) -> list[_Block]:
+    """The problems of one stage: one global problem, or one per tensor. Built once per stage
+    (b = A_block w_bar_block is one pass over A; the Problem's column norms another)."""
+    if not per_layer:
+        spans = [(0, A.shape[1], k_total)]
+    else:
+        spans, off = [], 0
+        for size in sizes:
+            spans.append((off, off + size, max(1, round((1.0 - sparsity) * size))))
+            off += size
+    out = []
+    for lo, hi, k in spans:
+        As, wbs = A[:, lo:hi], w_bar[lo:hi]
+        bs = _matvec64(As, wbs).to(A.dtype)
+        out.append(_Block(lo, hi, k, Problem(As, bs, w_bar=wbs, backend=backend)))
+    return out
+
+
+def _mean_curvature(blocks: list[_Block], p: int) -> float:
+    """Mean over all p columns of ||A[:, j]||^2 (the average curvature of one weight), from the
+    column norms the blocks' problems already hold."""
+    return sum(float(b.problem.h.sum()) for b in blocks) / p
+
+
+# Options of chita_core.iht that the adapter sets itself (from the model and the ridge path).
+_OWN_OPTIONS = ("A", "b", "k", "ridge", "w_bar", "backend", "check_finite")
+
+
+def _check_solver_options(options: dict[str, Any]) -> None:
+    """TypeError naming any ``**solver_options`` entry that ``chita_core.iht`` does not take
+    (or that prune sets itself), before any gradient work."""
+    import inspect
+
+    accepted = {
+        name for name in inspect.signature(solve).parameters if not name.startswith("_")
+    } - {"prob", "k"}
+    for name in options:
+        if name in _OWN_OPTIONS:
+            raise TypeError(f"`{name}` is set by prune itself; it is not a solver option here")
+        if name not in accepted:
+            takes = ", ".join(sorted(accepted))
+            raise TypeError(f"unknown solver option `{name}`; chita_core.iht takes {takes}")
+
+
+def _solve(
+    w_bar: torch.Tensor,
+    blocks: list[_Block],
+    method: str,
+    ridge: float,
+    solver_options: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor, float, list[IHTResult]]:
+    """(w, kept, objective, results) for one stage and one ridge; ``kept`` is the boolean
+    support (exactly k entries per block, even where a kept weight happens to be zero)."""
+    w = torch.zeros_like(w_bar)
+    kept = torch.zeros(w_bar.shape, dtype=torch.bool, device=w_bar.device)
+    results, f_total = [], 0.0
+    for blk in blocks:
+        lo, hi = blk.lo, blk.hi
+        if method == "magnitude":
+            wbs = w_bar[lo:hi]
+            support = torch.topk(wbs.abs(), blk.k, sorted=False).indices.sort().values
+            kept[lo:hi][support] = True
+            w[lo:hi][support] = wbs[support]
+            f_total += blk.at(ridge).objective(w[lo:hi])
+            continue
+        point = blk.magnitude_point(ridge)
+        if method == "chita":
+            res = solve(blk.at(ridge), blk.k, _magnitude=point, **solver_options)
+            w[lo:hi] = res.w
+            kept[lo:hi][res.support] = True
+            results.append(res)
+            f_total += res.objective
+            continue
+        prob = blk.at(ridge)
+        w[lo:hi] = prob.output(point.w)
+        kept[lo:hi][prob.output(point.support, cast=False)] = True
+        f_total += point.f
+    return w, kept, f_total, results
