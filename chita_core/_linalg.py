@@ -195,7 +195,9 @@ class SPDSystem:
         self._L = _cholesky(Ks)  # lower factor of D K D, None where Cholesky fails
         self.cond = _condition(self._L)
         self.good = self.cond <= cond_limit
-        self._Ks = Ks
+        # D K D itself only where a path needs it (CuPy's inverse), so that a kept system
+        # holds one n x n matrix on the host.
+        self._Ks = Ks if xp is not np else None
         self._inner: Any = None  # (D K D)^{-1}, once inverse() has formed it
         if not self.good:
             self._L = None

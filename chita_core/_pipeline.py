@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_EFFORT",
     "Context",
     "Options",
+    "Plan",
     "PlannedStage",
     "Rates",
     "Stage",
@@ -106,11 +107,36 @@ class PlannedStage(NamedTuple):
 
 class Stage(Protocol):
     """A pipeline stage: reads the context (problem, k, start vector, best point so far) and
-    offers candidate points through ``ctx.offer``; the context keeps the best."""
+    offers candidate points through ``ctx.offer``; the context keeps the best.
+
+    Optional, read by :func:`run` with ``getattr``: ``if_budget`` (True: the stage runs only if
+    the budget left when its turn comes, in modeled seconds, covers its modeled cost) and
+    ``repriced(model, k)`` (the modeled cost of the work the stage actually did, e.g. swap
+    search that stopped early; otherwise its planned cost counts)."""
 
     name: str
 
     def run(self, ctx: Context) -> None: ...
+
+
+@dataclass
+class Plan:
+    """What :func:`plan` decided: the stages in order with their modeled seconds, the budget
+    they were fitted into and the cost model that priced them (``run`` re-prices executed
+    stages with it). Iterates as (stage, modeled) pairs."""
+
+    stages: list[tuple[Stage, float]]
+    budget: float = math.inf
+    model: CostModel | None = None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.stages)
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def __getitem__(self, i: int) -> tuple[Stage, float]:
+        return self.stages[i]
 
 
 # ---------------------------------------------------------------------------------- rates
@@ -325,12 +351,12 @@ class Options:
 # ---------------------------------------------------------------------------------- plan
 
 
-def plan(prob: Any, k: int, start: Any, opts: Options) -> list[tuple[Stage, float]]:
+def plan(prob: Any, k: int, start: Any, opts: Options) -> Plan:
     """The stages to run, in order, each with its modeled seconds."""
     if not opts.refine:  # plain IHT from the thresholded start
         max_iter = PLAIN_ITERS if opts.max_iter is None else opts.max_iter
         stage = IHT(max_iter, opts.tol, opts.active_set, refine=False)
-        return [(stage, 0.0)]
+        return Plan([(stage, 0.0)])
     if opts.time_limit is not None:  # a budget in seconds: this machine's rates
         rates = measure_rates(prob)
     else:
@@ -372,20 +398,22 @@ def plan(prob: Any, k: int, start: Any, opts: Options) -> list[tuple[Stage, floa
 
     # Swap search: the user's budget, or as many rounds as fit (at least a few).
     swaps = None
+    kept = prob.ridge > 0 and k > prob.n  # the start's refit keeps the factor of K
     if room and (opts.max_swaps is None or opts.max_swaps > 0):
 
         def swap_cost(rounds: int, budget: int) -> float:
-            kept = prob.ridge > 0 and k > prob.n  # the start's refit keeps K^-1
             return model.swaps(k, rounds, model.expected_swaps(rounds, budget), kept)
 
         if opts.max_swaps is not None:
-            swaps = (Swaps(opts.max_swaps, SWAP_ROUNDS), swap_cost(SWAP_ROUNDS, opts.max_swaps))
+            stage = Swaps(opts.max_swaps, SWAP_ROUNDS, have_inverse=kept)
+            swaps = (stage, swap_cost(SWAP_ROUNDS, opts.max_swaps))
         else:
             rounds = SWAP_ROUNDS
             while rounds > _MIN_SWAP_ROUNDS and swap_cost(rounds, DEFAULT_SWAPS) > left:
                 rounds -= 1
             if swap_cost(rounds, DEFAULT_SWAPS) <= left:
-                swaps = (Swaps(DEFAULT_SWAPS, rounds), swap_cost(rounds, DEFAULT_SWAPS))
+                stage = Swaps(DEFAULT_SWAPS, rounds, have_inverse=kept)
+                swaps = (stage, swap_cost(rounds, DEFAULT_SWAPS))
         if swaps is not None:
             left -= swaps[1]
 
@@ -400,15 +428,19 @@ def plan(prob: Any, k: int, start: Any, opts: Options) -> list[tuple[Stage, floa
         left -= iht_cost
 
     # Swap search from IHT's support too (a second basin; skipped at run time when there is
-    # none), with the default budget and only where everything else left room for it.
+    # none), with the default budget, where what the stages before it left at run time covers
+    # it: swap search often stops long before its planned rounds (no improving swap left), and
+    # its modeled cost is then re-priced by the rounds and swaps it made.
     second = None
     if swaps is not None and iht is not None and opts.max_swaps is None:
-        if swaps[1] <= left:
-            second = (Swaps(DEFAULT_SWAPS, swaps[0].max_rounds, from_iht=True), swaps[1])
+        stage = Swaps(
+            DEFAULT_SWAPS, swaps[0].max_rounds, from_iht=True, have_inverse=True, if_budget=True
+        )
+        second = (stage, swaps[1])
 
     stages = list(starts)
     stages += [s for s in (iht, greedy, swaps, second) if s is not None]
-    return stages
+    return Plan(stages, budget, model)
 
 
 def _greedy_size(model: CostModel, k: int, seconds: float, known: int = 0) -> int | None:
@@ -475,17 +507,27 @@ class Context:
             self._since = now
 
 
-def run(ctx: Context, stages: list[tuple[Stage, float]]) -> list[PlannedStage]:
+def run(ctx: Context, stages: Plan | list[tuple[Stage, float]]) -> list[PlannedStage]:
     """Runs the plan in order (none after the callback asked to stop); returns each stage's
-    modeled and measured seconds."""
+    modeled and measured seconds. A stage marked ``if_budget`` runs only if the plan's budget
+    minus the modeled cost of the work done so far (each stage's ``repriced`` cost where it
+    has one, else its planned cost) covers its modeled cost: deterministic, like the plan."""
+    if not isinstance(stages, Plan):
+        stages = Plan(list(stages))
     timings = []
+    spent = 0.0
     for stage, modeled in stages:
         if ctx.stopped:
             break
+        if getattr(stage, "if_budget", False) and spent + modeled > stages.budget:
+            continue
         t = time.perf_counter()
         ctx._since = t
         stage.run(ctx)
         timings.append(PlannedStage(stage.name, modeled, time.perf_counter() - t))
+        repriced = getattr(stage, "repriced", None)
+        cost = repriced(stages.model, ctx.k) if repriced and stages.model else None
+        spent += modeled if cost is None else cost
     return timings
 
 

@@ -67,7 +67,7 @@ class Point:
     def inverse(self) -> Any:
         """(ridge I + A_S A_S^T)^-1 where the point carries it or its factor, else None."""
         if self.kinv is None and self.factor is not None:
-            self.kinv = self.factor.inverse()
+            self.kinv, self.factor = self.factor.inverse(), None  # (one n x n matrix kept)
         return self.kinv
 
     def copy(self) -> Point:

@@ -47,30 +47,41 @@ class Swaps:
     max_swaps: int
     max_rounds: int
     from_iht: bool = False
+    have_inverse: bool = False  # (for the cost model: the start carries K's factor)
+    if_budget: bool = False  # run only if the budget left at run time covers it (_pipeline.run)
     name: str = "swaps"
+    done: SwapStats | None = None  # what the last run did (None: it had nothing to do)
 
     def __post_init__(self) -> None:
         if self.from_iht:
             self.name = "swaps from iht"
 
     def run(self, ctx: Any) -> None:
+        self.done = None
         if not self.from_iht:
-            point, stats = swap_search(
+            point, self.done = swap_search(
                 ctx.prob, ctx.best, max_swaps=self.max_swaps, max_rounds=self.max_rounds
             )
-            ctx.offer(f"swaps ({stats.swaps} in {stats.rounds} rounds)", point)
+            ctx.offer(f"swaps ({self.done.swaps} in {self.done.rounds} rounds)", point)
             return
         # A second basin: IHT's refit, where it beat the starts but a later stage beat it.
         origin = ctx.iht_point
         if origin is None or bool(ctx.prob.xp.array_equal(origin.support, ctx.best.support)):
             return
-        point, stats = swap_search(
+        point, self.done = swap_search(
             ctx.prob, origin, max_swaps=self.max_swaps, max_rounds=self.max_rounds
         )
         ctx.offer(
-            f"local search from IHT's support ({stats.swaps} swaps in {stats.rounds} rounds)",
+            f"local search from IHT's support ({self.done.swaps} swaps in "
+            f"{self.done.rounds} rounds)",
             point,
         )
+
+    def repriced(self, model: Any, k: int) -> float:
+        """The modeled cost of the rounds and swaps the last run made (0 if it had none)."""
+        if self.done is None:
+            return 0.0
+        return model.swaps(k, self.done.rounds, self.done.swaps, self.have_inverse)
 
 
 def swap_search(
