@@ -146,9 +146,10 @@ def iht(
         swaps (20 rounds at most), False or 0 turns it off. It stops earlier when no screened
         swap lowers f.
     effort : float, default 3.0
-        The time the planner may spend, as a multiple of the (modeled) time of magnitude +
-        backsolve on this problem, at least ``0.25 * effort`` seconds (0.75 s): stages that do
-        not fit are not run. Larger
+        The time the solve may take, as a multiple of the time of magnitude + backsolve on
+        this problem (the planner fills 85% of it with modeled stage times, leaving room for
+        the model's error), at least ``0.25 * effort`` seconds (0.75 s): stages that do not
+        fit are not run. Larger
         values buy larger greedy supersets, more swap rounds and IHT; ``float("inf")`` runs
         every stage at full size.
     time_limit : float, optional
