@@ -22,11 +22,13 @@ from ._api import IHTProgress, IHTResult, backsolve, iht, objective
 from ._config import config, show_config
 from ._problem import Problem
 from .backends import BackendUnavailableError, available_backends
+from .layer import LayerResult, prune_layer
 
 __all__ = [
     "BackendUnavailableError",
     "IHTProgress",
     "IHTResult",
+    "LayerResult",
     "Problem",
     "__version__",
     "available_backends",
@@ -34,6 +36,7 @@ __all__ = [
     "config",
     "iht",
     "objective",
+    "prune_layer",
     "show_config",
 ]
 

@@ -351,3 +351,73 @@ def idx_variants(p: int, seed: int = 0) -> dict[str, np.ndarray]:
         out["sparse"] = sorted(rng.choice(p, size=max(1, p // 20), replace=False).tolist())
         out["dense"] = sorted(rng.choice(p, size=(2 * p) // 3, replace=False).tolist())
     return {k: np.array(v, dtype=np.int64) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer-wise (tall) regime: one quadratic per row, (w - w_bar)^T H (w - w_bar), H shared
+# ----------------------------------------------------------------------------------------------
+
+
+def layer_damped(H, damp):
+    """H / mean(diag H) + damp I (prune_layer's solve matrix; H itself if its diagonal is 0)."""
+    H = _f64(H)
+    h = float(np.mean(np.diag(H)))
+    return H / (h if h > 0 else 1.0) + damp * np.eye(H.shape[0])
+
+
+def row_refit(Hd, w_bar, kept):
+    """The minimiser of (w - w_bar)^T Hd (w - w_bar) with w zero off ``kept``, by a dense
+    solve of the kept block."""
+    w = np.zeros_like(_f64(w_bar))
+    K = np.flatnonzero(kept)
+    if K.size:
+        w[K] = np.linalg.solve(Hd[np.ix_(K, K)], (Hd @ w_bar)[K])
+    return w
+
+
+def row_error(H, w, w_bar):
+    d = _f64(w) - _f64(w_bar)
+    return float(d @ _f64(H) @ d)
+
+
+def row_masks(d, keep=None, nm=None):
+    """Every feasible mask of one row: ``keep`` of d kept, or N:M as (n, m)."""
+    if nm is None:
+        for K in itertools.combinations(range(d), keep):
+            m = np.zeros(d, dtype=bool)
+            m[list(K)] = True
+            yield m
+        return
+    n, mm = nm
+    combos = list(itertools.combinations(range(mm), n))
+    for parts in itertools.product(*[combos] * (d // mm)):
+        m = np.zeros(d, dtype=bool)
+        for g, comb in enumerate(parts):
+            m[[g * mm + c for c in comb]] = True
+        yield m
+
+
+def row_brute_force(Hd, w_bar, keep=None, nm=None):
+    """(mask, damped error) of one row's best feasible mask, by enumeration."""
+    best = (None, np.inf)
+    for m in row_masks(w_bar.size, keep, nm):
+        e = row_error(Hd, row_refit(Hd, w_bar, m), w_bar)
+        if e < best[1]:
+            best = (m, e)
+    return best
+
+
+def row_greedy_obs(Hd, w_bar, keep):
+    """Textbook greedy OBS on one row: from all weights, remove the one of least saliency
+    x_q^2 / [Hd_S^-1]_qq at the exact optimum on S (inverse formed afresh each step)."""
+    S = list(range(w_bar.size))
+    while len(S) > keep:
+        m = np.zeros(w_bar.size, dtype=bool)
+        m[S] = True
+        x = row_refit(Hd, w_bar, m)[S]
+        Hinv = np.linalg.inv(Hd[np.ix_(S, S)])
+        q = int(np.argmin(x * x / np.diag(Hinv)))
+        S.pop(q)
+    m = np.zeros(w_bar.size, dtype=bool)
+    m[S] = True
+    return m

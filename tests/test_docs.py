@@ -38,6 +38,8 @@ def test_public_docstring_examples_pass():
     result = doctest.testmod(chita_core._api, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 8, "the docstring examples were not found"
     assert result.failed == 0
+    layer = doctest.testmod(chita_core.layer, optionflags=doctest.ELLIPSIS)
+    assert layer.attempted >= 3 and layer.failed == 0
 
 
 def test_verbose_prints_one_line_per_iteration(capsys):

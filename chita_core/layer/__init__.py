@@ -1,0 +1,234 @@
+"""Layer-wise pruning: the L0-constrained quadratic in the tall regime (docs/design.md,
+section 14).
+
+``prune_layer(W, H, sparsity)`` prunes one linear layer (W: rows x d_in) against the
+calibration statistics ``H = X^T X / N`` of its inputs: every row minimises
+``(w - w_bar)^T H (w - w_bar)`` under the pattern's budget, all rows sharing H. The solver tries
+start masks (magnitude, Wanda's |w| sqrt(H_jj), SparseGPT's sweep; on small layers also every
+feasible mask, or greedy OBS per row), refits every row exactly on each, searches masks with
+ADMM from the best, and keeps the lowest error.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._interop import as_host_array, library_of
+from .._pipeline import StageRecord
+from ._admm import admm_mask
+from ._problem import LayerProblem, Pattern, parse_pattern
+from ._refit import refit
+from ._rows import enumerate_masks, greedy_obs_rows, n_row_masks
+from ._sparsegpt import sparsegpt
+
+__all__ = ["LayerResult", "Pattern", "prune_layer", "sparsegpt_layer"]
+
+_STARTS = ("magnitude", "wanda", "sparsegpt")
+# Small layers also get the exact per-row stages (section 14.5): every feasible mask of a row
+# enumerated while there are at most _ENUM_MASKS of them and the work (per mask its k x k
+# inverse and every row's quadratic form) is at most _ENUM_WORK multiply-adds; greedy OBS in
+# every row while its rows x d x d inverses take at most _GREEDY_ENTRIES numbers and its
+# downdates _GREEDY_WORK multiply-adds.
+_ENUM_MASKS = 5000
+_ENUM_WORK = 2e8
+_GREEDY_ENTRIES = 8e6
+_GREEDY_WORK = 2e9
+
+
+@dataclass
+class LayerResult:
+    """What :func:`prune_layer` returns."""
+
+    W: Any  #: pruned weights, in the library, device and dtype of the input W
+    mask: Any  #: bool, True = kept; a NumPy array (a torch tensor for torch input)
+    error: float  #: sum over rows of (w - w_bar)^T H (w - w_bar), on the caller's (undamped) H
+    stages: list[StageRecord] = field(default_factory=list)  #: best error after each stage
+    pattern: str = ""  #: the pattern solved ("unstructured", "2:4", ...)
+
+
+def _host64(x: Any, name: str) -> np.ndarray:
+    """``x`` as a float64 NumPy array (a copy: W and H are small next to the solver's work)."""
+    lib = library_of(x)
+    if lib == "torch":
+        return x.detach().to(device="cpu", dtype=__import__("torch").float64).numpy()
+    if lib == "cupy":
+        import cupy as cp
+
+        return cp.asnumpy(x).astype(np.float64)
+    arr = as_host_array(x, name)
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise TypeError(f"`{name}` must be a real floating-point array, got dtype {arr.dtype}")
+    return np.array(arr, dtype=np.float64)
+
+
+def _like(arr: np.ndarray, ref: Any) -> Any:
+    """``arr`` in the library, device and dtype of ``ref``."""
+    lib = library_of(ref)
+    if lib == "torch":
+        import torch
+
+        t = torch.from_numpy(arr)
+        return t.to(device=ref.device, dtype=ref.dtype if arr.dtype != np.bool_ else torch.bool)
+    if lib == "cupy":
+        import cupy as cp
+
+        return cp.asarray(arr, dtype=ref.dtype if arr.dtype != np.bool_ else bool)
+    if lib in ("jax", "jaxlib"):
+        import jax.numpy as jnp
+
+        return jnp.asarray(arr, dtype=ref.dtype if arr.dtype != np.bool_ else bool)
+    return arr.astype(np.asarray(ref).dtype) if arr.dtype != np.bool_ else arr
+
+
+def _prepare(W: Any, H: Any, sparsity: Any, pattern: Any, damp: Any, budget: str) -> LayerProblem:
+    W64 = _host64(W, "W")
+    if W64.ndim != 2 or min(W64.shape) < 1:
+        raise ValueError(f"`W` must be 2-D (rows x d_in) and non-empty, got shape {W64.shape}")
+    rows, d = W64.shape
+    H64 = _host64(H, "H")
+    if H64.shape != (d, d):
+        raise ValueError(f"`H` must be ({d}, {d}) for `W` with {d} inputs, got {H64.shape}")
+    if not np.isfinite(W64).all():
+        raise ValueError("`W` contains NaN or Inf")
+    if not np.isfinite(H64).all():
+        raise ValueError("`H` contains NaN or Inf")
+    asym = float(np.abs(H64 - H64.T).max())
+    if asym > 1e-6 * max(float(np.abs(H64).max()), 1e-300):
+        raise ValueError(f"`H` must be symmetric (X^T X / N), max |H - H^T| = {asym:.3g}")
+    if float(np.diagonal(H64).min()) < 0:
+        raise ValueError(
+            "`H` must be positive semidefinite (X^T X / N); it has a negative diagonal"
+        )
+    if isinstance(damp, bool) or not isinstance(damp, (int, float, np.floating)):
+        raise TypeError(f"`damp` must be a number >= 0, got {type(damp).__name__}")
+    if not (np.isfinite(damp) and damp >= 0):
+        raise ValueError(f"`damp` must be finite and >= 0, got {damp}")
+    pat = parse_pattern(pattern, sparsity, budget, rows, d)
+    H64 = 0.5 * (H64 + H64.T)
+    prob = LayerProblem(W64, H64, float(damp), pat)
+    if float(damp) == 0.0 and np.linalg.eigvalsh(prob.Hd)[0] <= 1e-12:
+        prob = LayerProblem(W64, H64, 1e-8, pat)  # singular H without damping: a tiny one
+    return prob
+
+
+def prune_layer(
+    W: Any,
+    H: Any,
+    sparsity: float | None = None,
+    *,
+    pattern: str = "unstructured",
+    damp: float = 0.01,
+    budget: str = "row",
+    starts: tuple[str, ...] = _STARTS,
+    admm: bool = True,
+) -> LayerResult:
+    """Prune one linear layer to a sparsity pattern, minimising its reconstruction error.
+
+    Every row i of ``W`` (rows x d_in) keeps a mask K_i under the pattern, with the weights on
+    it the exact minimiser of ``(w - w_i)^T H (w - w_i)``, where ``H = X^T X / N`` from the
+    layer's calibration inputs X (any positive scaling of H gives the same answer), damped by
+    ``damp`` x mean(diag H) for the solve.
+
+    Parameters
+    ----------
+    W : array (rows, d_in)
+        NumPy, torch (any device, any float dtype), CuPy or JAX.
+    H : array (d_in, d_in)
+        Symmetric positive semidefinite.
+    sparsity : float in [0, 1)
+        Fraction of the weights pruned (ignored for N:M): every row loses
+        round-half-up(sparsity x d_in) weights, or with ``budget="layer"`` the layer loses
+        round-half-up(sparsity x rows x d_in) in all, spread over the rows as the solver finds
+        best.
+    pattern : "unstructured" or "N:M"
+        "N:M" (e.g. "2:4"): in every group of M consecutive inputs of a row, N are kept.
+    damp : float, default 0.01
+    budget : "row" or "layer", default "row"
+    starts : the start masks tried, among "magnitude", "wanda", "sparsegpt"
+    admm : bool, default True
+        Search masks with ADMM from the best start (section 14.4).
+
+    Returns
+    -------
+    LayerResult
+        ``W`` (like the input), ``mask`` (True = kept), ``error`` (the summed rows' objective
+        on the undamped H), ``stages`` (best error after each stage and its seconds).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from chita_core import prune_layer
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((256, 32)) @ rng.standard_normal((32, 32))
+    >>> W = rng.standard_normal((8, 32))
+    >>> res = prune_layer(W, X.T @ X / 256, 0.5)
+    >>> res.mask.sum(axis=1).tolist() == [16] * 8
+    True
+    """
+    if pattern == "unstructured" and sparsity is None:
+        raise TypeError('`sparsity` is required for pattern="unstructured"')
+    bad = [s for s in starts if s not in _STARTS] if isinstance(starts, (tuple, list)) else [0]
+    if bad or not starts:
+        raise ValueError(f"`starts` must be a non-empty sequence of {_STARTS}, got {starts!r}")
+    prob = _prepare(W, H, 0.0 if sparsity is None else sparsity, pattern, damp, budget)
+    pat, Hd, HW = prob.pattern, prob.Hd, prob.HW
+    records: list[StageRecord] = []
+    best: tuple[float, np.ndarray, np.ndarray] | None = None  # (damped error, W, mask)
+    since = time.perf_counter()
+
+    def offer(label: str, Wc: np.ndarray, mask: np.ndarray) -> None:
+        nonlocal best, since
+        err = float(prob.damped_errors(Wc).sum())
+        if best is None or err < best[0]:
+            best = (err, Wc, mask)
+        now = time.perf_counter()
+        records.append(StageRecord(label, prob.error(best[1]), now - since))
+        since = now
+
+    for name in starts:
+        if name == "sparsegpt":
+            Ws, mask = sparsegpt(prob)
+            offer("sparsegpt", Ws, mask)
+            mask_w = mask
+            offer("sparsegpt mask + refit", refit(Hd, HW, mask_w, Ws), mask_w)
+            continue
+        score = np.abs(prob.W_bar)
+        if name == "wanda":
+            score = score * np.sqrt(np.maximum(np.diagonal(prob.H), 0.0))[None, :]
+        mask = pat.project(score)
+        offer(f"{name} + refit", refit(Hd, HW, mask), mask)
+    k = pat.kept_per_row()
+    if k is not None and k < prob.d:  # row-separable patterns
+        count = n_row_masks(prob)
+        if count <= _ENUM_MASKS and count * (k**3 + prob.rows * k * k) <= _ENUM_WORK:
+            mask = enumerate_masks(prob)
+            offer(f"exhaustive ({count} masks per row)", refit(Hd, HW, mask), mask)
+        entries = prob.rows * prob.d * prob.d
+        if entries <= _GREEDY_ENTRIES and entries * (prob.d - k) <= _GREEDY_WORK:
+            mask = greedy_obs_rows(prob)
+            offer("greedy obs per row + refit", refit(Hd, HW, mask), mask)
+    if admm and pat.kept_per_row() != prob.d:
+        mask, iters = admm_mask(prob, best[1])
+        offer(f"admm ({iters} it) + refit", refit(Hd, HW, mask, best[1]), mask)
+    _, Wb, mb = best
+    Wb = np.where(mb, Wb, 0.0)
+    return LayerResult(_like(Wb, W), _like(mb, W) if library_of(W) == "torch" else mb,
+                       prob.error(Wb), records, pat.name)  # fmt: skip
+
+
+def sparsegpt_layer(
+    W: Any, H: Any, sparsity: float | None = None, *, pattern: str = "unstructured",
+    damp: float = 0.01, budget: str = "row", block: int = 128,
+) -> LayerResult:  # fmt: skip
+    """SparseGPT alone (the paper's sweep, section 14.3): the baseline ``prune_layer`` is
+    measured against. Same arguments and result as :func:`prune_layer`."""
+    prob = _prepare(W, H, 0.0 if sparsity is None else sparsity, pattern, damp, budget)
+    t = time.perf_counter()
+    Ws, mask = sparsegpt(prob, block)
+    rec = [StageRecord("sparsegpt", prob.error(Ws), time.perf_counter() - t)]
+    m = _like(mask, W) if library_of(W) == "torch" else mask
+    return LayerResult(_like(Ws, W), m, prob.error(Ws), rec, prob.pattern.name)

@@ -1,0 +1,209 @@
+"""Layer-wise pruning (chita_core.prune_layer, docs/design.md section 14) against the
+independent float64 reference of tests/reference.py: exact refits, every pattern exact, brute
+force and textbook greedy OBS on small layers, SparseGPT's sweep, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference as ref
+
+import chita_core
+from chita_core.layer import prune_layer, sparsegpt_layer
+from chita_core.layer._problem import Pattern, parse_pattern
+from chita_core.layer._refit import exact_refit, pcg_refit
+
+
+def _layer(rows=6, d=12, N=200, seed=0, outliers=2):
+    """W and H = X^T X / N from correlated inputs with a few large ("outlier") features."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N, d)) @ (np.eye(d) + 0.4 * rng.standard_normal((d, d)))
+    if outliers:
+        X[:, rng.choice(d, outliers, replace=False)] *= 8.0
+    W = rng.standard_normal((rows, d))
+    return W, X.T @ X / N
+
+
+def _check_exact_on_mask(res, W, H, damp=0.01):
+    """W is the exact refit of every row on its mask (zero off it), and error is the undamped
+    objective of those weights."""
+    Hd = ref.layer_damped(H, damp)
+    Wr, mask = np.asarray(res.W, dtype=np.float64), np.asarray(res.mask)
+    assert np.all(Wr[~mask] == 0)
+    for i in range(W.shape[0]):
+        np.testing.assert_allclose(Wr[i], ref.row_refit(Hd, W[i], mask[i]), rtol=1e-7, atol=1e-9)
+    total = sum(ref.row_error(H, Wr[i], W[i]) for i in range(W.shape[0]))
+    assert res.error == pytest.approx(total, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------ patterns
+
+
+@pytest.mark.parametrize("d", [8, 100])
+def test_pattern_projection_meets_every_budget(d):
+    rng = np.random.default_rng(1)
+    S = rng.standard_normal((5, d))
+    row = parse_pattern("unstructured", 0.55, "row", 5, d)
+    m = row.project(S)
+    assert row.check(m) and np.all(m.sum(axis=1) == d - round(0.55 * d + 1e-9))
+    for i in range(5):  # each row keeps its own largest scores
+        assert S[i][m[i]].min() >= S[i][~m[i]].max()
+    layer = parse_pattern("unstructured", 0.55, "layer", 5, d)
+    ml = layer.project(S)
+    assert layer.check(ml) and S[ml].min() >= S[~ml].max()
+    nm = parse_pattern("2:4", None, "row", 5, d)
+    mn = nm.project(S)
+    assert nm.check(mn)
+    g, gm = S.reshape(5, -1, 4), mn.reshape(5, -1, 4)
+    assert np.all(np.where(gm, g, np.inf).min(axis=2) >= np.where(gm, -np.inf, g).max(axis=2))
+
+
+def test_pattern_ties_go_to_the_lower_index():
+    pat = Pattern("row", 2, 200, keep=3)
+    S = np.zeros((2, 200))
+    S[1, 150:] = 1.0
+    m = pat.project(S)
+    assert np.flatnonzero(m[0]).tolist() == [0, 1, 2]
+    assert np.flatnonzero(m[1]).tolist() == [150, 151, 152]
+
+
+def test_half_up_rounding_of_the_row_budget():
+    assert parse_pattern("unstructured", 0.5, "row", 1, 5).keep == 2  # 2.5 pruned -> 3
+    assert parse_pattern("unstructured", 0.25, "row", 1, 6).keep == 4  # 1.5 -> 2
+
+
+# ------------------------------------------------------------------------------------- refits
+
+
+@pytest.mark.parametrize("kind", ["row", "mixed"])
+def test_batched_refits_match_the_dense_reference(kind):
+    W, H = _layer(rows=7, d=20, seed=2)
+    Hd = ref.layer_damped(H, 0.01)
+    rng = np.random.default_rng(3)
+    if kind == "row":
+        mask = parse_pattern("unstructured", 0.6, "row", 7, 20).project(rng.random((7, 20)))
+    else:  # different counts per row, one row with nothing kept
+        mask = rng.random((7, 20)) < 0.5
+        mask[3] = False
+    HW = W @ Hd
+    direct = exact_refit(Hd, HW, mask)
+    cg = pcg_refit(Hd, HW, mask, tol=1e-13)
+    for i in range(7):
+        expect = ref.row_refit(Hd, W[i], mask[i])
+        np.testing.assert_allclose(direct[i], expect, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(cg[i], expect, rtol=1e-7, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------- prune_layer
+
+
+@pytest.mark.parametrize(("pattern", "sparsity", "keep", "nm"), [
+    ("unstructured", 0.5, 4, None),
+    ("unstructured", 0.75, 2, None),
+    ("2:4", None, None, (2, 4)),
+    ("1:4", None, None, (1, 4)),
+])  # fmt: skip
+def test_small_layers_reach_the_brute_force_optimum(pattern, sparsity, keep, nm):
+    W, H = _layer(rows=4, d=8, seed=4)
+    res = prune_layer(W, H, sparsity, pattern=pattern)
+    Hd = ref.layer_damped(H, 0.01)
+    mask = np.asarray(res.mask)
+    for i in range(4):
+        _, best = ref.row_brute_force(Hd, W[i], keep=keep, nm=nm)
+        got = ref.row_error(Hd, ref.row_refit(Hd, W[i], mask[i]), W[i])
+        assert got == pytest.approx(best, rel=1e-9)
+    _check_exact_on_mask(res, W, H)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_at_most_textbook_greedy_obs_per_row(seed):
+    W, H = _layer(rows=5, d=24, seed=seed)
+    res = prune_layer(W, H, 0.6)
+    Hd = ref.layer_damped(H, 0.01)
+    keep = 24 - round(0.6 * 24)
+    greedy = sum(
+        ref.row_error(Hd, ref.row_refit(Hd, W[i], ref.row_greedy_obs(Hd, W[i], keep)), W[i])
+        for i in range(5)
+    )
+    mask = np.asarray(res.mask)
+    ours = sum(ref.row_error(Hd, ref.row_refit(Hd, W[i], mask[i]), W[i]) for i in range(5))
+    assert ours <= greedy * (1 + 1e-9)
+    assert np.all(mask.sum(axis=1) == keep)
+    _check_exact_on_mask(res, W, H)
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "layer"])
+def test_larger_layer_every_pattern_exact_and_below_sparsegpt(pattern):
+    W, H = _layer(rows=48, d=64, N=400, seed=7, outliers=4)
+    budget = "layer" if pattern == "layer" else "row"
+    pat = "unstructured" if pattern == "layer" else pattern
+    res = prune_layer(W, H, 0.7, pattern=pat, budget=budget)
+    base = sparsegpt_layer(W, H, 0.7, pattern=pat, budget=budget)
+    parsed = parse_pattern(pat, 0.7, budget, 48, 64)
+    assert parsed.check(np.asarray(res.mask)) and parsed.check(np.asarray(base.mask))
+    assert res.error < base.error
+    _check_exact_on_mask(res, W, H)
+
+
+def test_sparsegpt_matches_obs_on_one_column():
+    """SparseGPT's sweep pruning only the first input of every row is one exact OBS step:
+    the other weights move to the optimum with w_0 = 0 (the sweep's first update is exact)."""
+    W, H = _layer(rows=3, d=6, seed=8)
+    W[:, 0] = 1e-4  # the least salient input of every row: the one the sweep prunes
+    Hd = ref.layer_damped(H, 0.01)
+    pat = Pattern("row", 3, 6, keep=5)
+    from chita_core.layer._problem import LayerProblem
+    from chita_core.layer._sparsegpt import sparsegpt
+
+    prob = LayerProblem(W.copy(), H.copy(), 0.01, pat)
+    Ws, mask = sparsegpt(prob, block=6)
+    assert pat.check(mask) and not mask[:, 0].any()
+    for i in range(3):
+        np.testing.assert_allclose(Ws[i], ref.row_refit(Hd, W[i], mask[i]), rtol=1e-8)
+
+
+def test_types_follow_the_input():
+    W, H = _layer(rows=4, d=8, seed=9)
+    res32 = prune_layer(W.astype(np.float32), H.astype(np.float32), 0.5)
+    assert res32.W.dtype == np.float32 and res32.mask.dtype == bool
+    torch = pytest.importorskip("torch")
+    Wt = torch.tensor(W, dtype=torch.bfloat16)
+    rt = prune_layer(Wt, torch.tensor(H), 0.5)
+    assert isinstance(rt.W, torch.Tensor) and rt.W.dtype == torch.bfloat16
+    assert rt.mask.dtype == torch.bool and torch.all(rt.W[~rt.mask] == 0)
+
+
+def test_zero_and_singular_h():
+    W, _ = _layer(rows=3, d=8, seed=10)
+    res = prune_layer(W, np.zeros((8, 8)), 0.5)  # no calibration signal: error 0
+    assert res.error == 0.0 and np.all(np.asarray(res.mask).sum(axis=1) == 4)
+    x = np.random.default_rng(0).standard_normal((2, 8))  # rank 2
+    res = prune_layer(W, x.T @ x, 0.5, damp=0.0)
+    assert np.isfinite(res.error) and np.all(np.asarray(res.mask).sum(axis=1) == 4)
+
+
+@pytest.mark.parametrize(("kw", "exc", "match"), [
+    ({"W": np.ones(8)}, ValueError, "`W`"),
+    ({"H": np.ones((7, 7))}, ValueError, "`H`"),
+    ({"H": np.triu(np.ones((8, 8)))}, ValueError, "symmetric"),
+    ({"W": np.full((3, 8), np.nan)}, ValueError, "NaN"),
+    ({"sparsity": 1.0}, ValueError, "`sparsity`"),
+    ({"sparsity": "half"}, TypeError, "`sparsity`"),
+    ({"pattern": "3:5"}, ValueError, "multiple of M"),
+    ({"pattern": "5:4"}, ValueError, "N <= M"),
+    ({"pattern": "dense"}, ValueError, "`pattern`"),
+    ({"damp": -1.0}, ValueError, "`damp`"),
+    ({"budget": "global"}, ValueError, "`budget`"),
+    ({"starts": ("obs",)}, ValueError, "`starts`"),
+])  # fmt: skip
+def test_bad_input_names_the_argument(kw, exc, match):
+    W, H = _layer(rows=3, d=8, seed=11)
+    args = {"W": W, "H": H, "sparsity": 0.5}
+    args.update(kw)
+    W_, H_, s_ = args.pop("W"), args.pop("H"), args.pop("sparsity")
+    with pytest.raises(exc, match=match):
+        prune_layer(W_, H_, s_, **args)
+
+
+def test_public_name():
+    assert chita_core.prune_layer is prune_layer
