@@ -197,16 +197,30 @@ PYBIND11_MODULE(_core, mod) {
   mod.def(
       "pool_eliminate",
       [](py::array G, py::array x, int64_t count, py::array order) {
-        if (G.ndim() != 2 || G.shape(0) != G.shape(1) || !has_dtype<double>(G) ||
-            !(G.flags() & py::array::c_style) || !G.writeable())
-          throw py::value_error("`G` must be a square writeable C-contiguous float64 matrix");
-        const int64_t c = G.shape(0);
-        double* xp = out_vec<double>(x, "x", c);
+        // G [c, c] or a stack [batch, c, c]; x [c] / [batch, c]; order [count] / [batch, count]
+        const bool stacked = G.ndim() == 3;
+        if ((G.ndim() != 2 && !stacked) || G.shape(G.ndim() - 1) != G.shape(G.ndim() - 2) ||
+            !has_dtype<double>(G) || !(G.flags() & py::array::c_style) || !G.writeable())
+          throw py::value_error(
+              "`G` must be a square (or a stack of square) writeable C-contiguous float64 "
+              "matrix");
+        const int64_t c = G.shape(G.ndim() - 1);
+        const int64_t batch = stacked ? G.shape(0) : 1;
+        if (x.ndim() != G.ndim() - 1 || (stacked && x.shape(0) != batch) ||
+            order.ndim() != G.ndim() - 1 || (stacked && order.shape(0) != batch))
+          throw py::value_error("`x` and `order` must have one dimension less than `G`");
         if (count < 0 || count > c) throw py::value_error("`count` must lie in [0, c]");
-        int64_t* op = out_vec<int64_t>(order, "order", count);
+        if (!has_dtype<double>(x) || !(x.flags() & py::array::c_style) || !x.writeable() ||
+            x.shape(x.ndim() - 1) != c)
+          throw py::value_error("`x` must be writeable C-contiguous float64 with c entries");
+        if (!has_dtype<int64_t>(order) || !(order.flags() & py::array::c_style) ||
+            !order.writeable() || order.shape(order.ndim() - 1) != count)
+          throw py::value_error("`order` must be writeable C-contiguous int64 with count entries");
         double* Gp = static_cast<double*>(G.mutable_data());
+        double* xp = static_cast<double*>(x.mutable_data());
+        int64_t* op = static_cast<int64_t*>(order.mutable_data());
         py::gil_scoped_release release;
-        chita::pool_eliminate(Gp, xp, c, count, op);
+        chita::pool_eliminate_batch(Gp, xp, batch, c, count, op);
       },
       py::arg("G"), py::arg("x"), py::arg("count"), py::arg("order"));
 

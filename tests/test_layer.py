@@ -207,3 +207,28 @@ def test_bad_input_names_the_argument(kw, exc, match):
 
 def test_public_name():
     assert chita_core.prune_layer is prune_layer
+
+
+@pytest.mark.parametrize("backend_block", [(1, 0), (4, 4)])
+def test_blocked_greedy_obs_against_the_textbook_order(backend_block):
+    """block = 1 without pool slack is textbook greedy OBS in every row (the same masks); with
+    blocks of 4 in pools of 8 each row's error stays within 2% of it."""
+    from chita_core.layer import _prepare
+    from chita_core.layer._rows import greedy_obs_blocked, greedy_obs_rows
+
+    block, extra = backend_block
+    W, H = _layer(rows=9, d=20, seed=12)
+    prob = _prepare(W, H, 0.6, "unstructured", 0.01, "row")
+    Hd = ref.layer_damped(H, 0.01)
+    keep = prob.pattern.keep
+    mask = greedy_obs_blocked(prob, block=block, extra=extra, entries=3 * 20 * 20)  # 3 chunks
+    assert np.all(mask.sum(axis=1) == keep)
+    np.testing.assert_array_equal(greedy_obs_rows(prob), greedy_obs_blocked(prob, block=1, extra=0))
+    for i in range(9):
+        textbook = ref.row_greedy_obs(Hd, W[i], keep)
+        e_ref = ref.row_error(Hd, ref.row_refit(Hd, W[i], textbook), W[i])
+        e = ref.row_error(Hd, ref.row_refit(Hd, W[i], mask[i]), W[i])
+        if block == 1:
+            np.testing.assert_array_equal(mask[i], textbook)
+        else:
+            assert e <= 1.02 * e_ref

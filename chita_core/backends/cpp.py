@@ -38,11 +38,12 @@ def swap_scores(
 
 def pool_eliminate(G: np.ndarray, x: np.ndarray, count: int) -> np.ndarray:
     """Pool indices of ``count`` greedy removals, in order: the C++ kernel (the maths is
-    host.pool_eliminate'; G and x are left unchanged)."""
-    order = np.empty(int(count), dtype=np.int64)
-    _core.pool_eliminate(
-        np.array(G, dtype=np.float64, order="C"), np.array(x, dtype=np.float64), int(count), order
-    )
+    host.pool_eliminate'; G and x are left unchanged). A stack G [batch, c, c], x [batch, c]
+    gives [batch, count], the pools in parallel."""
+    G = np.array(G, dtype=np.float64, order="C")
+    x = np.array(x, dtype=np.float64, order="C")
+    order = np.empty((*x.shape[:-1], int(count)), dtype=np.int64)
+    _core.pool_eliminate(G, x, int(count), order)
     return order
 
 

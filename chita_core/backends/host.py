@@ -119,7 +119,10 @@ def pool_eliminate(G: np.ndarray, x: np.ndarray, count: int) -> np.ndarray:
     left unchanged). Each removal takes the live q of least saliency x_q^2 / max(1 - G_qq, eps)
     (ties and NaN scores: the lowest live index, NaN ranking as +inf) and moves the others to
     the new optimum: x += G[:, q] x_q / d_q, G += G[:, q] G[q, :] / d_q (stages/greedy.py).
-    The NumPy reference of the compiled kernels (one Python step per removal)."""
+    The NumPy reference of the compiled kernels (one Python step per removal). A stack
+    G [batch, c, c], x [batch, c] gives [batch, count]."""
+    if np.ndim(G) == 3:
+        return np.stack([pool_eliminate(g, v, count) for g, v in zip(G, x, strict=True)])
     G = np.array(G, dtype=np.float64)
     x = np.array(x, dtype=np.float64)
     tiny = np.finfo(np.float64).eps

@@ -1037,7 +1037,9 @@ def _pool_eliminate(G, x, count, order):
 
 def pool_eliminate(G, x, count):
     """Pool indices of ``count`` greedy removals, in order (host.pool_eliminate's maths; G and x
-    are left unchanged)."""
+    are left unchanged; a stack G [batch, c, c] gives [batch, count])."""
+    if np.ndim(G) == 3:
+        return np.stack([pool_eliminate(g, v, count) for g, v in zip(G, x, strict=True)])
     G = np.array(G, dtype=np.float64, order="C")
     x = np.array(x, dtype=np.float64)
     if G.ndim != 2 or G.shape != (x.size, x.size):

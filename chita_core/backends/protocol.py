@@ -70,7 +70,8 @@ class Kernels(Protocol):
 
     def pool_eliminate(self, G: Array, x: Array, count: int) -> Array:
         """int64 [count]: greedy OBS's removals within a pool, in order (G [c, c], x [c] left
-        unchanged; backends/host.py has the maths)"""
+        unchanged; backends/host.py has the maths); a stack G [batch, c, c], x [batch, c]
+        gives [batch, count]"""
 
 
 #: The op names of the contract, in declaration order.

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._problem import LayerProblem
 
-__all__ = ["enumerate_masks", "greedy_obs_rows", "n_row_masks"]
+__all__ = ["enumerate_masks", "greedy_obs_blocked", "greedy_obs_rows", "n_row_masks"]
 
 
 def n_row_masks(prob: LayerProblem) -> int:
@@ -87,3 +87,69 @@ def greedy_obs_rows(prob: LayerProblem) -> np.ndarray:
         X[r, q] = 0.0
         live[r, q] = False
     return live
+
+
+def _pool_kernel():
+    from ..backends import get_backend
+
+    return get_backend("auto")[1].pool_eliminate
+
+
+def greedy_obs_blocked(
+    prob: LayerProblem, *, block: int = 16, extra: int = 16, entries: float = 8e6
+) -> np.ndarray:
+    """Greedy OBS in every row ("row" budgets), blocked as in the wide regime (section 4.5):
+    each step takes the ``block + extra`` live weights of least saliency of every row as its
+    pool, chooses ``block`` removals within it one at a time with exact rank-1 updates (the
+    backend's stacked ``pool_eliminate``, with G = I - Hinv_CC), then downdates each row's
+    inverse and optimum for the removed set Q at once (Hinv -= Hinv_:Q Hinv_QQ^-1 Hinv_Q:, one
+    batched GEMM). Rows are processed in chunks whose inverses hold at most ``entries``
+    numbers, and each chunk's inverses are compacted to the live weights as they shrink.
+    ``block = extra = 0`` would be the textbook order; block 16 with pools of 32 measured
+    within 0.5% of it (synthetic 384-wide layer, 50% and 70%)."""
+    eliminate = _pool_kernel()
+    rows, d = prob.rows, prob.d
+    k = prob.pattern.keep
+    Hi0 = np.linalg.inv(prob.Hd)
+    Hi0 = 0.5 * (Hi0 + Hi0.T)
+    mask = np.zeros((rows, d), dtype=bool)
+    chunk = max(1, int(entries // (d * d)))
+    for r0 in range(0, rows, chunk):
+        R = min(chunk, rows - r0)
+        ar = np.arange(R)
+        Hi = np.broadcast_to(Hi0, (R, d, d)).copy()
+        x = prob.W_bar[r0 : r0 + R].copy()
+        cols = np.broadcast_to(np.arange(d), (R, d)).copy()  # original index of each slot
+        live = np.ones((R, d), dtype=bool)
+        n = d
+        while n > k:
+            width = Hi.shape[1]
+            if n < 0.8 * width:  # compact every row to its live slots
+                keep = np.nonzero(live)[1].reshape(R, n)
+                Hi = Hi[ar[:, None, None], keep[:, :, None], keep[:, None, :]]
+                x = np.take_along_axis(x, keep, axis=1)
+                cols = np.take_along_axis(cols, keep, axis=1)
+                live = np.ones((R, n), dtype=bool)
+                width = n
+            b = min(block, n - k) if block > 0 else 1
+            P = min(n, b + extra)
+            diag = np.diagonal(Hi, axis1=1, axis2=2)
+            sal = np.where(live, x * x / np.maximum(diag, 1e-300), np.inf)
+            C = np.argpartition(sal, P - 1, axis=1)[:, :P] if P < width else np.argsort(sal, 1)
+            C = C[:, :P]
+            HCC = Hi[ar[:, None, None], C[:, :, None], C[:, None, :]]
+            xc = np.take_along_axis(x, C, axis=1)
+            order = eliminate(np.eye(P)[None] - HCC, xc, b)
+            Q = np.take_along_axis(C, order, axis=1)  # (R, b) slots removed
+            HQ = Hi[ar[:, None, None], np.arange(width)[None, :, None], Q[:, None, :]]
+            M = np.linalg.inv(HQ[ar[:, None, None], Q[:, :, None], np.arange(b)[None, None, :]])
+            xQ = np.take_along_axis(x, Q, axis=1)
+            HQM = HQ @ M
+            x -= (HQM @ xQ[:, :, None])[:, :, 0]
+            Hi -= HQM @ HQ.transpose(0, 2, 1)
+            np.put_along_axis(x, Q, 0.0, axis=1)
+            np.put_along_axis(live, Q, False, axis=1)
+            n -= b
+        kept = np.take_along_axis(cols, np.nonzero(live)[1].reshape(R, k), axis=1)
+        mask[(r0 + ar)[:, None], kept] = True
+    return mask

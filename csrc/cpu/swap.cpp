@@ -71,4 +71,11 @@ void pool_eliminate(double* G, double* x, std::int64_t c, std::int64_t count,
   }
 }
 
+void pool_eliminate_batch(double* G, double* x, std::int64_t batch, std::int64_t c,
+                          std::int64_t count, std::int64_t* order) {
+#pragma omp parallel for schedule(static) if (batch * c * c * count >= (1 << 16))
+  for (std::int64_t b = 0; b < batch; ++b)
+    pool_eliminate(G + b * c * c, x + b * c, c, count, order + b * count);
+}
+
 }  // namespace chita

@@ -25,4 +25,10 @@ void swap_scores(const double* G, std::int64_t c, const double* q, double s0, co
 void pool_eliminate(double* G, double* x, std::int64_t c, std::int64_t count,
                     std::int64_t* order);
 
+// The same for `batch` independent pools at once (G [batch, c, c], x [batch, c],
+// order [batch, count], all row-major), in parallel over the pools: the layer-wise greedy OBS
+// runs one pool per output row.
+void pool_eliminate_batch(double* G, double* x, std::int64_t batch, std::int64_t c,
+                          std::int64_t count, std::int64_t* order);
+
 }  // namespace chita

@@ -1,0 +1,81 @@
+"""Layer-wise pruning: chita_core.prune_layer against SparseGPT, Wanda and magnitude on one
+synthetic layer (the transformer benchmark of issue 13 is not built yet).
+
+Run ``python -m bench.layer [--d 384] [--rows 384] [--out bench/results/layer.jsonl]`` from the
+repository root. The layer: W (rows x d) with N(0, 1/d) entries; calibration inputs X (N x d,
+N = 2048) with correlated features (X = Z (I + 0.3 G), Z and G standard normal) and six
+features scaled by 15 (the outlier features of transformer activations); H = X^T X / N.
+Reported: each method's summed reconstruction error on the undamped H over SparseGPT's, and
+its time, at 50% and 70% unstructured (every row's budget) and 2:4. Every method uses the same
+damping (1% of the mean diagonal). Wanda and magnitude keep the dense weights on their masks
+(no update), as published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from bench.harness import JsonlWriter
+from chita_core.layer import _prepare, prune_layer, sparsegpt_layer
+
+
+def synthetic_layer(rows: int, d: int, N: int = 2048, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    F = rng.standard_normal((d, d)) * 0.3 + np.eye(d)
+    X = rng.standard_normal((N, d)) @ F
+    X[:, rng.choice(d, 6, replace=False)] *= 15.0
+    W = rng.standard_normal((rows, d)) / np.sqrt(d)
+    return W, X.T @ X / N
+
+
+def no_update(W, H, sparsity, pattern, score):
+    """Magnitude / Wanda: the pattern's mask of ``score``, the dense weights kept on it."""
+    prob = _prepare(W, H, 0.0 if sparsity is None else sparsity, pattern, 0.01, "row")
+    mask = prob.pattern.project(score)
+    Wp = np.where(mask, W, 0.0)
+    return prob.error(Wp)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=384)
+    ap.add_argument("--d", type=int, default=384)
+    ap.add_argument("--out", default="bench/results/layer.jsonl")
+    args = ap.parse_args(argv)
+    W, H = synthetic_layer(args.rows, args.d)
+    out = JsonlWriter(args.out)
+    print(f"layer {args.rows} x {args.d}, N = 2048, six 15x outlier features")
+    print(
+        "| pattern | SparseGPT error | time | chita / SparseGPT | time | Wanda / SG | magnitude / SG |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for pattern, sparsity in (("unstructured", 0.5), ("unstructured", 0.7), ("2:4", None)):
+        t = time.perf_counter()
+        sg = sparsegpt_layer(W, H, sparsity, pattern=pattern)
+        t_sg = time.perf_counter() - t
+        t = time.perf_counter()
+        ours = prune_layer(W, H, sparsity, pattern=pattern)
+        t_ours = time.perf_counter() - t
+        wanda = no_update(W, H, sparsity, pattern, np.abs(W) * np.sqrt(np.diagonal(H))[None, :])
+        mag = no_update(W, H, sparsity, pattern, np.abs(W))
+        label = pattern if sparsity is None else f"{sparsity:.0%}"
+        print(
+            f"| {label} | {sg.error:.4g} | {t_sg:.2f} s | {ours.error / sg.error:.3f} | "
+            f"{t_ours:.2f} s ({t_ours / t_sg:.0f}x) | {wanda / sg.error:.2f} | {mag / sg.error:.2f} |"
+        )
+        out.write({
+            "kind": "layer", "pattern": pattern, "sparsity": sparsity, "rows": args.rows,
+            "d": args.d, "sparsegpt": {"error": sg.error, "seconds": t_sg},
+            "chita": {"error": ours.error, "seconds": t_ours,
+                      "stages": [tuple(s) for s in ours.stages]},
+            "wanda": {"error": wanda}, "magnitude": {"error": mag},
+        })  # fmt: skip
+    out.close()
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
