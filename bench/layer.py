@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         label = pattern if sparsity is None else f"{sparsity:.0%}"
         print(
             f"| {label} | {sg.error:.4g} | {t_sg:.2f} s | {ours.error / sg.error:.3f} | "
-            f"{t_ours:.2f} s ({t_ours / t_sg:.0f}x) | {wanda / sg.error:.2f} | {mag / sg.error:.2f} |"
+            f"{t_ours:.2f} s ({t_ours / t_sg:.0f}x) | {wanda / sg.error:.2f} | "
+            f"{mag / sg.error:.2f} |"
         )
         out.write({
             "kind": "layer", "pattern": pattern, "sparsity": sparsity, "rows": args.rows,
