@@ -48,9 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     W, H = synthetic_layer(args.rows, args.d)
     out = JsonlWriter(args.out)
     print(f"layer {args.rows} x {args.d}, N = 2048, six 15x outlier features")
-    print(
-        "| pattern | SparseGPT error | time | chita / SparseGPT | time | Wanda / SG | magnitude / SG |"
-    )
+    cols = ("pattern", "SparseGPT error", "time", "chita / SparseGPT", "time", "Wanda / SG")
+    print("| " + " | ".join((*cols, "magnitude / SG")) + " |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for pattern, sparsity in (("unstructured", 0.5), ("unstructured", 0.7), ("2:4", None)):
         t = time.perf_counter()
