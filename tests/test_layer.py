@@ -221,9 +221,13 @@ def test_blocked_greedy_obs_against_the_textbook_order(backend_block):
     prob = _prepare(W, H, 0.6, "unstructured", 0.01, "row")
     Hd = ref.layer_damped(H, 0.01)
     keep = prob.pattern.keep
-    mask = greedy_obs_blocked(prob, block=block, extra=extra, entries=3 * 20 * 20)  # 3 chunks
-    assert np.all(mask.sum(axis=1) == keep)
-    np.testing.assert_array_equal(greedy_obs_rows(prob), greedy_obs_blocked(prob, block=1, extra=0))
+    mask, Wg = greedy_obs_blocked(prob, block=block, extra=extra, entries=3 * 20 * 20)  # 3 chunks
+    assert np.all(mask.sum(axis=1) == keep) and np.all(Wg[~mask] == 0)
+    for i in range(9):  # the downdated optima are the exact refits
+        np.testing.assert_allclose(Wg[i], ref.row_refit(Hd, W[i], mask[i]), rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(
+        greedy_obs_rows(prob), greedy_obs_blocked(prob, block=1, extra=0)[0]
+    )
     for i in range(9):
         textbook = ref.row_greedy_obs(Hd, W[i], keep)
         e_ref = ref.row_error(Hd, ref.row_refit(Hd, W[i], textbook), W[i])
