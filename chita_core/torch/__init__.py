@@ -29,20 +29,25 @@ gradients at the pruned weights between stages. torch is an optional dependency
 
 The adapter's modules: ``_params`` (which parameters, tied weights, masks, writing back),
 ``_gradients`` (calibration samples and the per-sample gradient matrix A), ``_solve`` (A's
-column blocks as prepared problems and the ridge path) and ``_prune`` (the stages of
-:func:`prune` and its report).
+column blocks as prepared problems and the ridge path), ``_prune`` (the stages of
+:func:`prune` and its report) and ``_layerwise`` (:func:`prune_layerwise`: layer by layer from
+calibration activations, through :func:`chita_core.prune_layer`).
 """
 
 from __future__ import annotations
 
+from ._layerwise import LayerReport, LayerwiseReport, prune_layerwise
 from ._params import remove_masks
 from ._prune import RIDGE_SCALES, PruneReport, StageReport, prune, schedule_sparsities
 
 __all__ = [
     "RIDGE_SCALES",
+    "LayerReport",
+    "LayerwiseReport",
     "PruneReport",
     "StageReport",
     "prune",
+    "prune_layerwise",
     "remove_masks",
     "schedule_sparsities",
 ]
