@@ -151,3 +151,14 @@ def test_bad_input(kw, exc, match):
     args = {"data": _batches(), **kw}
     with pytest.raises(exc, match=match):
         ct.prune_layerwise(_mlp(), args.pop("data"), 0.5, progress=False, **args)
+
+
+def test_another_solver_through_the_same_calibration():
+    from chita_core.layer import sparsegpt_layer
+
+    model, data = _mlp(4), _batches()
+    W0 = model[0].weight.detach().clone().numpy()
+    rep = ct.prune_layerwise(model, data, 0.5, solver=sparsegpt_layer, progress=False)
+    expect = sparsegpt_layer(W0, _H(torch.cat(data)), 0.5)
+    np.testing.assert_allclose(model[0].weight.detach().numpy(), expect.W, rtol=1e-9, atol=1e-12)
+    assert rep.layers[0].error == pytest.approx(expect.error, rel=1e-9)

@@ -183,6 +183,7 @@ def prune_layerwise(
     n_tokens: int | None = 8192,
     sequential: bool = True,
     progress: bool = True,
+    solver: Any = None,
     **options: Any,
 ) -> LayerwiseReport:
     """Prune every Linear (and Conv) layer of ``model`` to ``sparsity`` / ``pattern`` layer by
@@ -192,13 +193,19 @@ def prune_layerwise(
     (``model(**batch)``, as Hugging Face models take) or (input, target) tuples.
     ``layers``: module names to prune (default: all Linear/Conv). ``n_tokens``: input rows per
     layer that form H (None: all). ``options``: passed to :func:`chita_core.prune_layer`
-    (``damp``, ``budget``, ``starts``, ``admm``). Returns a :class:`LayerwiseReport`."""
+    (``damp``, ``budget``, ``starts``, ``admm``). ``solver``: another layer solver with
+    ``prune_layer``'s signature and result (``chita_core.layer.sparsegpt_layer``, or a
+    baseline of one's own), so that baselines run through the same calibration. Returns a
+    :class:`LayerwiseReport`."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     if n_tokens is not None and (isinstance(n_tokens, bool) or int(n_tokens) < 1):
         raise ValueError(f"`n_tokens` must be a positive integer or None, got {n_tokens!r}")
     unknown = set(options) - {"damp", "budget", "starts", "admm"}
-    if unknown:
+    if solver is not None and not callable(solver):
+        raise TypeError(f"`solver` must be callable, got {type(solver).__name__}")
+    solve = prune_layer if solver is None else solver
+    if unknown and solver is None:
         raise TypeError(f"unknown option(s) for prune_layer: {sorted(unknown)}")
     if not isinstance(data, (list, tuple)) and iter(data) is data:
         raise TypeError("`data` must be re-iterable (a list or a DataLoader), not an iterator")
@@ -230,7 +237,7 @@ def prune_layerwise(
             if tokens == 0:
                 raise ValueError(f"layer {name!r} received no input from `data`")
             W = _matrix(mod)
-            res = prune_layer(W, H, sparsity, pattern=pattern, **options)
+            res = solve(W, H, sparsity, pattern=pattern, **options)
             keep = res.mask.reshape(mod.weight.shape).to(mod.weight.device)
             with torch.no_grad():
                 mod.weight.copy_(res.W.reshape(mod.weight.shape))
