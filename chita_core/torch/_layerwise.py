@@ -41,6 +41,7 @@ class LayerReport:
     error: float  #: reconstruction error sum_i (w_i - w_bar_i)^T H (w_i - w_bar_i)
     tokens: int  #: calibration rows that formed H
     seconds: float  #: calibration pass and solve
+    solve_seconds: float = 0.0  #: the layer solver alone
     stages: list[Any] = field(repr=False, default_factory=list)
 
 
@@ -51,6 +52,11 @@ class LayerwiseReport:
     layers: list[LayerReport]
     pattern: str
     seconds: float
+
+    @property
+    def solve_seconds(self) -> float:
+        """The layer solvers' time alone (without the calibration passes)."""
+        return sum(r.solve_seconds for r in self.layers)
 
     @property
     def sparsity(self) -> float:
@@ -237,7 +243,9 @@ def prune_layerwise(
             if tokens == 0:
                 raise ValueError(f"layer {name!r} received no input from `data`")
             W = _matrix(mod)
+            ts = time.perf_counter()
             res = solve(W, H, sparsity, pattern=pattern, **options)
+            ts = time.perf_counter() - ts
             keep = res.mask.reshape(mod.weight.shape).to(mod.weight.device)
             with torch.no_grad():
                 mod.weight.copy_(res.W.reshape(mod.weight.shape))
@@ -245,7 +253,7 @@ def prune_layerwise(
             zero = float((mod.weight == 0).float().mean())
             reports.append(
                 LayerReport(name, tuple(W.shape), zero, res.error, tokens,
-                            time.perf_counter() - t, res.stages)
+                            time.perf_counter() - t, ts, res.stages)
             )  # fmt: skip
             bar.update(1)
     finally:
