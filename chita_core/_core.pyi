@@ -97,6 +97,19 @@ def chita_step(
     values this module was built with.
     """
 
+def swap_scores(G: F64, q: F64, s0: float, wv: F64, jn: I64, io: I64, lam: float, out: F64) -> None:
+    """out [len(io) * len(jn)] = change of f per swap (backends/host.py: swap_scores)."""
+
+def pool_eliminate(G: F64, x: F64, count: int, order: I64) -> None:
+    """Greedy OBS within a pool (G [c, c] and x [c], or stacks [batch, c, c] and [batch, c],
+    overwritten as work arrays): order [count] / [batch, count] = removals in order
+    (backends/host.py: pool_eliminate)."""
+
+def row_top_mask(s: F64, k: int, n: int, m: int, mask: np.ndarray) -> None:
+    """mask [rows, d] (bool) = each row's k largest s (k >= 0), or with k < 0 each group of m
+    consecutive entries' n largest; ties to the lower index, NaN last (layer/_problem.py:
+    Pattern.project_numpy)."""
+
 def num_threads() -> int:
     """Threads the kernels use (OpenMP max threads; 1 without OpenMP)."""
 

@@ -17,6 +17,7 @@
 #include "chita/constants.hpp"
 #include "chita/gradient.hpp"
 #include "chita/matvec.hpp"
+#include "chita/rows.hpp"
 #include "chita/swap.hpp"
 #include "chita/step.hpp"
 #include "chita/topk.hpp"
@@ -223,6 +224,29 @@ PYBIND11_MODULE(_core, mod) {
         chita::pool_eliminate_batch(Gp, xp, batch, c, count, op);
       },
       py::arg("G"), py::arg("x"), py::arg("count"), py::arg("order"));
+
+  mod.def(
+      "row_top_mask",
+      [](py::array s, int64_t k, int64_t n, int64_t m, py::array mask) {
+        // k >= 0: each row's k largest; else (n, m): each group of m keeps its n largest
+        if (s.ndim() != 2 || !has_dtype<double>(s) || !(s.flags() & py::array::c_style))
+          throw py::value_error("`s` must be a 2-D C-contiguous float64 array");
+        const int64_t rows = s.shape(0), d = s.shape(1);
+        if (mask.ndim() != 2 || mask.shape(0) != rows || mask.shape(1) != d ||
+            mask.itemsize() != 1 || !(mask.flags() & py::array::c_style) || !mask.writeable())
+          throw py::value_error("`mask` must be a writeable C-contiguous bool array like `s`");
+        if (k < 0 && (m <= 0 || n < 0 || n > m || d % m != 0))
+          throw py::value_error("N:M needs 0 <= n <= m and m dividing the row length");
+        if (k > d) throw py::value_error("`k` must not exceed the row length");
+        const double* sp = static_cast<const double*>(s.data());
+        auto* mp = static_cast<std::uint8_t*>(mask.mutable_data());
+        py::gil_scoped_release release;
+        if (k >= 0)
+          chita::row_top_mask(sp, rows, d, k, mp);
+        else
+          chita::group_top_mask(sp, rows, d, n, m, mp);
+      },
+      py::arg("s"), py::arg("k"), py::arg("n"), py::arg("m"), py::arg("mask"));
 
   mod.def(
       "support_rmatvec",

@@ -236,3 +236,14 @@ def test_blocked_greedy_obs_against_the_textbook_order(backend_block):
             np.testing.assert_array_equal(mask[i], textbook)
         else:
             assert e <= 1.02 * e_ref
+
+
+@pytest.mark.parametrize("kind", ["row", "nm"])
+def test_projection_kernel_matches_numpy_with_ties_and_nan(kind):
+    rng = np.random.default_rng(13)
+    S = np.round(rng.standard_normal((17, 40)), 1)  # many ties
+    S[3, 5] = S[8, 0] = np.nan
+    S[4] = 0.0
+    pat = Pattern("row", 17, 40, keep=13) if kind == "row" else Pattern("nm", 17, 40, n=3, m=8)
+    np.testing.assert_array_equal(pat.project(S), pat.project_numpy(S))
+    assert pat.check(pat.project(S))

@@ -60,10 +60,26 @@ class Pattern:
     def project(self, scores: np.ndarray) -> np.ndarray:
         """The feasible mask (bool, True = kept) keeping the largest ``scores``: each row's top
         ``keep``, each group's top n, or the layer's top ``keep_total``. Ties go to the lower
-        index, so the result is deterministic."""
+        index, so the result is deterministic. Rows and groups go through the C++ kernel
+        ``_core.row_top_mask`` (a selection per row, rows in parallel) where it is built."""
+        s = np.ascontiguousarray(scores, dtype=np.float64)
+        core = _core_module()
+        if core is not None and self.kind in ("row", "nm"):
+            mask = np.empty((self.rows, self.d), dtype=bool)
+            if self.kind == "row":
+                core.row_top_mask(s, self.keep, 0, 0, mask)
+            else:
+                core.row_top_mask(s, -1, self.n, self.m, mask)
+            return mask
+        return self.project_numpy(s)
+
+    def project_numpy(self, scores: np.ndarray) -> np.ndarray:
+        """:meth:`project` in NumPy: the reference of the C++ kernel ``_core.row_top_mask``,
+        and the layer-budget selection."""
         rows, d = self.rows, self.d
         mask = np.zeros((rows, d), dtype=bool)
         s = np.asarray(scores, dtype=np.float64)
+        s = np.where(np.isnan(s), -np.inf, s)  # (NaN ranks below every number)
         if self.kind == "row":
             if self.keep:
                 mask[np.arange(rows)[:, None], _top(s, self.keep)] = True
@@ -89,6 +105,15 @@ class Pattern:
         if self.kind == "nm":
             return bool(np.all(mask.reshape(self.rows, -1, self.m).sum(axis=2) == self.n))
         return int(mask.sum()) == self.keep_total
+
+
+def _core_module():
+    """The compiled ``_core`` module, or None where it is not built (numba-only installs)."""
+    try:
+        from .. import _core
+    except ImportError:  # pragma: no cover - the wheel always builds _core
+        return None
+    return _core
 
 
 def _top(s: np.ndarray, k: int) -> np.ndarray:
