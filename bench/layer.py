@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from bench.harness import JsonlWriter
-from chita_core.layer import _prepare, prune_layer, sparsegpt_layer
+from chita_core.layer import prune_layer, sparsegpt_layer
 
 
 def synthetic_layer(rows: int, d: int, N: int = 2048, seed: int = 0):
@@ -31,12 +31,32 @@ def synthetic_layer(rows: int, d: int, N: int = 2048, seed: int = 0):
     return W, X.T @ X / N
 
 
-def no_update(W, H, sparsity, pattern, score):
-    """Magnitude / Wanda: the pattern's mask of ``score``, the dense weights kept on it."""
-    prob = _prepare(W, H, 0.0 if sparsity is None else sparsity, pattern, 0.01, "row")
+def _no_update(W, H, sparsity, pattern, wanda):
+    """Magnitude / Wanda (Sun et al. 2024) as layer solvers with prune_layer's signature: the
+    pattern's mask of |w| (Wanda: |w_j| sqrt(H_jj), i.e. |w_j| ||X_j|| up to a constant), the
+    dense weights kept on it, no update. W and H may be NumPy arrays or torch tensors."""
+    from chita_core.layer import LayerResult
+    from chita_core.layer import _prepare as prepare
+
+    prob = prepare(W, H, 0.0 if sparsity is None else sparsity, pattern, 0.01, "row")
+    score = np.abs(prob.W_bar)
+    if wanda:
+        score = score * np.sqrt(np.maximum(np.diagonal(prob.H), 0.0))[None, :]
     mask = prob.pattern.project(score)
-    Wp = np.where(mask, W, 0.0)
-    return prob.error(Wp)
+    Wp = np.where(mask, prob.W_bar, 0.0)
+    if hasattr(W, "detach"):  # torch in, torch out
+        import torch
+
+        return LayerResult(torch.from_numpy(Wp).to(W), torch.from_numpy(mask), prob.error(Wp))
+    return LayerResult(Wp, mask, prob.error(Wp))
+
+
+def wanda_layer(W, H, sparsity=None, *, pattern="unstructured", **_):
+    return _no_update(W, H, sparsity, pattern, wanda=True)
+
+
+def magnitude_layer(W, H, sparsity=None, *, pattern="unstructured", **_):
+    return _no_update(W, H, sparsity, pattern, wanda=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         t = time.perf_counter()
         ours = prune_layer(W, H, sparsity, pattern=pattern)
         t_ours = time.perf_counter() - t
-        wanda = no_update(W, H, sparsity, pattern, np.abs(W) * np.sqrt(np.diagonal(H))[None, :])
-        mag = no_update(W, H, sparsity, pattern, np.abs(W))
+        wanda = wanda_layer(W, H, sparsity, pattern=pattern).error
+        mag = magnitude_layer(W, H, sparsity, pattern=pattern).error
         label = pattern if sparsity is None else f"{sparsity:.0%}"
         print(
             f"| {label} | {sg.error:.4g} | {t_sg:.2f} s | {ours.error / sg.error:.3f} | "

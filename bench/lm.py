@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.harness import JsonlWriter
+from bench.layer import magnitude_layer, wanda_layer
 
 CACHE = Path(__file__).resolve().parent / "results" / "cache"
 
@@ -142,32 +143,6 @@ def perplexity(model, held_batches) -> float:
             total += float(loss)
             count += y.numel()
     return math.exp(total / count)
-
-
-def wanda_layer(W, H, sparsity, *, pattern="unstructured", **_):
-    """Wanda (Sun et al. 2024): each row keeps its largest |w_j| ||X_j|| = |w_j| sqrt(N H_jj);
-    the kept weights are not updated."""
-    import torch
-
-    from chita_core.layer import LayerResult, _prepare
-
-    W64, H64 = W.double().cpu().numpy(), H.double().cpu().numpy()
-    prob = _prepare(W64, H64, 0.0 if sparsity is None else sparsity, pattern, 0.01, "row")
-    mask = prob.pattern.project(np.abs(W64) * np.sqrt(np.maximum(np.diagonal(H64), 0))[None, :])
-    Wp = np.where(mask, W64, 0.0)
-    return LayerResult(torch.from_numpy(Wp).to(W), torch.from_numpy(mask), prob.error(Wp))
-
-
-def magnitude_layer(W, H, sparsity, *, pattern="unstructured", **_):
-    import torch
-
-    from chita_core.layer import LayerResult, _prepare
-
-    W64, H64 = W.double().cpu().numpy(), H.double().cpu().numpy()
-    prob = _prepare(W64, H64, 0.0 if sparsity is None else sparsity, pattern, 0.01, "row")
-    mask = prob.pattern.project(np.abs(W64))
-    Wp = np.where(mask, W64, 0.0)
-    return LayerResult(torch.from_numpy(Wp).to(W), torch.from_numpy(mask), prob.error(Wp))
 
 
 def main(argv: list[str] | None = None) -> None:

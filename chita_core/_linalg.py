@@ -203,12 +203,6 @@ class SPDSystem:
             self._L = None
             self._evals, self._V = xp.linalg.eigh(0.5 * (Ks + Ks.T))
 
-    def factor(self) -> Any:
-        """The lower Cholesky factor L of K itself (K = L L^T) when ``good``, else None."""
-        if self._L is None:
-            return None
-        return self._L / self.D[:, None]
-
     def _apply_inverse(self, v: Any) -> Any:
         """K^{-1} v when good, else the pseudo-inverse (eigenvalues below n eps lambda_max
         dropped: the minimum-norm solution of the scaled system)."""

@@ -513,13 +513,11 @@ class Context:
             self._since = now
 
 
-def run(ctx: Context, stages: Plan | list[tuple[Stage, float]]) -> list[PlannedStage]:
+def run(ctx: Context, stages: Plan) -> list[PlannedStage]:
     """Runs the plan in order (none after the callback asked to stop); returns each stage's
     modeled and measured seconds. A stage marked ``if_budget`` runs only if the plan's budget
     minus the modeled cost of the work done so far (each stage's ``repriced`` cost where it
     has one, else its planned cost) covers its modeled cost: deterministic, like the plan."""
-    if not isinstance(stages, Plan):
-        stages = Plan(list(stages))
     timings = []
     spent = 0.0
     for stage, modeled in stages:

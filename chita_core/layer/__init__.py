@@ -61,7 +61,9 @@ def _host64(x: Any, name: str) -> np.ndarray:
     """``x`` as a float64 NumPy array (a copy: W and H are small next to the solver's work)."""
     lib = library_of(x)
     if lib == "torch":
-        return x.detach().to(device="cpu", dtype=__import__("torch").float64).numpy()
+        import torch
+
+        return x.detach().to(device="cpu", dtype=torch.float64).numpy()
     if lib == "cupy":
         import cupy as cp
 

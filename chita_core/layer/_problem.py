@@ -122,10 +122,7 @@ def _top(s: np.ndarray, k: int) -> np.ndarray:
     d = s.shape[-1]
     if k >= d:
         return np.broadcast_to(np.arange(d), s.shape).copy()
-    # Rank by (score, -index): the partition on -score alone would break ties arbitrarily.
-    order = np.argsort(-s, axis=-1, kind="stable") if d <= 64 else None
-    if order is not None:
-        return order[..., :k]
+    # The partition on -score alone would break ties arbitrarily: resolve them at the boundary.
     part = np.argpartition(-s, k - 1, axis=-1)
     kth = np.take_along_axis(-s, part[..., k - 1 : k], axis=-1)  # the k-th largest, negated
     above = -s < kth  # strictly inside the top k

@@ -160,8 +160,10 @@ def greedy_obs_blocked(
             b = min(block, n - k) if block > 0 else 1
             P = min(n, b + extra)
             sal = np.where(live, x * x / np.maximum(diag, 1e-300), np.inf)
-            C = np.argpartition(sal, P - 1, axis=1)[:, :P] if P < width else np.argsort(sal, 1)
-            C = C[:, :P]
+            if P < width:
+                C = np.argpartition(sal, P - 1, axis=1)[:, :P]
+            else:  # (then every slot is live: the pool is the whole row)
+                C = np.broadcast_to(np.arange(width), (R, width))
             HCC = Hi[ar[:, None, None], C[:, :, None], C[:, None, :]]
             for u, v in pending:
                 uc = np.take_along_axis(u, C[:, None, :], axis=2)

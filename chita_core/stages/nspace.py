@@ -112,7 +112,7 @@ def hinv_diag(prob: Any, idx: Any, Kinv: Any, lam: float) -> Any:
     return xp.maximum(out, np.finfo(float).eps) / lam
 
 
-def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tuple[Any, Any]:
+def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tuple[Any, Any, Any]:
     """x_S minimising the objective with nonzeros on ``support`` only, accurate to rounding.
 
     In z = x - w_bar_S it is the ridge regression min ||A_S z - c||^2 + ridge ||z||^2 with
