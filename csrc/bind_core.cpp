@@ -16,6 +16,8 @@
 
 #include "chita/constants.hpp"
 #include "chita/gradient.hpp"
+#include "chita/lapack.hpp"
+#include "chita/layer_swap.hpp"
 #include "chita/matvec.hpp"
 #include "chita/rows.hpp"
 #include "chita/swap.hpp"
@@ -224,6 +226,68 @@ PYBIND11_MODULE(_core, mod) {
         chita::pool_eliminate_batch(Gp, xp, batch, c, count, op);
       },
       py::arg("G"), py::arg("x"), py::arg("count"), py::arg("order"));
+
+  mod.def(
+      "set_lapack",
+      [](py::dict blas, py::dict lapack) {
+        // SciPy's scipy.linalg.cython_blas / cython_lapack __pyx_capi__ dicts (capsules).
+        auto get = [](py::dict d, const char* name) -> void* {
+          if (!d.contains(name)) throw py::value_error(std::string("missing routine ") + name);
+          py::object cap = d[name];
+          PyObject* o = cap.ptr();
+          if (!PyCapsule_CheckExact(o)) throw py::type_error(std::string(name) + " is not a capsule");
+          void* f = PyCapsule_GetPointer(o, PyCapsule_GetName(o));
+          if (f == nullptr) throw py::error_already_set();
+          return f;
+        };
+        chita::lapack::Routines r;
+        r.dgemm = reinterpret_cast<chita::lapack::dgemm_t>(get(blas, "dgemm"));
+        r.dgemv = reinterpret_cast<chita::lapack::dgemv_t>(get(blas, "dgemv"));
+        r.dger = reinterpret_cast<chita::lapack::dger_t>(get(blas, "dger"));
+        r.dpotrf = reinterpret_cast<chita::lapack::dpotrf_t>(get(lapack, "dpotrf"));
+        r.dpotri = reinterpret_cast<chita::lapack::dpotri_t>(get(lapack, "dpotri"));
+        r.dpotrs = reinterpret_cast<chita::lapack::dpotrs_t>(get(lapack, "dpotrs"));
+        chita::lapack::set(r);
+      },
+      py::arg("blas"), py::arg("lapack"));
+
+  mod.def(
+      "row_swaps",
+      [](py::array H, py::array B, py::array c0, int64_t m, int64_t max_swaps, double tol,
+         int64_t refresh, py::array mask, py::array W, py::array swaps) {
+        // Exact swap local search of every row (csrc/cpu/layer_swap.cpp).
+        if (H.ndim() != 2 || H.shape(0) != H.shape(1) || !has_dtype<double>(H) ||
+            !(H.flags() & py::array::c_style))
+          throw py::value_error("`H` must be a square C-contiguous float64 matrix");
+        const int64_t d = H.shape(0);
+        if (d > (int64_t{1} << 20)) throw py::value_error("`H` is too large");
+        if (B.ndim() != 2 || B.shape(1) != d || !has_dtype<double>(B) ||
+            !(B.flags() & py::array::c_style))
+          throw py::value_error("`B` must be a (rows, d) C-contiguous float64 array");
+        const int64_t rows = B.shape(0);
+        const double* c0p = in_vec<double>(c0, "c0", rows);
+        if (mask.ndim() != 2 || mask.shape(0) != rows || mask.shape(1) != d ||
+            mask.itemsize() != 1 || !(mask.flags() & py::array::c_style) || !mask.writeable())
+          throw py::value_error("`mask` must be a writeable C-contiguous bool array like `B`");
+        if (W.ndim() != 2 || W.shape(0) != rows || W.shape(1) != d || !has_dtype<double>(W) ||
+            !(W.flags() & py::array::c_style) || !W.writeable())
+          throw py::value_error("`W` must be a writeable C-contiguous float64 array like `B`");
+        int64_t* sp = out_vec<int64_t>(swaps, "swaps", rows);
+        if (m < 0 || (m > 0 && d % m != 0))
+          throw py::value_error("`m` must be 0 or divide the row length");
+        if (max_swaps < 0 || refresh < 0 || !(tol >= 0.0))
+          throw py::value_error("`max_swaps`, `refresh` and `tol` must be >= 0");
+        if (!chita::lapack::routines().complete())
+          throw py::value_error("call set_lapack first");
+        const double* Hp = static_cast<const double*>(H.data());
+        const double* Bp = static_cast<const double*>(B.data());
+        auto* mp = static_cast<std::uint8_t*>(mask.mutable_data());
+        double* Wp = static_cast<double*>(W.mutable_data());
+        py::gil_scoped_release release;
+        chita::row_swap_search(Hp, d, Bp, c0p, rows, m, max_swaps, tol, refresh, mp, Wp, sp);
+      },
+      py::arg("H"), py::arg("B"), py::arg("c0"), py::arg("m"), py::arg("max_swaps"),
+      py::arg("tol"), py::arg("refresh"), py::arg("mask"), py::arg("W"), py::arg("swaps"));
 
   mod.def(
       "row_top_mask",

@@ -421,3 +421,18 @@ def row_greedy_obs(Hd, w_bar, keep):
     m = np.zeros(w_bar.size, dtype=bool)
     m[S] = True
     return m
+
+
+def row_best_exchange(Hd, w_bar, mask, m=0):
+    """The lowest damped error over every exchange of one kept input for one pruned one (with
+    m > 0 only within a group of m consecutive inputs), each refitted afresh: brute force."""
+    best = np.inf
+    kept, pruned = np.flatnonzero(mask), np.flatnonzero(~mask)
+    for i in kept:
+        for j in pruned:
+            if m and i // m != j // m:
+                continue
+            e_mask = mask.copy()
+            e_mask[i], e_mask[j] = False, True
+            best = min(best, row_error(Hd, row_refit(Hd, w_bar, e_mask), w_bar))
+    return best

@@ -118,18 +118,19 @@ def test_small_layers_reach_the_brute_force_optimum(pattern, sparsity, keep, nm)
 @pytest.mark.parametrize("seed", [5, 6])
 def test_at_most_textbook_greedy_obs_per_row(seed):
     W, H = _layer(rows=5, d=24, seed=seed)
-    res = prune_layer(W, H, 0.6)
     Hd = ref.layer_damped(H, 0.01)
     keep = 24 - round(0.6 * 24)
     greedy = sum(
         ref.row_error(Hd, ref.row_refit(Hd, W[i], ref.row_greedy_obs(Hd, W[i], keep)), W[i])
         for i in range(5)
     )
-    mask = np.asarray(res.mask)
-    ours = sum(ref.row_error(Hd, ref.row_refit(Hd, W[i], mask[i]), W[i]) for i in range(5))
-    assert ours <= greedy * (1 + 1e-9)
-    assert np.all(mask.sum(axis=1) == keep)
-    _check_exact_on_mask(res, W, H)
+    for search in ("auto", "greedy"):
+        res = prune_layer(W, H, 0.6, search=search)
+        mask = np.asarray(res.mask)
+        ours = sum(ref.row_error(Hd, ref.row_refit(Hd, W[i], mask[i]), W[i]) for i in range(5))
+        assert ours <= greedy * (1 + 0.01 * (search == "greedy") + 1e-9)
+        assert np.all(mask.sum(axis=1) == keep)
+        _check_exact_on_mask(res, W, H)
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4", "layer"])
@@ -195,6 +196,9 @@ def test_zero_and_singular_h():
     ({"damp": -1.0}, ValueError, "`damp`"),
     ({"budget": "global"}, ValueError, "`budget`"),
     ({"starts": ("obs",)}, ValueError, "`starts`"),
+    ({"search": "best"}, ValueError, "`search`"),
+    ({"effort": 0.0}, ValueError, "`effort`"),
+    ({"effort": "high"}, TypeError, "`effort`"),
 ])  # fmt: skip
 def test_bad_input_names_the_argument(kw, exc, match):
     W, H = _layer(rows=3, d=8, seed=11)
@@ -247,3 +251,127 @@ def test_projection_kernel_matches_numpy_with_ties_and_nan(kind):
     pat = Pattern("row", 17, 40, keep=13) if kind == "row" else Pattern("nm", 17, 40, n=3, m=8)
     np.testing.assert_array_equal(pat.project(S), pat.project_numpy(S))
     assert pat.check(pat.project(S))
+
+
+# ------------------------------------------------------------------------------- swap search
+
+
+def _masks(kind, rows, d, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "row":
+        return parse_pattern("unstructured", 0.6, "row", rows, d).project(rng.random((rows, d)))
+    if kind == "nm":
+        return parse_pattern("2:4", None, "row", rows, d).project(rng.random((rows, d)))
+    mask = rng.random((rows, d)) < 0.45  # different counts per row, one empty, one full
+    mask[1], mask[2] = False, True
+    return mask
+
+
+@pytest.mark.parametrize("kind", ["row", "nm", "mixed"])
+def test_swap_kernel_matches_the_numpy_reference(kind):
+    from chita_core.layer import _prepare
+    from chita_core.layer._swaps import swap_search, swap_search_numpy
+
+    W, H = _layer(rows=7, d=24, seed=14, outliers=3)
+    prob = _prepare(W, H, None if kind == "nm" else 0.6, "2:4" if kind == "nm" else
+                    "unstructured", 0.01, "row")  # fmt: skip
+    start = _masks(kind, 7, 24, 15)
+    mk, Wk, sk = swap_search(prob, start)
+    mn, Wn, sn = swap_search_numpy(prob, start)
+    np.testing.assert_array_equal(mk, mn)
+    np.testing.assert_array_equal(sk, sn)
+    np.testing.assert_allclose(Wk, Wn, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(mk.sum(axis=1), start.sum(axis=1))  # counts kept
+    if kind == "nm":
+        assert prob.pattern.check(mk)
+    capped = swap_search(prob, start, max_swaps=2)
+    assert np.all(capped[2] <= 2)
+
+
+@pytest.mark.parametrize("kind", ["row", "nm"])
+def test_swap_search_ends_where_no_exchange_helps(kind):
+    """Every row's final mask is a local optimum: no exchange of a kept and a pruned input
+    (within a group for N:M) lowers the error by more than the tolerance (brute force, each
+    exchange refitted afresh), and the search never raised the start's error."""
+    from chita_core.layer import _prepare
+    from chita_core.layer._swaps import TOL, swap_search
+
+    W, H = _layer(rows=5, d=16, seed=16, outliers=2)
+    nm = kind == "nm"
+    prob = _prepare(W, H, None if nm else 0.6, "2:4" if nm else "unstructured", 0.01, "row")
+    start = _masks(kind, 5, 16, 17)
+    mask, Wk, _ = swap_search(prob, start)
+    Hd = ref.layer_damped(H, 0.01)
+    for i in range(5):
+        e = ref.row_error(Hd, Wk[i], W[i])
+        np.testing.assert_allclose(Wk[i], ref.row_refit(Hd, W[i], mask[i]), rtol=1e-9, atol=1e-12)
+        assert ref.row_best_exchange(Hd, W[i], mask[i], 4 if nm else 0) >= e * (1 - 2 * TOL)
+        assert e <= ref.row_error(Hd, ref.row_refit(Hd, W[i], start[i]), W[i]) * (1 + 1e-12)
+
+
+def test_kernel_refit_matches_numpy_with_empty_and_full_rows():
+    from chita_core.layer._refit import exact_refit_numpy
+
+    W, H = _layer(rows=6, d=20, seed=18)
+    Hd = ref.layer_damped(H, 0.01)
+    mask = _masks("mixed", 6, 20, 19)
+    got = exact_refit(Hd, W @ Hd, mask)
+    np.testing.assert_allclose(got, exact_refit_numpy(Hd, W @ Hd, mask), rtol=1e-10, atol=1e-13)
+    assert np.all(got[1] == 0) and np.allclose(got[2], W[2])
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_swap_sweep_one_block_is_the_swap_search_and_blocks_end_at_their_optimum(pattern):
+    """With one block the sweep is the swap search on Hd itself (from the saliency mask); with
+    several, the last block's kept weights are the exact minimiser given the earlier blocks
+    (zero gradient there: the compensation of each block is exact OBS)."""
+    from chita_core.layer import _prepare
+    from chita_core.layer._sparsegpt import _inverse_factor
+    from chita_core.layer._swaps import swap_search, swap_sweep
+
+    W, H = _layer(rows=6, d=24, seed=20, outliers=3)
+    sp = 0.5 if pattern == "unstructured" else None
+    prob = _prepare(W, H, sp, pattern, 0.01, "row")
+    W1, m1 = swap_sweep(prob, 24)
+    U = _inverse_factor(prob.Hd)
+    sal = W * W / np.einsum("ij,ij->j", U, U)[None, :]
+    m0, W0, _ = swap_search(prob, prob.pattern.project(sal))
+    np.testing.assert_array_equal(m1, m0)
+    np.testing.assert_allclose(W1, W0, rtol=1e-8, atol=1e-11)
+    W3, m3 = swap_sweep(prob, 8)
+    assert prob.pattern.check(m3) and np.all(W3[~m3] == 0)
+    grad = (W3 - W) @ ref.layer_damped(H, 0.01)
+    last = m3[:, 16:]
+    assert np.abs(grad[:, 16:][last]).max() <= 1e-9 * np.abs(W @ prob.Hd).max()
+
+
+@pytest.mark.parametrize("search", ["auto", "swap", "sweep", "greedy", "admm", "none"])
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "layer"])
+def test_every_search_is_exact_and_at_most_sparsegpt(search, pattern):
+    W, H = _layer(rows=12, d=32, N=300, seed=21, outliers=3)
+    budget = "layer" if pattern == "layer" else "row"
+    pat = "unstructured" if pattern == "layer" else pattern
+    sp = None if pat == "2:4" else 0.6
+    res = prune_layer(W, H, sp, pattern=pat, budget=budget, search=search)
+    base = sparsegpt_layer(W, H, sp, pattern=pat, budget=budget)
+    assert parse_pattern(pat, sp, budget, 12, 32).check(np.asarray(res.mask))
+    assert res.error <= base.error * (1 + 1e-12)
+    _check_exact_on_mask(res, W, H)
+
+
+def test_swap_binding_rejects_bad_arrays():
+    from chita_core import _core
+    from chita_core.layer._swaps import _kernel
+
+    _kernel()
+    H = np.eye(8)
+    B = np.ones((2, 8))
+    ok = {"H": H, "B": B, "c0": np.zeros(2), "m": 0, "max_swaps": 1, "tol": 0.0, "refresh": 0,
+          "mask": np.ones((2, 8), bool), "W": np.zeros((2, 8)),
+          "swaps": np.zeros(2, np.int64)}  # fmt: skip
+    _core.row_swaps(**ok)
+    for key, bad in [("H", np.eye(7)), ("B", np.ones((2, 7))), ("m", 3), ("max_swaps", -1),
+                     ("mask", np.ones((3, 8), bool)), ("W", np.zeros((2, 8), np.float32)),
+                     ("tol", float("nan"))]:  # fmt: skip
+        with pytest.raises(ValueError):
+            _core.row_swaps(**{**ok, key: bad})

@@ -19,31 +19,29 @@ import numpy as np
 
 from .._interop import as_host_array, library_of
 from .._pipeline import StageRecord
+from . import _cost
 from ._admm import admm_mask
-from ._problem import LayerProblem, Pattern, parse_pattern
+from ._problem import LayerProblem, Pattern, _core_module, parse_pattern
 from ._refit import pcg_refit, refit
 from ._rows import enumerate_masks, greedy_obs_blocked, greedy_obs_rows, n_row_masks
 from ._sparsegpt import sparsegpt
+from ._swaps import swap_search, swap_sweep
 
 __all__ = ["LayerResult", "Pattern", "prune_layer", "sparsegpt_layer"]
 
 _STARTS = ("magnitude", "wanda", "sparsegpt")
-# Default starts: magnitude lost to Wanda on every layer measured (synthetic 384-wide layer:
-# 2037 against 468 at 50%, 8733 against 2050 at 70%), so it runs only when asked for.
-_DEFAULT_STARTS = ("wanda", "sparsegpt")
-# Small layers also get the exact per-row stages (section 14.5): every feasible mask of a row
+_SEARCHES = ("auto", "swap", "sweep", "greedy", "admm", "none")
+# Small layers get the exact per-row stages (section 14.5): every feasible mask of a row
 # enumerated while there are at most _ENUM_MASKS of them and the work (per mask its k x k
-# inverse and every row's quadratic form) is at most _ENUM_WORK multiply-adds; greedy OBS in
-# every row while its rows x d x d inverses take at most _GREEDY_ENTRIES numbers and its
+# inverse and every row's quadratic form) is at most _ENUM_WORK multiply-adds; N:M greedy OBS
+# (unblocked) while its rows x d x d inverses take at most _GREEDY_ENTRIES numbers and its
 # downdates _GREEDY_WORK multiply-adds.
 _ENUM_MASKS = 5000
 _ENUM_WORK = 2e8
 _GREEDY_ENTRIES = 8e6
 _GREEDY_WORK = 2e9
-# Blocked greedy OBS (row budgets): while its rows x d^2 x (d - k) multiply-adds are at most
-# this (a 384 x 384 layer at 50%: 1.1e10, about 3 s here against 0.15 s for SparseGPT; it
-# reaches 0.33x SparseGPT's error there, 0.46x at 70%).
-_BLOCKED_WORK = 2e10
+# Block sizes the sweep tries, largest first (the whole row, the swap search proper, first).
+_BLOCKS = (1024, 768, 512, 384, 256, 128, 64)
 
 
 @dataclass
@@ -132,8 +130,9 @@ def prune_layer(
     pattern: str = "unstructured",
     damp: float = 0.01,
     budget: str = "row",
-    starts: tuple[str, ...] = _DEFAULT_STARTS,
-    admm: bool = True,
+    effort: float = 6.0,
+    search: str = "auto",
+    starts: tuple[str, ...] = ("sparsegpt",),
 ) -> LayerResult:
     """Prune one linear layer to a sparsity pattern, minimising its reconstruction error.
 
@@ -157,11 +156,15 @@ def prune_layer(
         "N:M" (e.g. "2:4"): in every group of M consecutive inputs of a row, N are kept.
     damp : float, default 0.01
     budget : "row" or "layer", default "row"
-    starts : the start masks tried, among "magnitude", "wanda", "sparsegpt" (default the last
-        two)
-    admm : bool, default True
-        Search masks with ADMM from the best start (section 14.4) where greedy OBS did not
-        run (it runs on row budgets of layers up to about 384 x 384 at 50%).
+    effort : float, default 6
+        The mask search's modeled time, in multiples of SparseGPT's on the same layer
+        (section 14.6): it decides how large the blocks of the swap search are.
+    search : str, default "auto"
+        The mask search after the starts: "auto" (planned within ``effort``: the exact stages
+        on small layers, the swap search per row, or its sweep over blocks of inputs; ADMM then
+        the swap search for a layer budget), or one forced: "swap" (the whole row), "sweep",
+        "greedy" (greedy OBS per row), "admm" or "none" (the starts refitted).
+    starts : the start masks, among "magnitude", "wanda", "sparsegpt" (default the last)
 
     Returns
     -------
@@ -185,6 +188,12 @@ def prune_layer(
     bad = [s for s in starts if s not in _STARTS] if isinstance(starts, (tuple, list)) else [0]
     if bad or not starts:
         raise ValueError(f"`starts` must be a non-empty sequence of {_STARTS}, got {starts!r}")
+    if search not in _SEARCHES:
+        raise ValueError(f"`search` must be one of {_SEARCHES}, got {search!r}")
+    if isinstance(effort, bool) or not isinstance(effort, (int, float, np.floating)):
+        raise TypeError(f"`effort` must be a positive number, got {type(effort).__name__}")
+    if not (np.isfinite(effort) and effort > 0):
+        raise ValueError(f"`effort` must be finite and > 0, got {effort}")
     prob = _prepare(W, H, 0.0 if sparsity is None else sparsity, pattern, damp, budget)
     pat, Hd, HW = prob.pattern, prob.Hd, prob.HW
     records: list[StageRecord] = []
@@ -200,42 +209,113 @@ def prune_layer(
         records.append(StageRecord(label, prob.error(best[1]), now - since))
         since = now
 
+    rows, d = prob.rows, prob.d
     k = pat.kept_per_row()
-    separable = k is not None and k < prob.d
-    entries = prob.rows * prob.d * prob.d
-    blocked = separable and pat.kind == "row" and entries * (prob.d - k) <= _BLOCKED_WORK
-    if separable:
+    separable = k is not None and 0 < k < d
+    threads = _threads()
+    allowed = effort * _cost.sparsegpt_seconds(rows, d)
+    exact = False
+    if separable and search == "auto":
         count = n_row_masks(prob)
-        if count <= _ENUM_MASKS and count * (k**3 + prob.rows * k * k) <= _ENUM_WORK:
+        if count <= _ENUM_MASKS and count * (k**3 + rows * k * k) <= _ENUM_WORK:
             mask = enumerate_masks(prob)
             offer(f"exhaustive ({count} masks per row)", refit(Hd, HW, mask), mask)
-    if blocked:
-        # Greedy OBS in every row; its downdated optima are polished by a few CG steps (the
-        # starts and ADMM lowered nothing after it: synthetic 384-wide layer, 50% and 70%).
-        mask, Wg = greedy_obs_blocked(prob)
-        offer("greedy obs per row", pcg_refit(Hd, HW, mask, Wg), mask)
-    else:
+            exact = True  # (the optimum: nothing below can lower it)
+    if not exact:
         for name in starts:
             if name == "sparsegpt":
                 Ws, mask = sparsegpt(prob)
                 offer("sparsegpt", Ws, mask)
-                offer("sparsegpt mask + refit", refit(Hd, HW, mask, Ws), mask)
+                allowed -= _cost.sparsegpt_seconds(rows, d)
                 continue
             score = np.abs(prob.W_bar)
             if name == "wanda":
                 score = score * np.sqrt(np.maximum(np.diagonal(prob.H), 0.0))[None, :]
             mask = pat.project(score)
             offer(f"{name} + refit", refit(Hd, HW, mask), mask)
-        if separable and entries <= _GREEDY_ENTRIES and entries * (prob.d - k) <= _GREEDY_WORK:
-            mask = greedy_obs_rows(prob)  # (N:M on small layers)
-            offer("greedy obs per row + refit", refit(Hd, HW, mask), mask)
-        if admm and k != prob.d:
+    if exact or k == d:
+        pass
+    elif search == "none":
+        m0 = best[2]
+        offer("refit", refit(Hd, HW, m0, best[1]), m0)
+    elif separable:
+        _row_search(prob, search, allowed, threads, best[2], offer)
+    else:  # a layer budget: ADMM, then the swap search within the rows' counts where it fits
+        m0 = best[2]
+        offer("start refit", refit(Hd, HW, m0, best[1]), m0)
+        if search in ("auto", "admm"):
             mask, iters = admm_mask(prob, best[1])
             offer(f"admm ({iters} it) + refit", refit(Hd, HW, mask, best[1]), mask)
+        if search == "swap" or (search == "auto" and _polish_fits(prob, best[2], allowed)):
+            mask, Wc, swaps = swap_search(prob, best[2])
+            offer(f"swap search ({swaps.mean():.1f} per row)", Wc, mask)
     _, Wb, mb = best
     Wb = np.where(mb, Wb, 0.0)
     return LayerResult(_like(Wb, W), _like(mb, W) if library_of(W) == "torch" else mb,
                        prob.error(Wb), records, pat.name)  # fmt: skip
+
+
+def _threads() -> int:
+    core = _core_module()
+    return max(1, int(core.num_threads())) if core is not None else 1
+
+
+def _polish_fits(prob: LayerProblem, mask: np.ndarray, allowed: float) -> bool:
+    ks = mask.sum(axis=1)
+    k = int(np.median(ks)) if ks.size else 0
+    return _cost.swap_seconds(prob.rows, prob.d, k, False, _threads()) <= allowed
+
+
+def _row_search(prob, search, allowed, threads, start, offer) -> None:
+    """The per-row mask search of a row-separable pattern (section 14.6): greedy OBS then the
+    swap search where greedy fits the effort, else the swap search on the whole row where it
+    fits, else its sweep over the largest blocks that fit, then the exact refit."""
+    pat, rows, d = prob.pattern, prob.rows, prob.d
+    k = pat.kept_per_row()
+    nm = pat.kind == "nm"
+    entries = rows * d * d
+    if nm:
+        greedy_ok = entries <= _GREEDY_ENTRIES and entries * (d - k) <= _GREEDY_WORK
+        greedy_cost = _cost.greedy_seconds(rows, d, k) * 4  # (unblocked)
+    else:
+        greedy_ok = True
+        greedy_cost = _cost.greedy_seconds(rows, d, k)
+    polish = _cost.swap_seconds(rows, d, k, nm, threads)
+    if search == "greedy" or (search == "auto" and greedy_ok and greedy_cost + polish <= allowed):
+        if nm:
+            mask = greedy_obs_rows(prob)
+            offer("greedy obs per row + refit", refit(prob.Hd, prob.HW, mask), mask)
+        else:
+            mask, Wg = greedy_obs_blocked(prob)
+            offer("greedy obs per row", pcg_refit(prob.Hd, prob.HW, mask, Wg), mask)
+        if search == "auto":  # (greedy's mask is a start the exchanges still improve)
+            mask, Wc, swaps = swap_search(prob, mask)
+            offer(f"swap search ({swaps.mean():.1f} per row)", Wc, mask)
+        return
+    block = d
+    if search in ("auto", "sweep"):
+        fits = [d] if search == "auto" else []
+        fits += [b - b % pat.m if nm else b for b in _BLOCKS if b < d]
+        fits = [b for b in fits if b > 0]
+        if len(fits) == (search == "auto"):  # (no block below d: halves)
+            g = pat.m if nm else 1
+            fits.append(max(g, d // 2 - d // 2 % g))
+        block = fits[-1]
+        for b in fits:
+            if b >= d:
+                cost = _cost.swap_seconds(rows, d, k, nm, threads)
+            else:
+                cost = _cost.sweep_seconds(rows, d, b, k / d, nm, threads)
+                cost += _cost.refit_seconds(rows, d, k, threads)
+            if cost <= allowed:
+                block = b
+                break
+    if block >= d:
+        mask, Wc, swaps = swap_search(prob, start)
+        offer(f"swap search ({swaps.mean():.1f} per row)", Wc, mask)
+    else:
+        Wc, mask = swap_sweep(prob, block)
+        offer(f"swap sweep (blocks of {block}) + refit", refit(prob.Hd, prob.HW, mask, Wc), mask)
 
 
 def sparsegpt_layer(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["exact_refit", "pcg_refit", "refit"]
+__all__ = ["exact_refit", "exact_refit_numpy", "pcg_refit", "refit"]
 
 #: Bytes of the gathered (chunk, k, k) stack of H_KK per batched solve.
 _STACK_BYTES = 128 << 20
@@ -23,8 +23,19 @@ DIRECT_MAX_K = 1024
 
 
 def exact_refit(Hd: np.ndarray, HW: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The minimiser on every row's mask, by batched direct solves (rows grouped by their
-    number of kept weights; a row with none kept is zero)."""
+    """The minimiser on every row's mask (a row with none kept is zero): the C++ kernel's
+    Cholesky solve of each row's H_KK (``_core.row_swaps`` without exchanges, rows in
+    parallel), or :func:`exact_refit_numpy` without the compiled module."""
+    from ._swaps import _kernel, _search
+
+    if _kernel() is None:  # pragma: no cover - the wheel always builds _core
+        return exact_refit_numpy(Hd, HW, mask)
+    return _search(Hd, None, HW, mask, 0, 0, 0.0)[1]
+
+
+def exact_refit_numpy(Hd: np.ndarray, HW: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The same by batched NumPy solves: rows grouped by their number of kept weights, each
+    group's H_KK gathered into (chunk, k, k) stacks."""
     rows, d = mask.shape
     out = np.zeros((rows, d))
     counts = mask.sum(axis=1)
