@@ -1,4 +1,4 @@
-"""chita_core.torch.prune_layerwise (docs/design.md, section 14.6): H from forward hooks
+"""chita_core.torch.prune_layerwise (docs/design.md, section 14.8): H from forward hooks
 against X^T X / N formed by hand, sequential calibration on the pruned model, every pattern
 exact, masks that stay zero through an optimizer step, dict batches, convolutions, bad input."""
 
@@ -162,3 +162,80 @@ def test_another_solver_through_the_same_calibration():
     expect = sparsegpt_layer(W0, _H(torch.cat(data)), 0.5)
     np.testing.assert_allclose(model[0].weight.detach().numpy(), expect.W, rtol=1e-9, atol=1e-12)
     assert rep.layers[0].error == pytest.approx(expect.error, rel=1e-9)
+
+
+class _Fork(nn.Module):
+    """a and b read the same input (as attention's q, k and v do); c reads a(x) * b(x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.a, self.b, self.c = nn.Linear(16, 12), nn.Linear(16, 12), nn.Linear(12, 4)
+        self.double()
+        self.c_calls = 0
+        self.c.register_forward_pre_hook(lambda *_: setattr(self, "c_calls", self.c_calls + 1))
+
+    def forward(self, x):
+        return self.c(self.a(x) * self.b(x))
+
+
+def test_layers_sharing_an_input_are_calibrated_in_one_pass_ended_early():
+    """a and b form one calibration group (H from the dense input, as strict sequential order
+    gives, since neither depends on the other); that pass ends each forward before c, so c runs
+    once in the probe and once per batch of its own pass; c is calibrated on pruned a and b."""
+    model, data = _Fork(), _batches(n=3)
+    X0 = torch.cat(data)
+    Wa, Wb, Wc = (m.weight.detach().clone().numpy() for m in (model.a, model.b, model.c))
+    rep = ct.prune_layerwise(model, data, 0.5, progress=False)
+    assert [r.name for r in rep.layers] == ["a", "b", "c"]
+    assert model.c_calls == 1 + len(data)
+    for mod, W in ((model.a, Wa), (model.b, Wb)):
+        expect = prune_layer(W, _H(X0), 0.5)
+        np.testing.assert_allclose(mod.weight.detach().numpy(), expect.W, rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        X1 = model.a(X0) * model.b(X0)
+    expect = prune_layer(Wc, _H(X1), 0.5)
+    np.testing.assert_allclose(model.c.weight.detach().numpy(), expect.W, rtol=1e-9, atol=1e-12)
+
+
+def test_n_tokens_ends_the_calibration_pass():
+    model, data = _Fork(), _batches(n=6, size=32)
+    rep = ct.prune_layerwise(model, data, 0.5, n_tokens=40, progress=False)
+    assert all(r.tokens == 40 for r in rep.layers)
+    assert model.c_calls == 1 + 2  # (40 rows: two batches of 32)
+
+
+def test_hugging_face_bert_with_dict_batches():
+    """A Hugging Face BertModel (built from a config, random weights) pruned through dict
+    batches: every encoder Linear in call order (q, k and v in one calibration group), every
+    row's budget exact, the summed error below SparseGPT's through the same calibration."""
+    transformers = pytest.importorskip("transformers")
+    import copy
+
+    from chita_core.layer import sparsegpt_layer
+
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=32)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    g = torch.Generator().manual_seed(1)
+    data = []
+    for _ in range(4):
+        ids = torch.randint(0, 64, (4, 24), generator=g)
+        data.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    base = copy.deepcopy(model)
+    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    rep = ct.prune_layerwise(model, data, 0.5, layers=layers, progress=False)
+    ref_rep = ct.prune_layerwise(base, data, 0.5, layers=layers, progress=False,
+                                 solver=sparsegpt_layer)  # fmt: skip
+    names = [r.name for r in rep.layers]
+    assert names[:3] == [f"encoder.layer.0.attention.self.{p}" for p in ("query", "key", "value")]
+    assert sorted(names) == sorted(layers)
+    for name in layers:
+        W = model.get_submodule(name).weight.detach()
+        assert torch.all((W != 0).sum(dim=1) == W.shape[1] // 2)
+    assert sum(r.error for r in rep.layers) < sum(r.error for r in ref_rep.layers)
+    with torch.no_grad():
+        out = model(**data[0]).last_hidden_state
+    assert torch.isfinite(out).all()

@@ -3,10 +3,11 @@ section 14).
 
 ``prune_layer(W, H, sparsity)`` prunes one linear layer (W: rows x d_in) against the
 calibration statistics ``H = X^T X / N`` of its inputs: every row minimises
-``(w - w_bar)^T H (w - w_bar)`` under the pattern's budget, all rows sharing H. The solver tries
-start masks (magnitude, Wanda's |w| sqrt(H_jj), SparseGPT's sweep; on small layers also every
-feasible mask, or greedy OBS per row), refits every row exactly on each, searches masks with
-ADMM from the best, and keeps the lowest error.
+``(w - w_bar)^T H (w - w_bar)`` under the pattern's budget, all rows sharing H. The solver starts
+from SparseGPT's sweep and, planned within ``effort`` times SparseGPT's modeled time, searches
+each row's mask by exact exchanges (the swap search, or its sweep over blocks of inputs on wide
+layers; every feasible mask or greedy OBS first on small ones; ADMM for a layer-wide budget),
+refits every row exactly on its mask and keeps the lowest error.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ _GREEDY_ENTRIES = 8e6
 _GREEDY_WORK = 2e9
 # Block sizes the sweep tries, largest first (the whole row, the swap search proper, first).
 _BLOCKS = (1024, 768, 512, 384, 256, 128, 64)
+# The search's modeled seconds are at least this on any layer (tiny layers: where effort x
+# SparseGPT's time is below the stages' fixed costs).
+_MIN_SECONDS = 0.05
 
 
 @dataclass
@@ -130,7 +134,7 @@ def prune_layer(
     pattern: str = "unstructured",
     damp: float = 0.01,
     budget: str = "row",
-    effort: float = 6.0,
+    effort: float = 10.0,
     search: str = "auto",
     starts: tuple[str, ...] = ("sparsegpt",),
 ) -> LayerResult:
@@ -156,9 +160,9 @@ def prune_layer(
         "N:M" (e.g. "2:4"): in every group of M consecutive inputs of a row, N are kept.
     damp : float, default 0.01
     budget : "row" or "layer", default "row"
-    effort : float, default 6
+    effort : float, default 10
         The mask search's modeled time, in multiples of SparseGPT's on the same layer
-        (section 14.6): it decides how large the blocks of the swap search are.
+        (section 14.7): it decides how large the blocks of the swap search are.
     search : str, default "auto"
         The mask search after the starts: "auto" (planned within ``effort``: the exact stages
         on small layers, the swap search per row, or its sweep over blocks of inputs; ADMM then
@@ -213,7 +217,7 @@ def prune_layer(
     k = pat.kept_per_row()
     separable = k is not None and 0 < k < d
     threads = _threads()
-    allowed = effort * _cost.sparsegpt_seconds(rows, d)
+    allowed = max(effort * _cost.sparsegpt_seconds(rows, d), _MIN_SECONDS)
     exact = False
     if separable and search == "auto":
         count = n_row_masks(prob)
@@ -233,7 +237,7 @@ def prune_layer(
                 score = score * np.sqrt(np.maximum(np.diagonal(prob.H), 0.0))[None, :]
             mask = pat.project(score)
             offer(f"{name} + refit", refit(Hd, HW, mask), mask)
-    if exact or k == d:
+    if exact or k in (0, d):  # (nothing to search: every weight kept, or none)
         pass
     elif search == "none":
         m0 = best[2]
@@ -267,7 +271,7 @@ def _polish_fits(prob: LayerProblem, mask: np.ndarray, allowed: float) -> bool:
 
 
 def _row_search(prob, search, allowed, threads, start, offer) -> None:
-    """The per-row mask search of a row-separable pattern (section 14.6): greedy OBS then the
+    """The per-row mask search of a row-separable pattern (section 14.7): greedy OBS then the
     swap search where greedy fits the effort, else the swap search on the whole row where it
     fits, else its sweep over the largest blocks that fit, then the exact refit."""
     pat, rows, d = prob.pattern, prob.rows, prob.d

@@ -1,4 +1,4 @@
-"""Cost model of the layer-wise stages (docs/design.md, section 14.6): seconds on the 2-core
+"""Cost model of the layer-wise stages (docs/design.md, section 14.7): seconds on the 2-core
 machine the constants were measured on (``python -m bench.layer --model`` prints model against
 measurement). The planner only compares stages with SparseGPT's modeled time, so the constants
 matter through their ratios; the model is deterministic, so the plan (and the answer) does not
@@ -35,8 +35,11 @@ SWAPS_PER_INPUT = 0.08
 SWAPS_PER_INPUT_NM = 0.1
 #: Two-thread GEMM rate (flops per second) of the sweep's updates and of conjugate gradients.
 GEMM_FLOPS = 9e10
-#: Blocked greedy OBS: seconds per multiply-add of its rows d^2 (d - k) (384 x 384 at 50%: 2.5 s).
+#: Blocked greedy OBS: seconds per multiply-add of its rows d^2 (d - k) (384 x 384 at 50%: 2.5 s)
+#: and per step of 16 removals in a chunk of rows (kernel calls and bookkeeping: 24 inputs,
+#: one step, 14 to 24 ms).
 GREEDY_PER_MADD = 2.3e-10
+GREEDY_PER_STEP = 5e-3
 #: Conjugate-gradient steps of the refit after a sweep (warm-started).
 PCG_STEPS = 25
 
@@ -85,4 +88,6 @@ def refit_seconds(rows: int, d: int, k: int, threads: int) -> float:
 
 
 def greedy_seconds(rows: int, d: int, k: int) -> float:
-    return GREEDY_PER_MADD * rows * d * d * (d - k)
+    chunks = -(-rows * d * d // int(8e6))
+    steps = -(-(d - k) // 16)
+    return GREEDY_PER_MADD * rows * d * d * (d - k) + GREEDY_PER_STEP * steps * chunks

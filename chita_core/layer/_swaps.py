@@ -1,4 +1,4 @@
-"""Exact swap local search in every row (docs/design.md, section 14.5).
+"""Exact swap local search in every row (docs/design.md, section 14.6).
 
 From a feasible mask K of a row, the best exchange of one kept input i for one pruned input j
 is made while it lowers the row's objective ``(w - w_bar)^T H (w - w_bar)`` (refitted exactly
@@ -90,7 +90,7 @@ def _search(Hd, W_bar, HW, mask, m, max_swaps, tol):
 
 def swap_sweep(prob: LayerProblem, block: int) -> tuple[np.ndarray, np.ndarray]:
     """The swap search on blocks of ``block`` consecutive inputs, left to right, as SparseGPT
-    sweeps (section 14.5): with U the upper factor of Hd^-1 (U^T U = Hd^-1) and earlier blocks
+    sweeps (section 14.6): with U the upper factor of Hd^-1 (U^T U = Hd^-1) and earlier blocks
     fixed, choosing block B's weights v costs exactly (v - w_B)^T H_B (v - w_B) with
     H_B = (U_BB^T U_BB)^-1 once the inputs after B move optimally, by
     ``W_R += (v - w_B) U_BB^-1 U_BR``. Each block's mask (its share of every row's budget, or

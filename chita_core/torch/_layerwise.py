@@ -1,12 +1,13 @@
 """chita_core.torch.prune_layerwise: layer-by-layer pruning of a model from calibration data
-(docs/design.md, section 14.6).
+(docs/design.md, section 14.8).
 
 For each prunable layer (``nn.Linear``; ``nn.Conv1d/2d/3d`` with ``groups=1`` through unfold),
 a forward pre-hook accumulates ``H = X^T X / N`` of the layer's inputs over the calibration
 batches (float64, on the layer's device; at most ``n_tokens`` input rows). With
 ``sequential=True`` the layers are pruned in the order the model runs them, each calibrated on
 the outputs of the layers already pruned before it (as SparseGPT does): one pass over the
-calibration data per layer. ``sequential=False`` collects every H in one pass of the dense
+calibration data per group of layers that read the same input (q, k, v), each forward ended
+once the group has its inputs. ``sequential=False`` collects every H in one pass of the dense
 model. Each layer goes through :func:`chita_core.prune_layer`; its mask is registered with
 ``torch.nn.utils.prune``, so the pruned weights stay zero in later training.
 """
@@ -125,28 +126,137 @@ class _Accumulator:
         self.handle.remove()
         return self.H / max(self.n, 1)
 
+    @property
+    def value(self) -> torch.Tensor:
+        return self.H / max(self.n, 1)
 
-def _run(model: nn.Module, data: Iterable[Any], device: torch.device) -> None:
-    """One pass of the calibration data through the model (no gradients)."""
-    seen = False
+
+class _Stop(BaseException):
+    """Raised by a hook to end a forward pass early (a BaseException, so that a model's own
+    ``except Exception`` does not swallow it)."""
+
+
+def _run(
+    model: nn.Module,
+    data: Iterable[Any],
+    device: torch.device,
+    *,
+    start: Any = None,
+    done: Any = None,
+    limit: int | None = None,
+) -> None:
+    """Passes of the calibration batches through the model (no gradients): ``start()`` before
+    each batch; a hook may end a batch's forward early by raising :class:`_Stop`; the loop ends
+    once ``done()`` is true or after ``limit`` batches."""
+    seen = 0
     with torch.no_grad():
         for batch in data:
-            seen = True
-            if isinstance(batch, dict):
-                model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
-            elif isinstance(batch, (tuple, list)):
-                if not batch or not torch.is_tensor(batch[0]):
-                    raise TypeError("`data` batches must be tensors, dicts or (input, ...) tuples")
-                model(batch[0].to(device))
-            elif torch.is_tensor(batch):
-                model(batch.to(device))
-            else:
-                raise TypeError(
-                    "`data` must yield tensors, dicts of model keyword arguments or (input, "
-                    f"target) tuples, got {type(batch).__name__}"
-                )
+            seen += 1
+            if start is not None:
+                start()
+            try:
+                if isinstance(batch, dict):
+                    model(
+                        **{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                    )
+                elif isinstance(batch, (tuple, list)):
+                    if not batch or not torch.is_tensor(batch[0]):
+                        raise TypeError(
+                            "`data` batches must be tensors, dicts or (input, ...) tuples"
+                        )
+                    model(batch[0].to(device))
+                elif torch.is_tensor(batch):
+                    model(batch.to(device))
+                else:
+                    raise TypeError(
+                        "`data` must yield tensors, dicts of model keyword arguments or (input, "
+                        f"target) tuples, got {type(batch).__name__}"
+                    )
+            except _Stop:
+                pass
+            if (done is not None and done()) or (limit is not None and seen >= limit):
+                break
     if not seen:
         raise ValueError("`data` yielded no batches")
+
+
+def _groups(
+    model: nn.Module, data: Iterable[Any], device: torch.device, targets: list
+) -> tuple[list[list[tuple[str, nn.Module]]], dict[str, int]]:
+    """The target layers in the order the model calls them, grouped where consecutive layers
+    read the same input tensor (attention's q, k and v; an MLP's gate and up): their H does not
+    depend on each other's pruning, so one calibration pass serves the group. Also each layer's
+    calls per forward. From one forward of the first batch; layers it never called come last,
+    alone."""
+    order: list[str] = []
+    key: dict[str, tuple] = {}
+    calls: dict[str, int] = {}
+
+    def hook(name: str):
+        def f(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if name not in key:
+                x = args[0]
+                order.append(name)
+                key[name] = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
+
+        return f
+
+    handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in targets]
+    try:
+        _run(model, data, device, limit=1)
+    finally:
+        for h in handles:
+            h.remove()
+    by_name = dict(targets)
+    groups: list[list[tuple[str, nn.Module]]] = []
+    for name in order:
+        if groups and key[groups[-1][-1][0]] == key[name]:
+            groups[-1].append((name, by_name[name]))
+        else:
+            groups.append([(name, by_name[name])])
+    groups += [[(n, m)] for n, m in targets if n not in key]
+    return groups, calls
+
+
+def _calibrate(
+    model: nn.Module,
+    data: Iterable[Any],
+    device: torch.device,
+    group: list[tuple[str, nn.Module]],
+    calls: dict[str, int],
+    n_tokens: int | None,
+) -> list[_Accumulator]:
+    """H of every layer of the group from one pass, each batch's forward ended once every layer
+    of the group has seen all its calls, the pass once every H has its ``n_tokens`` rows."""
+    accs = [_Accumulator(mod, n_tokens) for _, mod in group]
+    seen = {name: 0 for name, _ in group}
+    need = {name: calls.get(name, 0) for name, _ in group}
+
+    def stopper(name: str):
+        def f(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            seen[name] += 1
+            if all(need[n] and seen[n] >= need[n] for n in seen):
+                raise _Stop
+
+        return f
+
+    def start() -> None:
+        for n in seen:
+            seen[n] = 0
+
+    def done() -> bool:
+        return n_tokens is not None and all(a.n >= n_tokens for a in accs)
+
+    stops = [mod.register_forward_pre_hook(stopper(name)) for name, mod in group]
+    try:
+        _run(model, data, device, start=start, done=done)
+    finally:
+        for h in stops:
+            h.remove()
+        for a in accs:
+            a.handle.remove()
+    return accs
 
 
 def _select_layers(model: nn.Module, layers: Any) -> list[tuple[str, nn.Module]]:
@@ -199,15 +309,15 @@ def prune_layerwise(
     (``model(**batch)``, as Hugging Face models take) or (input, target) tuples.
     ``layers``: module names to prune (default: all Linear/Conv). ``n_tokens``: input rows per
     layer that form H (None: all). ``options``: passed to :func:`chita_core.prune_layer`
-    (``damp``, ``budget``, ``starts``, ``admm``). ``solver``: another layer solver with
-    ``prune_layer``'s signature and result (``chita_core.layer.sparsegpt_layer``, or a
+    (``damp``, ``budget``, ``effort``, ``search``, ``starts``). ``solver``: another layer
+    solver with ``prune_layer``'s signature and result (``chita_core.layer.sparsegpt_layer``, or a
     baseline of one's own), so that baselines run through the same calibration. Returns a
     :class:`LayerwiseReport`."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     if n_tokens is not None and (isinstance(n_tokens, bool) or int(n_tokens) < 1):
         raise ValueError(f"`n_tokens` must be a positive integer or None, got {n_tokens!r}")
-    unknown = set(options) - {"damp", "budget", "starts", "admm"}
+    unknown = set(options) - {"damp", "budget", "starts", "effort", "search"}
     if solver is not None and not callable(solver):
         raise TypeError(f"`solver` must be callable, got {type(solver).__name__}")
     solve = prune_layer if solver is None else solver
@@ -223,40 +333,50 @@ def prune_layerwise(
     reports: list[LayerReport] = []
     bar = _Progress(progress, len(targets), "prune_layerwise")
     try:
-        pending: dict[str, torch.Tensor] = {}
-        if not sequential:  # every H from one pass of the dense model
+        if sequential:  # calibration groups in call order, one pass each (ended early)
+            groups, calls = _groups(model, data, device, targets)
+        else:  # every H from one pass of the dense model
             accs = {name: _Accumulator(mod, n_tokens) for name, mod in targets}
-            _run(model, data, device)
-            pending = {name: acc.close() for name, acc in accs.items()}
-            counts = {name: acc.n for name, acc in accs.items()}
-        for name, mod in targets:
+            try:
+                _run(model, data, device)
+            finally:
+                for a in accs.values():
+                    a.handle.remove()
+            groups = [[t] for t in targets]
+        for group in groups:
             t = time.perf_counter()
             if sequential:
-                acc = _Accumulator(mod, n_tokens)
-                try:
-                    _run(model, data, device)
-                finally:
-                    H = acc.close()
-                tokens = acc.n
+                accs_g = _calibrate(model, data, device, group, calls, n_tokens)
+                got = {n: a for (n, _), a in zip(group, accs_g, strict=True)}
             else:
-                H, tokens = pending.pop(name), counts[name]
-            if tokens == 0:
-                raise ValueError(f"layer {name!r} received no input from `data`")
-            W = _matrix(mod)
-            ts = time.perf_counter()
-            res = solve(W, H, sparsity, pattern=pattern, **options)
-            ts = time.perf_counter() - ts
-            keep = res.mask.reshape(mod.weight.shape).to(mod.weight.device)
-            with torch.no_grad():
-                mod.weight.copy_(res.W.reshape(mod.weight.shape))
-            torch_prune.custom_from_mask(mod, "weight", keep)
-            zero = float((mod.weight == 0).float().mean())
-            reports.append(
-                LayerReport(name, tuple(W.shape), zero, res.error, tokens,
-                            time.perf_counter() - t, ts, res.stages)
-            )  # fmt: skip
-            bar.update(1)
+                got = {group[0][0]: accs[group[0][0]]}
+            share = (time.perf_counter() - t) / len(group)
+            for name, mod in group:
+                _prune_one(name, mod, got[name], share, solve, sparsity, pattern, options,
+                           reports)  # fmt: skip
+                bar.update(1)
     finally:
         bar.close()
         model.train(was_training)
     return LayerwiseReport(reports, pattern, time.perf_counter() - t0)
+
+
+def _prune_one(name, mod, acc, calib_seconds, solve, sparsity, pattern, options, reports):
+    """Solve one layer from its accumulated H, write its weights and register its mask."""
+    t = time.perf_counter()
+    H, tokens = acc.value, acc.n
+    if tokens == 0:
+        raise ValueError(f"layer {name!r} received no input from `data`")
+    W = _matrix(mod)
+    ts = time.perf_counter()
+    res = solve(W, H, sparsity, pattern=pattern, **options)
+    ts = time.perf_counter() - ts
+    keep = res.mask.reshape(mod.weight.shape).to(mod.weight.device)
+    with torch.no_grad():
+        mod.weight.copy_(res.W.reshape(mod.weight.shape))
+    torch_prune.custom_from_mask(mod, "weight", keep)
+    zero = float((mod.weight == 0).float().mean())
+    reports.append(
+        LayerReport(name, tuple(W.shape), zero, res.error, tokens,
+                    calib_seconds + time.perf_counter() - t, ts, res.stages)
+    )  # fmt: skip

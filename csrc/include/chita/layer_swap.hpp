@@ -1,5 +1,5 @@
 #pragma once
-// Exact swap local search of the layer-wise rows (docs/design.md, section 14.5; the NumPy
+// Exact swap local search of the layer-wise rows (docs/design.md, section 14.6; the NumPy
 // reference is chita_core/layer/_swaps.py: swap_search_numpy).
 
 #include <cstdint>
