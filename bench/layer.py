@@ -1,8 +1,11 @@
 """Layer-wise pruning: chita_core.prune_layer against SparseGPT, Wanda and magnitude on one
-synthetic layer (the transformer benchmark of issue 13 is not built yet).
+synthetic layer (the transformer benchmarks are bench/lm.py and bench/pretrained.py), and the
+planner's cost model against measured time.
 
-Run ``python -m bench.layer [--d 384] [--rows 384] [--out bench/results/layer.jsonl]`` from the
-repository root. The layer: W (rows x d) with N(0, 1/d) entries; calibration inputs X (N x d,
+Run ``python -m bench.layer [--d 384] [--rows 384] [--model] [--out bench/results/layer.jsonl]``
+from the repository root. ``--model`` prints, for layers from 128 x 512 to 384 x 1536, the
+modeled and measured seconds of SparseGPT and of the planned search (docs/design.md,
+section 14.7). The layer: W (rows x d) with N(0, 1/d) entries; calibration inputs X (N x d,
 N = 2048) with correlated features (X = Z (I + 0.3 G), Z and G standard normal) and six
 features scaled by 15 (the outlier features of transformer activations); H = X^T X / N.
 Reported: each method's summed reconstruction error on the undamped H over SparseGPT's, and
@@ -59,12 +62,39 @@ def magnitude_layer(W, H, sparsity=None, *, pattern="unstructured", **_):
     return _no_update(W, H, sparsity, pattern, wanda=False)
 
 
+def model_check(out: JsonlWriter) -> None:
+    """Modeled against measured seconds of SparseGPT and of prune_layer's planned search."""
+    print("| layer | pattern | SparseGPT measured / modeled | search | measured / modeled |")
+    print("|---|---|---:|---|---:|")
+    for rows, d in ((128, 512), (512, 128), (384, 384), (1536, 384), (768, 768), (384, 1536)):
+        W, H = synthetic_layer(rows, d)
+        for pattern, sparsity in (("unstructured", 0.5), ("unstructured", 0.7), ("2:4", None)):
+            t = time.perf_counter()
+            sparsegpt_layer(W, H, sparsity, pattern=pattern)
+            t_sg = time.perf_counter() - t
+            res = prune_layer(W, H, sparsity, pattern=pattern)
+            label, _, secs = res.stages[-1]
+            m_sg, m_s = res.modeled.get("sparsegpt", float("nan")), res.modeled.get(label)
+            label_p = pattern if sparsity is None else f"{sparsity:.0%}"
+            ratio = f"{secs:.2f} / {m_s:.2f} s" if m_s is not None else f"{secs:.2f} s / -"
+            print(f"| {rows} x {d} | {label_p} | {t_sg:.3f} / {m_sg:.3f} s | {label} | {ratio} |")
+            out.write({"kind": "layer_model", "rows": rows, "d": d, "pattern": pattern,
+                       "sparsity": sparsity, "sparsegpt": [t_sg, m_sg], "stage": label,
+                       "search": [secs, m_s]})  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=384)
     ap.add_argument("--d", type=int, default=384)
+    ap.add_argument("--model", action="store_true", help="the cost model against measured time")
     ap.add_argument("--out", default="bench/results/layer.jsonl")
     args = ap.parse_args(argv)
+    if args.model:
+        out = JsonlWriter(args.out)
+        model_check(out)
+        out.close()
+        return
     W, H = synthetic_layer(args.rows, args.d)
     out = JsonlWriter(args.out)
     print(f"layer {args.rows} x {args.d}, N = 2048, six 15x outlier features")

@@ -23,7 +23,7 @@ from .._pipeline import StageRecord
 from . import _cost
 from ._admm import admm_mask
 from ._problem import LayerProblem, Pattern, _core_module, parse_pattern
-from ._refit import pcg_refit, refit
+from ._refit import exact_refit, pcg_refit, refit
 from ._rows import enumerate_masks, greedy_obs_blocked, greedy_obs_rows, n_row_masks
 from ._sparsegpt import sparsegpt
 from ._swaps import swap_search, swap_sweep
@@ -57,6 +57,8 @@ class LayerResult:
     error: float  #: sum over rows of (w - w_bar)^T H (w - w_bar), on the caller's (undamped) H
     stages: list[StageRecord] = field(default_factory=list)  #: best error after each stage
     pattern: str = ""  #: the pattern solved ("unstructured", "2:4", ...)
+    #: the planner's modeled seconds of the stages it priced, by stage label (section 14.7)
+    modeled: dict[str, float] = field(default_factory=dict)
 
 
 def _host64(x: Any, name: str) -> np.ndarray:
@@ -134,7 +136,7 @@ def prune_layer(
     pattern: str = "unstructured",
     damp: float = 0.01,
     budget: str = "row",
-    effort: float = 10.0,
+    effort: float = 8.0,
     search: str = "auto",
     starts: tuple[str, ...] = ("sparsegpt",),
 ) -> LayerResult:
@@ -160,7 +162,7 @@ def prune_layer(
         "N:M" (e.g. "2:4"): in every group of M consecutive inputs of a row, N are kept.
     damp : float, default 0.01
     budget : "row" or "layer", default "row"
-    effort : float, default 10
+    effort : float, default 8
         The mask search's modeled time, in multiples of SparseGPT's on the same layer
         (section 14.7): it decides how large the blocks of the swap search are.
     search : str, default "auto"
@@ -201,14 +203,31 @@ def prune_layer(
     prob = _prepare(W, H, 0.0 if sparsity is None else sparsity, pattern, damp, budget)
     pat, Hd, HW = prob.pattern, prob.Hd, prob.HW
     records: list[StageRecord] = []
-    best: tuple[float, np.ndarray, np.ndarray] | None = None  # (damped error, W, mask)
+    # (rows' errors, W, mask, rows whose W is the exact refit on their mask)
+    best: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
     since = time.perf_counter()
+    by_row = pat.kind in ("row", "nm")  # (rows independent: each keeps its best stage)
 
-    def offer(label: str, Wc: np.ndarray, mask: np.ndarray) -> None:
+    modeled: dict[str, float] = {}
+
+    def offer(
+        label: str, Wc: np.ndarray, mask: np.ndarray, exact: bool = True, cost: float = -1.0
+    ) -> None:
         nonlocal best, since
-        err = float(prob.damped_errors(Wc).sum())
-        if best is None or err < best[0]:
-            best = (err, Wc, mask)
+        if cost >= 0:
+            modeled[label] = cost
+        err = prob.damped_errors(Wc)
+        ex = np.full(prob.rows, exact)
+        if best is None:
+            best = (err, Wc, mask, ex)
+        elif by_row:
+            better = err < best[0]
+            if better.any():
+                Wn, mn, en = best[1].copy(), best[2].copy(), best[3].copy()
+                Wn[better], mn[better], en[better] = Wc[better], mask[better], exact
+                best = (np.where(better, err, best[0]), Wn, mn, en)
+        elif err.sum() < best[0].sum():
+            best = (err, Wc, mask, ex)
         now = time.perf_counter()
         records.append(StageRecord(label, prob.error(best[1]), now - since))
         since = now
@@ -229,7 +248,7 @@ def prune_layer(
         for name in starts:
             if name == "sparsegpt":
                 Ws, mask = sparsegpt(prob)
-                offer("sparsegpt", Ws, mask)
+                offer("sparsegpt", Ws, mask, exact=False, cost=_cost.sparsegpt_seconds(rows, d))
                 allowed -= _cost.sparsegpt_seconds(rows, d)
                 continue
             score = np.abs(prob.W_bar)
@@ -253,10 +272,14 @@ def prune_layer(
         if search == "swap" or (search == "auto" and _polish_fits(prob, best[2], allowed)):
             mask, Wc, swaps = swap_search(prob, best[2])
             offer(f"swap search ({swaps.mean():.1f} per row)", Wc, mask)
-    _, Wb, mb = best
+    _, Wb, mb, ex = best
+    if not ex.all():  # rows still on SparseGPT's own weights: refitted on its mask
+        rest = np.flatnonzero(~ex)
+        Wb = Wb.copy()
+        Wb[rest] = exact_refit(Hd, HW[rest], mb[rest])
     Wb = np.where(mb, Wb, 0.0)
     return LayerResult(_like(Wb, W), _like(mb, W) if library_of(W) == "torch" else mb,
-                       prob.error(Wb), records, pat.name)  # fmt: skip
+                       prob.error(Wb), records, pat.name, modeled)  # fmt: skip
 
 
 def _threads() -> int:
@@ -296,7 +319,7 @@ def _row_search(prob, search, allowed, threads, start, offer) -> None:
             mask, Wc, swaps = swap_search(prob, mask)
             offer(f"swap search ({swaps.mean():.1f} per row)", Wc, mask)
         return
-    block = d
+    block, cost = d, -1.0
     if search in ("auto", "sweep"):
         fits = [d] if search == "auto" else []
         fits += [b - b % pat.m if nm else b for b in _BLOCKS if b < d]
@@ -304,22 +327,28 @@ def _row_search(prob, search, allowed, threads, start, offer) -> None:
         if len(fits) == (search == "auto"):  # (no block below d: halves)
             g = pat.m if nm else 1
             fits.append(max(g, d // 2 - d // 2 % g))
-        block = fits[-1]
         for b in fits:
-            if b >= d:
-                cost = _cost.swap_seconds(rows, d, k, nm, threads)
-            else:
-                cost = _cost.sweep_seconds(rows, d, b, k / d, nm, threads)
-                cost += _cost.refit_seconds(rows, d, k, threads)
+            block, cost = b, _search_seconds(prob, b, threads)
             if cost <= allowed:
-                block = b
                 break
     if block >= d:
+        cost = cost if cost >= 0 else _search_seconds(prob, d, threads)
         mask, Wc, swaps = swap_search(prob, start)
-        offer(f"swap search ({swaps.mean():.1f} per row)", Wc, mask)
+        offer(f"swap search ({swaps.mean():.1f} per row)", Wc, mask, cost=cost)
     else:
         Wc, mask = swap_sweep(prob, block)
-        offer(f"swap sweep (blocks of {block}) + refit", refit(prob.Hd, prob.HW, mask, Wc), mask)
+        Wc = refit(prob.Hd, prob.HW, mask, Wc)
+        offer(f"swap sweep (blocks of {block}) + refit", Wc, mask, cost=cost)
+
+
+def _search_seconds(prob: LayerProblem, block: int, threads: int) -> float:
+    """Modeled seconds of the swap search (block >= d) or of its sweep and the final refit."""
+    rows, d, k = prob.rows, prob.d, prob.pattern.kept_per_row()
+    nm = prob.pattern.kind == "nm"
+    if block >= d:
+        return _cost.swap_seconds(rows, d, k, nm, threads)
+    sweep = _cost.sweep_seconds(rows, d, block, k / d, nm, threads)
+    return sweep + _cost.refit_seconds(rows, d, k, threads)
 
 
 def sparsegpt_layer(
