@@ -322,8 +322,10 @@ def _row_search(prob, search, allowed, threads, start, offer) -> None:
     block, cost = d, -1.0
     if search in ("auto", "sweep"):
         fits = [d] if search == "auto" else []
-        fits += [b - b % pat.m if nm else b for b in _BLOCKS if b < d]
-        fits = [b for b in fits if b > 0]
+        # The fixed sizes and the equal splits of the row (576 inputs: 288 + 288 measured 0.660
+        # of SparseGPT's error against 0.676 for 256 + 256 + 64, in the same time), largest first.
+        sizes = set(_BLOCKS) | {-(-d // parts) for parts in range(2, d // 64 + 1)}
+        fits += sorted({b - b % pat.m if nm else b for b in sizes if 64 <= b < d}, reverse=True)
         if len(fits) == (search == "auto"):  # (no block below d: halves)
             g = pat.m if nm else 1
             fits.append(max(g, d // 2 - d // 2 % g))
@@ -347,7 +349,7 @@ def _search_seconds(prob: LayerProblem, block: int, threads: int) -> float:
     nm = prob.pattern.kind == "nm"
     if block >= d:
         return _cost.swap_seconds(rows, d, k, nm, threads)
-    sweep = _cost.sweep_seconds(rows, d, block, k / d, nm, threads)
+    sweep = _cost.sweep_seconds(rows, d, block, k / d, prob.pattern.m if nm else 0, threads)
     return sweep + _cost.refit_seconds(rows, d, k, threads)
 
 

@@ -60,10 +60,12 @@ def swap_seconds(rows: int, n: int, k: int, nm: bool, threads: int) -> float:
     return rows * per_row / threads
 
 
-def sweep_seconds(rows: int, d: int, block: int, keep: float, nm: bool, threads: int) -> float:
-    """The sweep of swap searches on blocks of ``block`` inputs keeping the fraction ``keep``,
-    with each block's inverse and the update of the inputs after it (one GEMM)."""
+def sweep_seconds(rows: int, d: int, block: int, keep: float, m: int, threads: int) -> float:
+    """The sweep of swap searches on blocks of ``block`` inputs (the last one the rest; m the
+    N:M group, 0 for unstructured) keeping the fraction ``keep``, with each block's inverse
+    and the update of the inputs after it (one GEMM)."""
     total = 0.0
+    nm = m > 0
     for b0 in range(0, d, block):
         n = min(block, d - b0)
         total += swap_seconds(rows, n, round(keep * n), nm, threads)
