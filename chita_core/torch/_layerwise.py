@@ -122,10 +122,6 @@ class _Accumulator:
             self.H += X.T @ X
             self.n += X.shape[0]
 
-    def close(self) -> torch.Tensor:
-        self.handle.remove()
-        return self.H / max(self.n, 1)
-
     @property
     def value(self) -> torch.Tensor:
         return self.H / max(self.n, 1)
