@@ -138,6 +138,36 @@ def test_topk_matches_cpu_exactly(p):
 
 
 @gpu
+@pytest.mark.parametrize("shape", [(1, 1), (3, 8), (17, 300), (64, 4096), (5, 50_000)])
+def test_row_top_mask_matches_cpu_exactly(shape):
+    """The layer-wise row and N:M masks: the CUDA kernel = the C++ kernel = the NumPy reference,
+    with ties, NaN, -0.0 and negative scores; through Pattern.project on CuPy scores too."""
+    import cupy as cp
+
+    from chita_core.layer._problem import Pattern
+
+    rows, d = shape
+    rng = np.random.default_rng(d)
+    ties = rng.integers(-3, 4, size=shape).astype(np.float64)
+    ties[rng.random(shape) < 0.05] = np.nan
+    ties[ties == 0] = np.where(rng.random(int((ties == 0).sum())) < 0.5, -0.0, 0.0)
+    cases = {"normal": rng.standard_normal(shape), "ties": ties}
+    for label, s in cases.items():
+        patterns = [(k, 0, 0) for k in sorted({0, 1, d // 3, d // 2, d - 1, d})]
+        patterns += [(-1, n, m) for n, m in [(2, 4), (1, 4), (4, 8), (0, 2)] if d % m == 0]
+        for k, n, m in patterns:
+            expected = np.empty(shape, dtype=bool)
+            _core.row_top_mask(s, k, n, m, expected)
+            out = cp.empty(shape, dtype=cp.bool_)
+            _k().row_top_mask(cp.asarray(s), k, n, m, out)
+            np.testing.assert_array_equal(cp.asnumpy(out), expected, err_msg=f"{label} {k} {n}:{m}")
+            kind = "row" if k >= 0 else "nm"
+            prob = Pattern(kind=kind, rows=rows, d=d, keep=max(k, 0), n=n, m=m)
+            np.testing.assert_array_equal(prob.project_numpy(s), expected)
+            np.testing.assert_array_equal(cp.asnumpy(prob.project(cp.asarray(s))), expected)
+
+
+@gpu
 @pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("ridge", [0.0, 0.5])

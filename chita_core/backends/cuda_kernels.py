@@ -26,6 +26,7 @@ __all__ = [
     "gradient",
     "num_threads",
     "pool_eliminate",
+    "row_top_mask",
     "support_gram",
     "support_matvec",
     "support_rmatvec",
@@ -113,6 +114,19 @@ def topk(v: Any, k: int, out: Any) -> None:
     if not 1 <= k <= v.size:
         raise ValueError(f"`k` must be in [1, {v.size}], got {k}")
     _cuda.topk(_ptr(v, "v", _F64), v.size, int(k), _ptr(out, "out", _I64, k), _stream())
+
+
+def row_top_mask(s: Any, k: int, n: int, m: int, mask: Any) -> None:
+    """``_core.row_top_mask`` on the GPU: ``mask`` (rows x d, bool) = each row's ``k`` largest
+    ``s`` (k >= 0), or each group of ``m`` consecutive entries' ``n`` largest (k < 0)."""
+    if s.ndim != 2 or mask.shape != s.shape:
+        raise ValueError(f"`s` and `mask` must be 2-D of one shape, got {s.shape} and {mask.shape}")
+    rows, d = s.shape
+    if mask.dtype != np.bool_:
+        raise TypeError(f"`mask` must have dtype bool, got {mask.dtype}")
+    sp = _ptr(s, "s", _F64) if s.size else 0
+    mp = _ptr(mask.view(cp.uint8), "mask", np.dtype(np.uint8)) if mask.size else 0
+    _cuda.row_top_mask(sp, rows, d, int(k), int(n), int(m), mp, _stream())
 
 
 def chita_step(

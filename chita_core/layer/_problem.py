@@ -61,7 +61,10 @@ class Pattern:
         """The feasible mask (bool, True = kept) keeping the largest ``scores``: each row's top
         ``keep``, each group's top n, or the layer's top ``keep_total``. Ties go to the lower
         index, so the result is deterministic. Rows and groups go through the C++ kernel
-        ``_core.row_top_mask`` (a selection per row, rows in parallel) where it is built."""
+        ``_core.row_top_mask`` (a selection per row, rows in parallel) where it is built; CuPy
+        scores through its CUDA twin (one block per row), the mask then a CuPy array."""
+        if type(scores).__module__.split(".")[0] == "cupy" and self.kind in ("row", "nm"):
+            return self._project_cuda(scores)
         s = np.ascontiguousarray(scores, dtype=np.float64)
         core = _core_module()
         if core is not None and self.kind in ("row", "nm"):
@@ -72,6 +75,19 @@ class Pattern:
                 core.row_top_mask(s, -1, self.n, self.m, mask)
             return mask
         return self.project_numpy(s)
+
+    def _project_cuda(self, scores: Any) -> Any:
+        import cupy as cp
+
+        from ..backends import cuda_kernels
+
+        s = cp.ascontiguousarray(scores, dtype=cp.float64)
+        mask = cp.empty((self.rows, self.d), dtype=cp.bool_)
+        if self.kind == "row":
+            cuda_kernels.row_top_mask(s, self.keep, 0, 0, mask)
+        else:
+            cuda_kernels.row_top_mask(s, -1, self.n, self.m, mask)
+        return mask
 
     def project_numpy(self, scores: np.ndarray) -> np.ndarray:
         """:meth:`project` in NumPy: the reference of the C++ kernel ``_core.row_top_mask``,
@@ -120,6 +136,8 @@ def _top(s: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest entries along the last axis (ties to the lower index): a
     selection (argpartition) on keys that break ties by position, not a sort of the axis."""
     d = s.shape[-1]
+    if k <= 0:
+        return np.empty((*s.shape[:-1], 0), dtype=np.intp)
     if k >= d:
         return np.broadcast_to(np.arange(d), s.shape).copy()
     # The partition on -score alone would break ties arbitrarily: resolve them at the boundary.

@@ -15,6 +15,7 @@
 #include "chita/cuda/gather.hpp"
 #include "chita/cuda/gradient.hpp"
 #include "chita/cuda/matvec.hpp"
+#include "chita/cuda/rows.hpp"
 #include "chita/cuda/step.hpp"
 #include "chita/cuda/swap.hpp"
 #include "chita/cuda/topk.hpp"
@@ -257,6 +258,28 @@ PYBIND11_MODULE(_cuda, mod) {
       py::arg("G"), py::arg("ldg"), py::arg("q"), py::arg("s0"), py::arg("wv"), py::arg("jn"),
       py::arg("n_jn"), py::arg("io"), py::arg("n_io"), py::arg("lam"), py::arg("out"),
       py::arg("stream") = 0);
+
+  mod.def(
+      "row_top_mask",
+      [](std::uintptr_t s, int64_t rows, int64_t d, int64_t k, int64_t n, int64_t m,
+         std::uintptr_t mask, std::uintptr_t stream) {
+        // k >= 0: each row's k largest; else (n, m): each group of m keeps its n largest
+        check_nonneg(rows, "rows");
+        check_nonneg(d, "d");
+        if (k < 0 && (m <= 0 || n < 0 || n > m || d % m != 0))
+          throw std::invalid_argument("N:M needs 0 <= n <= m and m dividing the row length");
+        if (k > d) throw std::invalid_argument("`k` must not exceed the row length");
+        const bool empty = rows == 0 || d == 0;
+        const double* sp = device_ptr<const double>(s, "s", empty);
+        auto* mp = device_ptr<std::uint8_t>(mask, "mask", empty);
+        py::gil_scoped_release release;
+        if (k >= 0)
+          chita::cuda::launch_row_top_mask(sp, rows, d, k, mp, as_stream(stream));
+        else
+          chita::cuda::launch_group_top_mask(sp, rows, d, n, m, mp, as_stream(stream));
+      },
+      py::arg("s"), py::arg("rows"), py::arg("d"), py::arg("k"), py::arg("n"), py::arg("m"),
+      py::arg("mask"), py::arg("stream") = 0);
 
   // The step's shared constants as compiled (chita/constants.hpp, generated from
   // chita_core/backends/constants.py): tests compare them with the Python values.
