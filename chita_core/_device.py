@@ -200,7 +200,8 @@ def device_vector(
     if library_of(x) == "torch":
         import torch
 
-        if str(x.dtype).removeprefix("torch.") != mat.dtype:
+        got = str(x.dtype).removeprefix("torch.")
+        if got != mat.dtype and not (_is_half(mat.dtype) and got in ("float32", "float64")):
             raise TypeError(
                 f"`{name}` has dtype {x.dtype} but `A` has dtype {mat.dtype}; mixed float dtypes "
                 "are not combined silently: convert one of them"
@@ -213,7 +214,9 @@ def device_vector(
         arr = cp.asarray(x) if hasattr(x, "__cuda_array_interface__") else cp.from_dlpack(x)
         if arr.device.id != mat.device:
             raise ValueError(f"`{name}` is on cuda:{arr.device.id} but `A` is on cuda:{mat.device}")
-        if arr.dtype != np.dtype(mat.dtype):
+        if arr.dtype != np.dtype(mat.dtype) and not (
+            _is_half(mat.dtype) and arr.dtype in (np.float32, np.float64)
+        ):
             raise TypeError(
                 f"`{name}` has dtype {arr.dtype} but `A` has dtype {mat.dtype}; mixed float "
                 "dtypes are not combined silently: convert one of them"
@@ -244,6 +247,24 @@ def device_indices(x: Any, p: int) -> Any:
     return cp.asarray(check_support(host, p))
 
 
+def _is_half(dtype: Any) -> bool:
+    """Whether A's dtype (a name, NumPy or torch dtype) is a 16-bit storage type: its vectors may
+    then also be float32 or float64."""
+    return str(dtype).removeprefix("torch.") in ("float16", "bfloat16")
+
+
+def _result_dtype(dtype: Any) -> Any:
+    """Results of a 16-bit A come back in float32 (its storage type would round them); ``dtype``
+    is a torch or NumPy dtype, and so is the answer."""
+    if not _is_half(dtype):
+        return dtype
+    if type(dtype).__module__.startswith("torch"):
+        import torch
+
+        return torch.float32
+    return np.dtype(np.float32)
+
+
 def to_caller(arr: Any, where: DeviceProblem, *, cast: bool = True) -> Any:
     """A CuPy result in the caller's library (zero-copy through DLPack), in A's dtype if
     ``cast``; integer arrays keep int64."""
@@ -251,9 +272,9 @@ def to_caller(arr: Any, where: DeviceProblem, *, cast: bool = True) -> Any:
         import torch
 
         out = torch.from_dlpack(arr)
-        return out.to(where.dtype) if cast else out
+        return out.to(_result_dtype(where.dtype)) if cast else out
     if cast:
-        arr = arr.astype(where.dtype)
+        arr = arr.astype(_result_dtype(where.dtype))
     if where.lib in ("jax", "jaxlib"):
         import jax.numpy as jnp
 

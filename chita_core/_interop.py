@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 __all__ = [
+    "BFLOAT16",
     "array_module",
     "as_host_array",
     "library_of",
     "resolve_torch_view",
     "to_library",
 ]
+
+
+#: NumPy's bfloat16 (from ml_dtypes, the dtype JAX uses): how a bfloat16 A is viewed on the host.
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def array_module(x: Any) -> Any:
@@ -66,6 +72,12 @@ def resolve_torch_view(x: Any, name: str, *, copy_ok: bool) -> Any:
     return x.resolve_neg().resolve_conj()
 
 
+def torch_bfloat16() -> Any:
+    import torch
+
+    return torch.bfloat16
+
+
 def _refuse_masked(x: Any, name: str) -> None:
     if isinstance(x, np.ma.MaskedArray):
         raise TypeError(
@@ -94,6 +106,12 @@ def as_host_array(x: Any, name: str, *, copy_ok: bool = True) -> np.ndarray:
         if x.dtype.is_complex:
             raise TypeError(f"`{name}` must be real floating point, got torch {x.dtype}")
         x = resolve_torch_view(x, name, copy_ok=copy_ok)
+        if x.dtype == torch_bfloat16():
+            # NumPy has no bfloat16 and DLPack refuses it: the same memory, viewed as uint16,
+            # then as ml_dtypes' bfloat16 (two views, no copy).
+            import torch
+
+            return x.detach().view(torch.uint16).numpy().view(BFLOAT16)
         try:
             return np.from_dlpack(x.detach())
         except (TypeError, RuntimeError, BufferError) as exc:
@@ -108,6 +126,12 @@ def as_host_array(x: Any, name: str, *, copy_ok: bool = True) -> np.ndarray:
         try:
             return np.from_dlpack(x)
         except (TypeError, RuntimeError, BufferError, ValueError) as exc:
+            if "bfloat16" in str(getattr(x, "dtype", "")) and hasattr(x, "__array__"):
+                # JAX's bfloat16 on the CPU: DLPack has no NumPy dtype for it, __array__ gives
+                # a view of the buffer in ml_dtypes' bfloat16.
+                arr = np.asarray(x)
+                if arr.dtype == BFLOAT16:
+                    return arr
             raise TypeError(
                 f"`{name}` ({type(x).__module__}.{type(x).__name__}) could not be read through "
                 f"DLPack on the host: {exc}"
@@ -130,6 +154,8 @@ def to_library(arr: np.ndarray, lib: str) -> Any:
     if lib == "torch":
         import torch
 
+        if arr.dtype == BFLOAT16:
+            return torch.from_numpy(arr.view(np.uint16)).view(torch.bfloat16)
         return torch.from_numpy(arr)
     if lib in ("jax", "jaxlib"):
         import jax.numpy as jnp

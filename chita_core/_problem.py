@@ -28,7 +28,7 @@ from ._device import (
 )
 from ._interop import array_module, library_of, to_library
 from ._linalg import serial_lapack
-from ._validation import check_matrix, check_nonneg_float, check_support, check_vector
+from ._validation import check_matrix, check_nonneg_float, check_support, check_vector, is_half
 from .backends import get_backend
 
 if TYPE_CHECKING:
@@ -219,10 +219,12 @@ class Problem:
         return device_indices(support, self.p)
 
     def output(self, x: Any, *, cast: bool = True) -> Any:
-        """A result vector in the caller's library (and, if ``cast``, A's dtype)."""
+        """A result vector in the caller's library (and, if ``cast``, A's dtype; float32 for a
+        16-bit A, whose storage type would round the solution)."""
         if self.where is not None:
             return to_caller(x, self.where, cast=cast)
-        return to_library(x.astype(self.A.dtype) if cast else x, self.lib)
+        dtype = np.float32 if is_half(self.A.dtype) else self.A.dtype
+        return to_library(x.astype(dtype) if cast else x, self.lib)
 
     # ------------------------------------------------------------------ evaluation
     def residual(self, idx: Any, values: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._interop import as_host_array
+from ._interop import BFLOAT16, as_host_array
 
 __all__ = [
     "check_index",
@@ -18,9 +18,18 @@ __all__ = [
     "check_nonneg_float",
     "check_support",
     "check_vector",
+    "is_half",
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Storage types of A on the host: the vectors' two, and the 16-bit ones (the C++ kernels widen
+# each element to float64 as they read it; docs/design.md, section 15).
+_MATRIX_DTYPES = (*_FLOAT_DTYPES, np.dtype(np.float16), BFLOAT16)
+
+
+def is_half(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is a 16-bit storage type of A (float16 or bfloat16)."""
+    return dtype == np.float16 or dtype == BFLOAT16
 
 
 def _describe(arr: np.ndarray) -> str:
@@ -40,10 +49,13 @@ def _native(arr: np.ndarray, name: str, *, copy_ok: bool) -> np.ndarray:
     return arr.astype(np.dtype(arr.dtype.newbyteorder("=").type))  # the canonical native dtype
 
 
-def _check_float_dtype(arr: np.ndarray, name: str) -> None:
+def _check_float_dtype(arr: np.ndarray, name: str, allowed: tuple = _FLOAT_DTYPES) -> None:
     dt = arr.dtype
-    if dt in _FLOAT_DTYPES:
+    if dt in allowed:
         return
+    if allowed is _MATRIX_DTYPES:
+        kind = "complex dtype" if dt.kind == "c" else "dtype"
+        raise TypeError(f"`{name}` must be float32, float64, float16 or bfloat16, got {kind} {dt}")
     if dt.kind == "c":
         raise TypeError(f"`{name}` must be real (float32 or float64), got complex dtype {dt}")
     if dt.kind == "f":
@@ -55,10 +67,11 @@ def _check_float_dtype(arr: np.ndarray, name: str) -> None:
 
 
 def check_matrix(A: Any) -> np.ndarray:
-    """The (n, p) gradient matrix as a NumPy view: float32/float64, C- or F-contiguous. (Its
-    NaN/Inf scan is the Problem's column-norm pass: one pass over A for both.)"""
+    """The (n, p) gradient matrix as a NumPy view: float32/float64/float16/bfloat16, C- or
+    F-contiguous. (Its NaN/Inf scan is the Problem's column-norm pass: one pass over A for
+    both.)"""
     arr = _native(as_host_array(A, "A", copy_ok=False), "A", copy_ok=False)
-    _check_float_dtype(arr, "A")
+    _check_float_dtype(arr, "A", _MATRIX_DTYPES)
     if arr.ndim != 2:
         raise ValueError(
             f"`A` must be 2-D (n samples x p weights), got {arr.ndim}-D shape {arr.shape}"
@@ -77,11 +90,14 @@ def check_matrix(A: Any) -> np.ndarray:
 def check_vector(
     x: Any, name: str, length: int, dtype: np.dtype, *, length_of: str, check_finite: bool = True
 ) -> np.ndarray:
-    """A 1-D float vector of ``length`` entries and the same dtype as A, returned as float64."""
+    """A 1-D float vector of ``length`` entries and the same dtype as A, returned as float64.
+    With A in a 16-bit type the vector may also be float32 or float64 (A's storage is a choice
+    of bandwidth; b and w_bar keep their precision)."""
     arr = _native(as_host_array(x, name), name, copy_ok=True)
-    if arr.dtype.kind not in "fc" or arr.dtype not in _FLOAT_DTYPES:
+    half = is_half(dtype)
+    if arr.dtype not in (_MATRIX_DTYPES if half else _FLOAT_DTYPES):
         _check_float_dtype(arr, name)
-    if arr.dtype != dtype:
+    if arr.dtype != dtype and not (half and arr.dtype in _FLOAT_DTYPES):
         raise TypeError(
             f"`{name}` has dtype {arr.dtype} but `A` has dtype {dtype}; mixed float dtypes are "
             f"not combined silently: convert one of them"

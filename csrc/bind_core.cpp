@@ -59,11 +59,13 @@ void register_fork_handler() {
 #endif
 }
 
+enum class Storage { f32, f64, f16, bf16 };
+
 struct Matrix {
   const void* data;
   int64_t n, p;
   bool col_major;
-  bool is_f32;
+  Storage dtype;
 };
 
 // Whether a's dtype is T in native byte order. An equivalence test, not identity: unpickled and
@@ -78,11 +80,21 @@ Matrix as_matrix(const py::array& a, const char* name) {
   if (a.ndim() != 2)
     throw py::value_error(std::string("`") + name + "` must be 2-D, got " +
                           std::to_string(a.ndim()) + "-D");
-  const bool f32 = has_dtype<float>(a);
-  const bool f64 = has_dtype<double>(a);
-  if (!f32 && !f64)
-    throw py::type_error(std::string("`") + name + "` must be float32 or float64, got " +
-                         std::string(py::str(a.dtype())));
+  // float16 is NumPy's own; bfloat16 is ml_dtypes' (the NumPy dtype JAX and chita_core's torch
+  // views use), recognised by its name and size.
+  const std::string dname = py::str(a.dtype());
+  Storage dtype;
+  if (has_dtype<float>(a))
+    dtype = Storage::f32;
+  else if (has_dtype<double>(a))
+    dtype = Storage::f64;
+  else if (a.dtype().kind() == 'f' && a.dtype().itemsize() == 2 && a.dtype().byteorder() != '>')
+    dtype = Storage::f16;
+  else if (dname == "bfloat16" && a.dtype().itemsize() == 2)
+    dtype = Storage::bf16;
+  else
+    throw py::type_error(std::string("`") + name +
+                         "` must be float32, float64, float16 or bfloat16, got " + dname);
   const bool c = a.flags() & py::array::c_style;
   const bool f = a.flags() & py::array::f_style;
   if (!c && !f)
@@ -90,7 +102,7 @@ Matrix as_matrix(const py::array& a, const char* name) {
   // A matrix with one row or column is both; treat it as F order when it has one row (columns
   // of length 1 are contiguous) and C order otherwise.
   const bool col_major = f && !(c && a.shape(0) != 1);
-  return {a.data(), a.shape(0), a.shape(1), col_major, f32};
+  return {a.data(), a.shape(0), a.shape(1), col_major, dtype};
 }
 
 template <class T>
@@ -145,12 +157,16 @@ void check_indices(const int64_t* idx, int64_t m, int64_t p, const char* name) {
   }
 }
 
-// Runs f(MatView<float>) or f(MatView<double>) without the GIL.
+// Runs f(MatView<T>) for A's storage type T without the GIL.
 template <class F>
 auto dispatch(const Matrix& m, F&& f) {
   py::gil_scoped_release release;
-  if (m.is_f32) return f(view<float>(m));
-  return f(view<double>(m));
+  switch (m.dtype) {
+    case Storage::f32: return f(view<float>(m));
+    case Storage::f16: return f(view<chita::f16>(m));
+    case Storage::bf16: return f(view<chita::bf16>(m));
+    default: return f(view<double>(m));
+  }
 }
 
 }  // namespace

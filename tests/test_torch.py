@@ -108,6 +108,47 @@ def test_gradients_equal_a_per_sample_loop():
         )
 
 
+@pytest.mark.parametrize("a_dtype", [torch.bfloat16, "float16"])
+def test_half_precision_A(a_dtype, monkeypatch):
+    """a_dtype: A is built in the 16-bit type (each gradient rounded once, the same values as
+    the float32 A rounded), handed to the solver as is, and the pruned model is close to the
+    float32-A one (same sparsity, loss within the rounding of A's effect)."""
+    model = _model(3)
+    selected = ct_prune._select(model, None)
+    X, Y = ct_prune._draw(_data(n=40, batch=16), 40, torch.device("cpu"))
+    dt = ct_prune._storage_dtype(a_dtype)
+    A16 = ct_prune._gradient_matrix(model, LOSS, X, Y, selected, 7, False, dt)
+    A32 = ct_prune._gradient_matrix(model, LOSS, X, Y, selected, 7, False)
+    assert A16.dtype == dt and A16.t().is_contiguous()
+    assert torch.equal(A16, A32.to(dt))
+    seen = []
+    real = ct_prune._gradient_matrix
+
+    def spy(*args):
+        A = real(*args)
+        seen.append(A.dtype)
+        return A
+
+    monkeypatch.setattr(ct_prune, "_gradient_matrix", spy)
+    runs = {}
+    for how in (None, a_dtype):
+        m = _model(3)
+        rep = ct.prune(m, LOSS, _data(), 0.7, n_grads=64, ridge=0.1, a_dtype=how, progress=False)
+        runs[how] = (rep, [w.detach().clone() for w in _weights(m)])
+    assert seen == [torch.float32, dt]
+    (r32, w32), (r16, w16) = runs[None], runs[a_dtype]
+    assert r16.sparsity == pytest.approx(r32.sparsity)
+    assert r16.stages[0].objective == pytest.approx(r32.stages[0].objective, rel=0.05, abs=1e-6)
+    overlap = sum(int(((a != 0) & (b != 0)).sum()) for a, b in zip(w32, w16, strict=True))
+    assert overlap >= 0.9 * r32.stages[0].k
+
+
+def test_bad_a_dtype_is_refused_before_gradient_work():
+    for bad in ("int8", torch.int32, 16, "bf16"):
+        with pytest.raises(ValueError, match="`a_dtype`"):
+            ct.prune(_model(), LOSS, _data(), 0.5, n_grads=32, a_dtype=bad, progress=False)
+
+
 def test_params_selection_by_module_parameter_and_name():
     model = _model()
     conv, lin = model[0], model[5]
@@ -130,9 +171,9 @@ def test_multistage_recomputes_gradients_at_pruned_weights(monkeypatch):
     seen = []
     real = ct_prune._gradient_matrix
 
-    def spy(model, loss_fn, X, Y, selected, chunk, progress):
+    def spy(model, loss_fn, X, Y, selected, *args):
         seen.append(sum(int((p == 0).sum()) for *_, p in selected))
-        return real(model, loss_fn, X, Y, selected, chunk, progress)
+        return real(model, loss_fn, X, Y, selected, *args)
 
     monkeypatch.setattr(ct_prune, "_gradient_matrix", spy)
     model = _model()

@@ -800,6 +800,11 @@ def _mat(A, name="A"):
     if not isinstance(A, np.ndarray):
         raise TypeError(f"`{name}` must be a numpy.ndarray, got {type(A).__name__}")
     if A.dtype != np.float32 and A.dtype != np.float64:
+        if A.dtype.itemsize == 2 and A.dtype.name in ("float16", "bfloat16"):
+            raise TypeError(
+                f"`{name}` is {A.dtype}: the numba backend reads float32/float64 A only; "
+                "16-bit A is read by the cpp backend (backend='cpp' or 'auto')"
+            )
         raise TypeError(f"`{name}` must have dtype float32 or float64, got {A.dtype}")
     if A.ndim != 2:
         raise ValueError(f"`{name}` must be 2-D (n, p), got {A.ndim}-D with shape {A.shape}")

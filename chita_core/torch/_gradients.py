@@ -79,16 +79,18 @@ def _gradient_matrix(
     selected: Sequence[tuple[str, nn.Module, str, nn.Parameter]],
     chunk: int | None,
     progress: bool,
+    a_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """A = G / sqrt(n) with G[i] the gradient of sample i's loss w.r.t. the selected tensors
-    (flattened, concatenated), as an (n, p) F-ordered tensor on the model's device."""
+    (flattened, concatenated), as an (n, p) F-ordered tensor on the model's device, stored in
+    ``a_dtype`` (default: the parameters' dtype; each chunk of gradients is rounded into it)."""
     from torch.func import functional_call, grad, vmap
 
     names = [q for q, *_ in selected]
     sizes = [par.numel() for *_, par in selected]
     par0 = selected[0][3]
     n, p = X.shape[0], sum(sizes)
-    storage = torch.empty((p, n), dtype=par0.dtype, device=par0.device)
+    storage = torch.empty((p, n), dtype=a_dtype or par0.dtype, device=par0.device)
     A = storage.t()  # (n, p), F order: column j contiguous
     state = {k: v.detach() for k, v in model.named_parameters()}
     state.update({k: v.detach() for k, v in model.named_buffers()})

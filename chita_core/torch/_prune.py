@@ -145,6 +145,25 @@ def _integer(name: str, value: Any, low: int, what: str | None = None) -> int:
     return out
 
 
+_A_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+             "float16": torch.float16}  # fmt: skip
+
+
+def _storage_dtype(a_dtype: Any) -> torch.dtype | None:
+    """``a_dtype`` as a torch dtype (None stays None), with an error naming it."""
+    if a_dtype is None:
+        return None
+    name = a_dtype.removeprefix("torch.") if isinstance(a_dtype, str) else None
+    if isinstance(a_dtype, torch.dtype):
+        name = str(a_dtype).removeprefix("torch.")
+    if name not in _A_DTYPES:
+        raise ValueError(
+            f"`a_dtype` must be one of {', '.join(_A_DTYPES)} (a torch dtype or its name) or "
+            f"None, got {a_dtype!r}"
+        )
+    return _A_DTYPES[name]
+
+
 def prune(
     model: nn.Module,
     loss_fn: Callable[..., torch.Tensor],
@@ -162,6 +181,7 @@ def prune(
     progress: bool = True,
     chunk_size: int | None = None,
     val_data: Iterable[Any] | None = None,
+    a_dtype: Any = None,
     **solver_options: Any,
 ) -> PruneReport:
     """Prune ``model`` in place to ``sparsity`` with chita_core; returns a :class:`PruneReport`.
@@ -217,6 +237,11 @@ def prune(
         Samples whose mean loss chooses among the candidate solutions of a stage (the ridges
         of the path; chita or magnitude + backsolve). Default: the ``n_grads`` gradient samples.
         Samples not used for A (a validation split of the training data) choose more honestly.
+    a_dtype : torch.dtype or str, optional
+        Storage type of the gradient matrix A: ``torch.float32`` / ``float64`` / ``bfloat16`` /
+        ``float16`` (or their names). Default: the selected tensors' dtype. bfloat16 halves A's
+        memory and, the solver's passes being bandwidth-bound, about halves their time; the
+        solver still sums in float64 (short float32 partials) and keeps b, w in float32/64.
     **solver_options
         Passed to :func:`chita_core.iht` (``init``, ``swaps``, ``max_iter``, ...).
 
@@ -245,6 +270,7 @@ def prune(
         if not _is_real(ridge) or not (math.isfinite(float(ridge)) and float(ridge) >= 0.0):
             raise ValueError(f"`ridge` must be a finite number >= 0 or None, got {ridge!r}")
         ridge = float(ridge)
+    a_dtype = _storage_dtype(a_dtype)
     targets = schedule_sparsities(sparsity, stages, schedule)
     meta = [
         name
@@ -283,7 +309,7 @@ def prune(
     try:
         for target in targets:
             t0 = time.perf_counter()
-            A = _gradient_matrix(model, loss_fn, X, Y, selected, chunk_size, progress)
+            A = _gradient_matrix(model, loss_fn, X, Y, selected, chunk_size, progress, a_dtype)
             w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
             t1 = time.perf_counter()
             k = max(1, round((1.0 - target) * p))

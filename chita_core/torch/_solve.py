@@ -75,7 +75,9 @@ def _blocks(
     out = []
     for lo, hi, k in spans:
         As, wbs = A[:, lo:hi], w_bar[lo:hi]
-        bs = _matvec64(As, wbs).to(A.dtype)
+        # b in A's dtype, or float32 for a 16-bit A (whose storage type would round b)
+        half = A.dtype in (torch.bfloat16, torch.float16)
+        bs = _matvec64(As, wbs).to(torch.float32 if half else A.dtype)
         out.append(_Block(lo, hi, k, Problem(As, bs, w_bar=wbs, backend=backend)))
     return out
 

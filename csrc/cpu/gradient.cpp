@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <unistd.h>
+#include <type_traits>
 #include <vector>
 
 namespace chita {
@@ -24,11 +25,51 @@ inline double weight(const double* r, std::int64_t i) {
   return kSquare ? 0.0 : r[i];
 }
 
+// 16-bit storage (kHalf, chita/common.hpp): float32 partials of at most kHalfBlock / kHalfLanes
+// = 16 products (F order) or 4 (C order).
+constexpr std::int64_t kHalfBlock = 256;
+constexpr int kHalfLanes = 16;
+
 // F order: one dot product of length n per column.
 template <bool kSquare, class T>
 void gradient_cols(const MatView<T>& A, const double* r, const double* w, const double* w_bar,
                    double ridge, double* out) {
   const std::int64_t n = A.n, p = A.p;
+  if constexpr (kHalf<T>) {
+    std::vector<float> rf(static_cast<std::size_t>(kSquare ? 0 : n));
+    for (std::int64_t i = 0; i < static_cast<std::int64_t>(rf.size()); ++i) rf[i] = float(r[i]);
+    const float* y = rf.data();
+#pragma omp parallel for schedule(static) if (n * p >= kParallelWork)
+    for (std::int64_t j = 0; j < p; ++j) {
+      const T* c = A.col(j);
+      // kHalfLanes float32 partials (one vector register), each taking kHalfBlock / kHalfLanes
+      // products before it is added into its float64 lane; one horizontal sum per column.
+      double lanes[kHalfLanes] = {};
+      const std::int64_t full = n - n % kHalfLanes;
+      std::int64_t i = 0;
+      while (i < full) {
+        const std::int64_t end = std::min(full, i + kHalfBlock);
+        float part[kHalfLanes] = {};
+        for (; i < end; i += kHalfLanes) {
+#pragma omp simd
+          for (int l = 0; l < kHalfLanes; ++l) {
+            const float a = float(c[i + l]);
+            part[l] += kSquare ? a * a : a * y[i + l];
+          }
+        }
+#pragma omp simd
+        for (int l = 0; l < kHalfLanes; ++l) lanes[l] += double(part[l]);
+      }
+      double acc = 0.0;
+      for (int l = 0; l < kHalfLanes; ++l) acc += lanes[l];
+      for (; i < n; ++i) {
+        const double a = double(float(c[i]));
+        acc += kSquare ? a * a : a * double(y[i]);
+      }
+      out[j] = acc + ridge_term(ridge, w, w_bar, j);
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static) if (n * p >= kParallelWork)
   for (std::int64_t j = 0; j < p; ++j) {
     const T* c = A.col(j);
@@ -85,10 +126,22 @@ void gradient_rows(const MatView<T>& A, const double* r, const double* w, const 
             __builtin_prefetch(r3 + 4 * p + t0, 0, 3);
           }
           const std::int64_t t1 = std::min(len, t0 + kLine);
+          if constexpr (kHalf<T>) {  // the four products and their sum in float32
+            const float f0 = float(y0), f1 = float(y1), f2 = float(y2), f3 = float(y3);
 #pragma omp simd aligned(acc : 64)
-          for (std::int64_t t = t0; t < t1; ++t)
-            acc[t] += (term<kSquare>(double(r0[t]), y0) + term<kSquare>(double(r1[t]), y1)) +
-                      (term<kSquare>(double(r2[t]), y2) + term<kSquare>(double(r3[t]), y3));
+            for (std::int64_t t = t0; t < t1; ++t) {
+              const float a0 = float(r0[t]), a1 = float(r1[t]), a2 = float(r2[t]),
+                          a3 = float(r3[t]);
+              const float s = kSquare ? (a0 * a0 + a1 * a1) + (a2 * a2 + a3 * a3)
+                                      : (a0 * f0 + a1 * f1) + (a2 * f2 + a3 * f3);
+              acc[t] += double(s);
+            }
+          } else {
+#pragma omp simd aligned(acc : 64)
+            for (std::int64_t t = t0; t < t1; ++t)
+              acc[t] += (term<kSquare>(double(r0[t]), y0) + term<kSquare>(double(r1[t]), y1)) +
+                        (term<kSquare>(double(r2[t]), y2) + term<kSquare>(double(r3[t]), y3));
+          }
         }
       }
       for (; i < n; ++i) {
@@ -132,10 +185,21 @@ void gradient_rows_split(const MatView<T>& A, const double* r, const double* w,
       const T* r3 = A.row(i + 3);
       const double y0 = weight<kSquare>(r, i), y1 = weight<kSquare>(r, i + 1),
                      y2 = weight<kSquare>(r, i + 2), y3 = weight<kSquare>(r, i + 3);
+      if constexpr (kHalf<T>) {  // as in gradient_rows
+        const float f0 = float(y0), f1 = float(y1), f2 = float(y2), f3 = float(y3);
 #pragma omp simd
-      for (std::int64_t t = 0; t < p; ++t)
-        acc[t] += (term<kSquare>(double(r0[t]), y0) + term<kSquare>(double(r1[t]), y1)) +
+        for (std::int64_t t = 0; t < p; ++t) {
+          const float a0 = float(r0[t]), a1 = float(r1[t]), a2 = float(r2[t]), a3 = float(r3[t]);
+          const float s = kSquare ? (a0 * a0 + a1 * a1) + (a2 * a2 + a3 * a3)
+                                  : (a0 * f0 + a1 * f1) + (a2 * f2 + a3 * f3);
+          acc[t] += double(s);
+        }
+      } else {
+#pragma omp simd
+        for (std::int64_t t = 0; t < p; ++t)
+          acc[t] += (term<kSquare>(double(r0[t]), y0) + term<kSquare>(double(r1[t]), y1)) +
                     (term<kSquare>(double(r2[t]), y2) + term<kSquare>(double(r3[t]), y3));
+      }
     }
     for (; i < ie; ++i) {
       const T* r0 = A.row(i);
@@ -191,11 +255,11 @@ void column_sqnorms(const MatView<T>& A, double* out) {
   column_reduce<true>(A, nullptr, nullptr, nullptr, 0.0, out);
 }
 
-template void gradient<float>(const MatView<float>&, const double*, const double*, const double*,
-                              double, double*);
-template void gradient<double>(const MatView<double>&, const double*, const double*, const double*,
-                               double, double*);
-template void column_sqnorms<float>(const MatView<float>&, double*);
-template void column_sqnorms<double>(const MatView<double>&, double*);
+#define CHITA_INSTANTIATE(T)                                                              \
+  template void gradient<T>(const MatView<T>&, const double*, const double*, const double*,     \
+                            double, double*);                                                    \
+  template void column_sqnorms<T>(const MatView<T>&, double*);
+CHITA_FOR_EACH_STORAGE(CHITA_INSTANTIATE)
+#undef CHITA_INSTANTIATE
 
 }  // namespace chita

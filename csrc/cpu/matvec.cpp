@@ -31,11 +31,22 @@ void accumulate_columns(const MatView<T>& A, const std::int64_t* idx, std::int64
     for (std::int64_t i0 = 0; i0 < n; i0 += kLine) {
       for (int q = 0; q < G; ++q) __builtin_prefetch(nx[q] + i0, 0, 3);
       const std::int64_t i1 = std::min(n, i0 + kLine);
+      if constexpr (kHalf<T>) {  // the G products and their sum in float32 (common.hpp)
+        float xf[G];
+        for (int q = 0; q < G; ++q) xf[q] = float(xs[q]);
 #pragma omp simd
-      for (std::int64_t i = i0; i < i1; ++i) {
-        double t = 0.0;
-        for (int q = 0; q < G; ++q) t += double(c[q][i]) * xs[q];
-        acc[i] += t;
+        for (std::int64_t i = i0; i < i1; ++i) {
+          float t = 0.0f;
+          for (int q = 0; q < G; ++q) t += float(c[q][i]) * xf[q];
+          acc[i] += double(t);
+        }
+      } else {
+#pragma omp simd
+        for (std::int64_t i = i0; i < i1; ++i) {
+          double t = 0.0;
+          for (int q = 0; q < G; ++q) t += double(c[q][i]) * xs[q];
+          acc[i] += t;
+        }
       }
     }
   }
@@ -222,13 +233,12 @@ void support_rmatvec(const MatView<T>& A, const std::int64_t* idx, std::int64_t 
   }
 }
 
-template void support_matvec<float>(const MatView<float>&, const std::int64_t*, std::int64_t,
-                                    const double*, double*);
-template void support_matvec<double>(const MatView<double>&, const std::int64_t*, std::int64_t,
-                                     const double*, double*);
-template void support_rmatvec<float>(const MatView<float>&, const std::int64_t*, std::int64_t,
-                                     const double*, double*);
-template void support_rmatvec<double>(const MatView<double>&, const std::int64_t*, std::int64_t,
-                                      const double*, double*);
+#define CHITA_INSTANTIATE(T)                                                              \
+  template void support_matvec<T>(const MatView<T>&, const std::int64_t*, std::int64_t,        \
+                                  const double*, double*);                                       \
+  template void support_rmatvec<T>(const MatView<T>&, const std::int64_t*, std::int64_t,       \
+                                   const double*, double*);
+CHITA_FOR_EACH_STORAGE(CHITA_INSTANTIATE)
+#undef CHITA_INSTANTIATE
 
 }  // namespace chita

@@ -238,11 +238,11 @@ StepResult chita_step(const MatView<T>& A, const double* b, const double* w_bar,
   return {best.f, best.tau, best.n_candidates, best_changed};
 }
 
-template StepResult chita_step<float>(const MatView<float>&, const double*, const double*, double,
-                                      const double*, double*, double*, std::int64_t*, std::int64_t,
-                                      double, const std::int64_t*, std::int64_t);
-template StepResult chita_step<double>(const MatView<double>&, const double*, const double*,
-                                       double, const double*, double*, double*, std::int64_t*,
-                                       std::int64_t, double, const std::int64_t*, std::int64_t);
+#define CHITA_INSTANTIATE(T)                                                              \
+  template StepResult chita_step<T>(const MatView<T>&, const double*, const double*, double,   \
+                                    const double*, double*, double*, std::int64_t*,              \
+                                    std::int64_t, double, const std::int64_t*, std::int64_t);
+CHITA_FOR_EACH_STORAGE(CHITA_INSTANTIATE)
+#undef CHITA_INSTANTIATE
 
 }  // namespace chita
