@@ -17,6 +17,14 @@ import chita_core.torch as ct  # noqa: E402
 import chita_core.torch._prune as ct_prune  # noqa: E402
 
 
+def _stacked(samples):
+    """(inputs, targets) of drawn samples, concatenated: for references computed by hand."""
+    return (
+        torch.cat([b.inputs for b in samples.batches]),
+        torch.cat([b.target for b in samples.batches]),
+    )
+
+
 def _model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
@@ -95,8 +103,9 @@ def test_gradients_equal_a_per_sample_loop():
     model = _model(3)
     data = _data(n=40, batch=16)
     selected = ct_prune._select(model, None)
-    X, Y = ct_prune._draw(data, 40, torch.device("cpu"))
-    A = ct_prune._gradient_matrix(model, LOSS, X, Y, selected, chunk=7, progress=False)
+    samples = ct_prune._draw(data, 40, torch.device("cpu"))
+    X, Y = _stacked(samples)
+    A = ct_prune._gradient_matrix(model, LOSS, samples, selected, chunk=7, progress=False)
     assert A.shape == (40, sum(p.numel() for *_, p in selected))
     assert A.t().is_contiguous()  # F order: what the solver reads fastest
     for i in range(40):
@@ -115,10 +124,10 @@ def test_half_precision_A(a_dtype, monkeypatch):
     float32-A one (same sparsity, loss within the rounding of A's effect)."""
     model = _model(3)
     selected = ct_prune._select(model, None)
-    X, Y = ct_prune._draw(_data(n=40, batch=16), 40, torch.device("cpu"))
+    samples = ct_prune._draw(_data(n=40, batch=16), 40, torch.device("cpu"))
     dt = ct_prune._storage_dtype(a_dtype)
-    A16 = ct_prune._gradient_matrix(model, LOSS, X, Y, selected, 7, False, dt)
-    A32 = ct_prune._gradient_matrix(model, LOSS, X, Y, selected, 7, False)
+    A16 = ct_prune._gradient_matrix(model, LOSS, samples, selected, 7, False, dt)
+    A32 = ct_prune._gradient_matrix(model, LOSS, samples, selected, 7, False)
     assert A16.dtype == dt and A16.t().is_contiguous()
     assert torch.equal(A16, A32.to(dt))
     seen = []
@@ -171,9 +180,9 @@ def test_multistage_recomputes_gradients_at_pruned_weights(monkeypatch):
     seen = []
     real = ct_prune._gradient_matrix
 
-    def spy(model, loss_fn, X, Y, selected, *args):
+    def spy(model, loss_fn, samples, selected, *args):
         seen.append(sum(int((p == 0).sum()) for *_, p in selected))
-        return real(model, loss_fn, X, Y, selected, *args)
+        return real(model, loss_fn, samples, selected, *args)
 
     monkeypatch.setattr(ct_prune, "_gradient_matrix", spy)
     model = _model()
@@ -254,7 +263,7 @@ def test_errors(kwargs, exc, match):
 def test_bad_data_and_devices():
     with pytest.raises(TypeError, match="`data` must yield"):
         ct.prune(_model(), LOSS, [torch.zeros(3)], 0.5, progress=False)
-    with pytest.raises(ValueError, match="same leading"):
+    with pytest.raises(ValueError, match="share their leading"):
         ct.prune(_model(), LOSS, [(torch.zeros(4, 1, 6, 6), torch.zeros(3))], 0.5, progress=False)
     meta = _model().to("meta")
     with pytest.raises(ValueError, match="runs on the CPU or CUDA"):

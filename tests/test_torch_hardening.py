@@ -43,6 +43,14 @@ class UntiedLM(TiedLM):
         self.decoder.weight = nn.Parameter(tied.embed.weight.detach().clone())
 
 
+def _stacked(samples):
+    """(inputs, targets) of drawn samples, concatenated: for references computed by hand."""
+    return (
+        torch.cat([b.inputs for b in samples.batches]),
+        torch.cat([b.target for b in samples.batches]),
+    )
+
+
 def _tokens(n: int = 48, batch: int = 16, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     X = torch.randint(0, V, (n,), generator=g)
@@ -88,8 +96,9 @@ def test_tied_weight_is_one_variable_whose_gradient_sums_its_uses():
     # mid.weight, and the tied weight once, under its name in named_parameters()
     assert [q for q, *_ in selected] == ["mid.weight", "embed.weight"]
     assert selected[1][3] is model.embed.weight is model.decoder.weight
-    X, Y = ct_prune._draw(_tokens(), 40, torch.device("cpu"))
-    A = ct_prune._gradient_matrix(model, LOSS, X, Y, selected, chunk=7, progress=False)
+    samples = ct_prune._draw(_tokens(), 40, torch.device("cpu"))
+    X, Y = _stacked(samples)
+    A = ct_prune._gradient_matrix(model, LOSS, samples, selected, chunk=7, progress=False)
     assert A.shape == (40, D * D + V * D)  # one block of columns for the tied weight
     untied = UntiedLM(model)
     for i in range(40):
@@ -358,8 +367,8 @@ def _dead(units: int) -> nn.Sequential:
 @pytest.mark.parametrize("method", ["magnitude", "magnitude+backsolve", "chita"])
 def test_partly_dead_network_prunes(method, per_layer):
     model = _dead(5)
-    X, Y = ct_prune._draw(_data(), 48, torch.device("cpu"))
-    A = ct_prune._gradient_matrix(model, LOSS, X, Y, ct_prune._select(model, None), None, False)
+    samples = ct_prune._draw(_data(), 48, torch.device("cpu"))
+    A = ct_prune._gradient_matrix(model, LOSS, samples, ct_prune._select(model, None), None, False)
     assert torch.all(A[:, :25] == 0) and torch.any(A[:, 25:40] != 0)  # dead rows of 0.weight
     rep = ct.prune(
         model, LOSS, _data(), 0.5, n_grads=48, method=method, per_layer=per_layer, progress=False

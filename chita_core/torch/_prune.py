@@ -18,7 +18,7 @@ from torch.nn.utils import prune as torch_prune
 
 from .._api import IHTResult
 from ..backends import get_backend
-from ._gradients import _draw, _gradient_matrix, _Progress
+from ._gradients import _draw, _gradient_matrix, _Progress, _Samples
 from ._params import _aliases, _select, _write_back
 from ._solve import _blocks, _check_solver_options, _mean_curvature, _solve
 
@@ -110,19 +110,18 @@ def schedule_sparsities(sparsity: float, stages: int, schedule: str = "poly") ->
     return out
 
 
-def _mean_loss(model, loss_fn, X, Y, batch: int = 1024) -> float:
-    """Mean of ``loss_fn`` over the samples (in eval mode, without gradients)."""
+def _mean_loss(model, loss_fn, samples: _Samples, batch: int = 1024) -> float:
+    """Mean of the loss over the samples (in eval mode, without gradients)."""
     was_training = model.training
     model.eval()
     total = 0.0
     try:
         with torch.no_grad():
-            for i0 in range(0, X.shape[0], batch):
-                out = model(X[i0 : i0 + batch])
-                total += float(loss_fn(out, Y[i0 : i0 + batch])) * min(batch, X.shape[0] - i0)
+            for _, b in samples.chunks(batch):
+                total += float(b.loss(model, loss_fn)) * b.size
     finally:
         model.train(was_training)
-    return total / X.shape[0]
+    return total / samples.n
 
 
 def _is_real(value: Any) -> bool:
@@ -166,7 +165,7 @@ def _storage_dtype(a_dtype: Any) -> torch.dtype | None:
 
 def prune(
     model: nn.Module,
-    loss_fn: Callable[..., torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor] | None,
     data: Iterable[Any],
     sparsity: float,
     *,
@@ -191,12 +190,18 @@ def prune(
     model : torch.nn.Module
         Trained model, on the CPU or (with the CUDA backend) a GPU. Left in its train/eval
         mode; gradients are computed in eval mode.
-    loss_fn : callable
-        ``loss_fn(output, target)`` -> scalar loss (e.g. ``nn.CrossEntropyLoss()``); it is
-        called on one sample at a time (batch dimension 1).
-    data : iterable of (input, target)
-        Batches with samples along the first dimension (a DataLoader, a list of pairs, ...);
-        the first ``n_grads`` samples are used.
+    loss_fn : callable or None
+        ``loss_fn(output, target)`` -> scalar loss (e.g. ``nn.CrossEntropyLoss()``); for dict
+        batches ``loss_fn(output, batch)``; None: the model's own loss (``output.loss``, as a
+        Hugging Face model returns when the batch has ``labels``). It is called on one sample
+        at a time (batch dimension 1).
+    data : iterable of batches
+        Batches with samples along the first dimension of every tensor (a DataLoader, a list,
+        ...): ``(input, target)`` pairs, ``input`` a tensor, a tuple of positional inputs or a
+        dict of keyword inputs, or dicts of keyword inputs (``model(**batch)``, as Hugging Face
+        models take); the first ``n_grads`` samples are used. Per-sample gradients come from
+        ``torch.func.vmap``; a model vmap cannot trace (data-dependent control flow, in-place
+        updates, hooks) falls back, with one warning, to a backward pass per sample.
     sparsity : float in [0, 1)
         Fraction of the selected weights set to zero (any real number: Python or NumPy).
     params : optional
@@ -233,7 +238,7 @@ def prune(
         Progress bars (tqdm) for the gradients and the stages.
     chunk_size : int, optional
         Samples per vmap chunk; default bounds the per-sample gradients held at once to 256 MB.
-    val_data : iterable of (input, target), optional
+    val_data : iterable of batches, optional
         Samples whose mean loss chooses among the candidate solutions of a stage (the ridges
         of the path; chita or magnitude + backsolve). Default: the ``n_grads`` gradient samples.
         Samples not used for A (a validation split of the training data) choose more honestly.
@@ -251,8 +256,8 @@ def prune(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
-    if not callable(loss_fn):
-        raise TypeError(f"`loss_fn` must be callable, got {type(loss_fn).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be callable or None, got {type(loss_fn).__name__}")
     if not _is_real(sparsity):
         raise TypeError(f"`sparsity` must be a number in [0, 1), got {sparsity!r}")
     if not 0.0 <= float(sparsity) < 1.0:
@@ -302,14 +307,16 @@ def prune(
     sizes = [par.numel() for *_, par in selected]
     p = sum(sizes)
 
-    X, Y = _draw(data, n_grads, device)
-    Xv, Yv = (X, Y) if val_data is None else _draw(val_data, None, device, "val_data")
+    samples = _draw(data, n_grads, device)
+    held = samples if val_data is None else _draw(val_data, None, device, "val_data")
     stage_reports: list[StageReport] = []
     bar = _Progress(progress and stages > 1, stages, "stages")
     try:
         for target in targets:
             t0 = time.perf_counter()
-            A = _gradient_matrix(model, loss_fn, X, Y, selected, chunk_size, progress, a_dtype)
+            A = _gradient_matrix(
+                model, loss_fn, samples, selected, chunk_size, progress, a_dtype
+            )
             w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
             t1 = time.perf_counter()
             k = max(1, round((1.0 - target) * p))
@@ -330,7 +337,7 @@ def prune(
             for lam, how in runs:
                 w, kept, f, results = _solve(w_bar, blocks, how, lam, solver_options)
                 _write_back(selected, w)
-                loss = _mean_loss(model, loss_fn, Xv, Yv)
+                loss = _mean_loss(model, loss_fn, held)
                 if best is None or loss < best[0]:
                     best = (loss, lam, w, kept, f, results, how)
             loss, lam, w, kept, f, results, how = best
