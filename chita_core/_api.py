@@ -77,6 +77,7 @@ def iht(
     swaps: bool | int = True,
     effort: float = DEFAULT_EFFORT,
     time_limit: float | None = None,
+    memory_limit: int | None = None,
     backend: str = "auto",
     callback: Callable[[IHTProgress], bool | None] | None = None,
     verbose: bool = False,
@@ -154,6 +155,10 @@ def iht(
         every stage at full size.
     time_limit : float, optional
         A cap in seconds on the planned time (the budget), whatever ``effort`` says.
+    memory_limit : int, optional
+        A cap in bytes on the solver's workspaces beyond ``A`` and its O(p) vectors: greedy
+        OBS's gathered columns (its superset is shrunk, or the stage dropped, to fit). Default:
+        no cap (the superset is sized by time alone, up to n x p float32 / float64 values).
     backend : {"auto", "cpp", "numba", "cuda"}, default "auto"
         Kernel backend; "auto" takes the compiled one for host arrays (numba if it is
         missing) and "cuda" for arrays on a GPU.
@@ -202,6 +207,7 @@ def iht(
         swaps=swaps,
         effort=effort,
         time_limit=time_limit,
+        memory_limit=memory_limit,
         callback=callback,
         verbose=verbose,
         _t0=t0,
@@ -217,6 +223,7 @@ def _options(
     swaps: Any,
     effort: Any,
     time_limit: Any,
+    memory_limit: Any = None,
 ) -> Options:
     tol = check_nonneg_float(tol, "tol")
     if init not in _INITS:
@@ -234,9 +241,12 @@ def _options(
     effort = _positive(effort, "effort")
     if time_limit is not None:
         time_limit = _positive(time_limit, "time_limit")
+    if memory_limit is not None:
+        memory_limit = check_index(memory_limit, "memory_limit", 0, np.iinfo(np.int64).max)
     return Options(
-        max_iter, tol, init, bool(active_set), bool(refine), max_swaps, effort, time_limit
-    )
+        max_iter, tol, init, bool(active_set), bool(refine), max_swaps, effort, time_limit,
+        memory_limit,
+    )  # fmt: skip
 
 
 def _positive(value: Any, name: str) -> float:
@@ -262,6 +272,7 @@ def solve(
     swaps: bool | int = True,
     effort: float = DEFAULT_EFFORT,
     time_limit: float | None = None,
+    memory_limit: int | None = None,
     callback: Callable[[IHTProgress], bool | None] | None = None,
     verbose: bool = False,
     _t0: float | None = None,
@@ -272,7 +283,9 @@ def solve(
     adapter compares it on the real loss), so the first stage does not solve it again."""
     t0 = time.perf_counter() if _t0 is None else _t0
     k = check_index(k, "k", 1, prob.p)
-    opts = _options(max_iter, tol, init, active_set, refine, swaps, effort, time_limit)
+    opts = _options(
+        max_iter, tol, init, active_set, refine, swaps, effort, time_limit, memory_limit
+    )
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` must be callable or None, got {type(callback).__name__}")
     with prob.stream():

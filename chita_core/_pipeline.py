@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from ._point import Point
-from .stages.greedy import GreedyOBS, greedy_cost, greedy_screen_size
+from .stages.greedy import GreedyOBS, greedy_cost, greedy_screen_size, workspace_itemsize
 from .stages.iht import IHT
 from .stages.nspace import REFINE_STEPS
 from .stages.starts import EXHAUSTIVE_MAX_P, EXHAUSTIVE_MAX_SUPPORTS, OBS, Exhaustive, Magnitude
@@ -352,6 +352,7 @@ class Options:
     max_swaps: int | None  # None: swaps=True, the planner sizes the search
     effort: float
     time_limit: float | None
+    memory_limit: int | None = None  # bytes of workspace beyond A and the O(p) vectors
 
 
 # ---------------------------------------------------------------------------------- plan
@@ -379,13 +380,15 @@ def plan(prob: Any, k: int, start: Any, opts: Options) -> Plan:
     # Start supports beyond magnitude.
     greedy = None
     if room and opts.init == "greedy":
-        m = greedy_screen_size(prob.n, prob.p, k, math.inf)
+        m = _within_memory(prob, k, greedy_screen_size(prob.n, prob.p, k, math.inf),
+                           opts.memory_limit)  # fmt: skip
         greedy = (GreedyOBS(m), model.greedy(k, m)) if m is not None else None
     elif room and opts.init == "auto":
         # The magnitude refit keeps its support's Gram (push-through, ridge > 0), which greedy
         # OBS's superset contains: its SYRK is not paid twice.
         known = k if prob.ridge > 0 and k > prob.n else 0
         m = _greedy_size(model, k, _GREEDY_SHARE * left, known)
+        m = _within_memory(prob, k, m, opts.memory_limit)
         greedy = (GreedyOBS(m), model.greedy(k, m, known)) if m is not None else None
     if room and opts.init in ("obs", "obs_multistep"):
         multistep = opts.init == "obs_multistep"
@@ -447,6 +450,26 @@ def plan(prob: Any, k: int, start: Any, opts: Options) -> Plan:
     stages = list(starts)
     stages += [s for s in (iht, greedy, swaps, second) if s is not None]
     return Plan(stages, budget, model)
+
+
+#: Greedy OBS's peak workspace over its gathered n x m columns: the columns themselves plus
+#: the transient products of a block (about half as much again, measured with tracemalloc).
+GREEDY_WORKSPACE_FACTOR = 1.5
+
+
+def greedy_workspace_bytes(prob: Any, m: int) -> int:
+    """Peak bytes greedy OBS allocates for a superset of ``m`` columns (its n x m workspace)."""
+    return int(GREEDY_WORKSPACE_FACTOR * workspace_itemsize(prob) * prob.n * m)
+
+
+def _within_memory(prob: Any, k: int, m: int | None, limit: int | None) -> int | None:
+    """``m`` capped so that greedy OBS's workspace fits ``limit`` bytes (None: no cap); None when
+    not even k + 1 columns fit."""
+    if m is None or limit is None:
+        return m
+    per_column = greedy_workspace_bytes(prob, 1)
+    cap = int(limit // max(1, per_column))
+    return min(m, cap) if cap > k else None
 
 
 def _greedy_size(model: CostModel, k: int, seconds: float, known: int = 0) -> int | None:

@@ -136,6 +136,30 @@ def test_budget_decides_what_runs(monkeypatch):
     assert {"iht", "greedy obs"} <= set(_names(forced))
 
 
+def test_memory_limit_caps_greedy_obs_workspace():
+    """memory_limit (bytes beyond A and the O(p) vectors) shrinks greedy OBS's superset to fit
+    its gathered workspace, and drops the stage when not even k + 1 columns fit."""
+    from chita_core._pipeline import greedy_workspace_bytes
+
+    A, b, w_bar = _pruning_problem()
+    prob = chita_core.Problem(A, b, ridge=0.1, w_bar=w_bar)
+    free = {s.name: s for s, _ in plan(prob, 40, prob.w_bar, _options())}
+    m_free = free["greedy obs"].m
+    limit = greedy_workspace_bytes(prob, (40 + m_free) // 2)
+    capped = {s.name: s for s, _ in plan(prob, 40, prob.w_bar, _options(memory_limit=limit))}
+    assert 40 < capped["greedy obs"].m < m_free
+    assert greedy_workspace_bytes(prob, capped["greedy obs"].m) <= limit
+    none = plan(prob, 40, prob.w_bar, _options(memory_limit=greedy_workspace_bytes(prob, 40)))
+    assert "greedy obs" not in _names(none)
+    # The solve under the cap is still a valid (k-sparse, finite) solution, no worse than
+    # magnitude + backsolve.
+    res = chita_core.iht(A, b, 40, ridge=0.1, w_bar=w_bar, memory_limit=limit)
+    mb = chita_core.iht(A, b, 40, ridge=0.1, w_bar=w_bar, refine=True, effort=1e-9)
+    assert np.count_nonzero(res.w) <= 40 and res.objective <= mb.objective * (1 + 1e-12)
+    with pytest.raises(ValueError, match="`memory_limit`"):
+        chita_core.iht(A, b, 40, memory_limit=-1)
+
+
 def test_plan_does_not_depend_on_the_machine(monkeypatch):
     # Without time_limit the plan is priced at the reference rates: whatever this process
     # measures (a loaded or a fast machine), the same problem gets the same plan and result.

@@ -457,3 +457,56 @@ def test_loss_fn_must_return_a_scalar():
             n_grads=32,
             progress=False,
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory planning, the default n_grads, k >> n
+# ----------------------------------------------------------------------------------------------
+
+
+def test_memory_plan_refuses_what_does_not_fit_before_gradient_work(no_gradient_work):
+    from chita_core.torch._memory import fixed_bytes
+
+    p = 5 * 8 + 8 * 3  # the MLP's two weights
+    limit = fixed_bytes(40, p) + 40 * p * 4  # room for exactly 40 samples in float32
+    with pytest.raises(ValueError, match=r"`n_grads`=64 .*n_grads <= 40 with A in float32.*"
+                       r"n_grads <= \d+ with A in bfloat16"):  # fmt: skip
+        ct.prune(_mlp(), LOSS, _data(), 0.5, n_grads=64, memory_limit=limit, progress=False)
+    with pytest.raises(ValueError, match="`memory_limit`"):
+        ct.prune(_mlp(), LOSS, _data(), 0.5, memory_limit=0, progress=False)
+
+
+def test_default_n_grads_takes_what_fits_and_what_data_has():
+    from chita_core.torch._memory import fixed_bytes
+
+    p = 5 * 8 + 8 * 3
+    rep = ct.prune(_mlp(), LOSS, _data(n=64), 0.5, progress=False)
+    assert rep.n_grads == 64  # fewer than the default 1000: all the data has
+    assert rep.memory.a_bytes == 64 * p * 4 and rep.memory.n_grads == 64
+    limit = fixed_bytes(20, p) + 20 * p * 4
+    rep = ct.prune(_mlp(), LOSS, _data(n=64), 0.5, memory_limit=limit, progress=False)
+    assert rep.n_grads == 20 and rep.memory.limit == limit  # as many as fit
+    assert rep.memory.a_bytes + rep.memory.solver_bytes <= limit
+    # at scale A dominates: a 16-bit A fits about twice the samples in the same memory
+    from chita_core.torch._memory import plan_memory
+
+    cpu, big = torch.device("cpu"), 10_000_000
+    n32 = plan_memory(None, big, 4, cpu, 8 << 30).n_grads
+    n16 = plan_memory(None, big, 2, cpu, 8 << 30).n_grads
+    assert 150 < n32 < 200 and 1.9 * n32 < n16 <= 2 * n32 + 1
+
+
+def test_k_much_larger_than_n_is_detected_and_reported():
+    p = 5 * 8 + 8 * 3
+    with pytest.warns(RuntimeWarning, match=r"is \d+x n_grads = 2: the quadratic model is close"):
+        rep = ct.prune(_mlp(), LOSS, _data(), 0.5, n_grads=2, progress=False)
+    s = rep.stages[0]
+    assert s.degenerate and s.k_over_n == pytest.approx(round(0.5 * p) / 2)
+    # the ridge path ran chita and magnitude + backsolve at each ridge: what chita bought on
+    # the quadratic model is reported, never negative (its start is magnitude + backsolve)
+    assert s.gain_over_backsolve is not None and s.gain_over_backsolve >= -1e-9
+    assert "degenerate" in str(rep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rep = ct.prune(_mlp(), LOSS, _data(), 0.9, n_grads=64, progress=False)
+    assert not rep.stages[0].degenerate and rep.stages[0].gain_over_backsolve >= -1e-9

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._linalg import spd_inverse
+from .._validation import is_half
 from .nspace import columns, kinv_quad, largest, scoring_ridge, shifted_inverse, support_gram
 
 __all__ = ["GreedyOBS", "greedy_cost", "greedy_obs_support", "greedy_screen", "greedy_screen_size"]
@@ -179,7 +180,7 @@ def greedy_obs_support(
     # columns then run in SGEMM at half the bytes, and only the x and d that choose the next
     # pools carry float32 products: each pool's own quantities are formed in float64).
     # Otherwise float64.
-    narrow = pool is None and prob.where is None and prob.A.dtype == np.float32
+    narrow = pool is None and prob.where is None and workspace_itemsize(prob) == 4
     AS = _workspace(prob, S, narrow)  # [n, m]
     Kinv = shifted_inverse(_screen_gram(prob, S, known), lam)
     c = _minus_support(prob, S)
@@ -293,12 +294,21 @@ def greedy_obs_support(
     return support, (Kinv if exact_k else None)
 
 
+def workspace_itemsize(prob: Any) -> int:
+    """Bytes per entry of greedy OBS's gathered n x m workspace: 4 (float32, exact) for a
+    float32 or 16-bit A on the host, else 8 (float64)."""
+    if prob.where is None and (prob.A.dtype == np.float32 or is_half(prob.A.dtype)):
+        return 4
+    return 8
+
+
 def _workspace(prob: Any, S: Any, narrow: bool) -> Any:
-    """A[:, S] as an (n, m) F-ordered workspace: float32 (A's own values) when ``narrow``,
-    else float64 (the backend's gather)."""
+    """A[:, S] as an (n, m) F-ordered workspace: float32 (A's own values, exact for a float32
+    or 16-bit A) when ``narrow``, else float64 (the backend's gather)."""
     if not narrow:
         return columns(prob, S)
-    return np.take(prob.A.T, S, axis=0).T if prob.A.flags.f_contiguous else prob.A[:, S]
+    AS = np.take(prob.A.T, S, axis=0).T if prob.A.flags.f_contiguous else prob.A[:, S]
+    return AS.astype(np.float32, order="F", copy=False)
 
 
 def _minus_support(prob: Any, S: Any) -> Any:

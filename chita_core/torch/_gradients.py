@@ -157,8 +157,15 @@ def _as_batch(batch: Any, name: str, device: torch.device) -> _Batch:
     return _Batch(inputs, target, sizes.pop(), keyword)
 
 
-def _draw(data: Iterable[Any], n: int | None, device: torch.device, name: str = "data") -> _Samples:
-    """The first n samples of ``data`` (all of them when n is None) on ``device``."""
+def _draw(
+    data: Iterable[Any],
+    n: int | None,
+    device: torch.device,
+    name: str = "data",
+    exact: bool = True,
+) -> _Samples:
+    """The first n samples of ``data`` (all of them when n is None) on ``device``; fewer when
+    ``data`` runs out and not ``exact``."""
     batches, got = [], 0
     for raw in data:
         b = _as_batch(raw, name, device)
@@ -168,9 +175,9 @@ def _draw(data: Iterable[Any], n: int | None, device: torch.device, name: str = 
         got += take
         if n is not None and got >= n:
             break
-    if n is None and got == 0:
+    if got == 0:
         raise ValueError(f"`{name}` yielded no samples")
-    if n is not None and got < n:
+    if n is not None and got < n and exact:
         raise ValueError(
             f"`{name}` yielded {got} samples but n_grads={n} were requested; pass more data or "
             "a smaller `n_grads`"

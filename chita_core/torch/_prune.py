@@ -7,6 +7,7 @@ import math
 import numbers
 import operator
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from torch.nn.utils import prune as torch_prune
 from .._api import IHTResult
 from ..backends import get_backend
 from ._gradients import _draw, _gradient_matrix, _Progress, _Samples
+from ._memory import MemoryPlan, plan_memory
 from ._params import _aliases, _select, _write_back
 from ._solve import _blocks, _check_solver_options, _mean_curvature, _solve
 
@@ -27,6 +29,12 @@ _METHODS = ("chita", "magnitude", "magnitude+backsolve")
 #: ``ridge=None`` tries these ridges, relative to the mean curvature of one weight (the mean
 #: squared column norm of A), and keeps the solution with the lowest loss on the gradient samples.
 RIDGE_SCALES = (0.01, 0.1, 1.0, 10.0)
+#: k >= DEGENERATE_RATIO x n_grads: the global quadratic model is close to degenerate (every
+#: support of n or more columns fits the n gradient samples, the objective is then mostly the
+#: ridge term, and magnitude + backsolve is near optimal). Measured on digits-MLP gradients
+#: (p = 9,472): chita's objective 0.2-1.2% under magnitude + backsolve's at k/n = 37-148,
+#: 1.2-14% at k/n = 9-15, 8-22% at 4, 42% at 1.
+DEGENERATE_RATIO = 10
 
 
 @dataclass
@@ -42,6 +50,16 @@ class StageReport:
     grad_seconds: float  #: building A (per-sample gradients)
     solve_seconds: float  #: the solver
     results: list[IHTResult] = field(repr=False)  #: solver results (one, or one per tensor)
+    #: k / n_grads; at DEGENERATE_RATIO or more the quadratic model is close to degenerate
+    k_over_n: float = 0.0
+    #: 1 - chita's objective / magnitude + backsolve's, at the ridge kept (None when only one
+    #: of them ran): what the search bought on the quadratic model
+    gain_over_backsolve: float | None = None
+
+    @property
+    def degenerate(self) -> bool:
+        """k >> n: every support fits the samples; see DEGENERATE_RATIO."""
+        return self.k_over_n >= DEGENERATE_RATIO
 
 
 @dataclass
@@ -62,6 +80,7 @@ class PruneReport:
     method: str
     grad_seconds: float
     solve_seconds: float
+    memory: MemoryPlan | None = None  #: the memory plan (A, solver, limit), made before any work
 
     @property
     def objectives(self) -> list[float]:
@@ -79,6 +98,7 @@ class PruneReport:
                 f"{s.objective:.6g}, ridge {s.ridge:.3g}, loss {s.loss:.4g}, kept {s.chosen} "
                 f"({s.grad_seconds:.2f} s + "
                 f"{s.solve_seconds:.2f} s)"
+                + (f"; k = {s.k_over_n:.0f} n: degenerate" if s.degenerate else "")
             )
         width = max(len(n) for n in self.tensors)
         for name, (sp, m) in self.tensors.items():
@@ -170,7 +190,7 @@ def prune(
     sparsity: float,
     *,
     params: Any = None,
-    n_grads: int = 1000,
+    n_grads: int | None = None,
     ridge: float | None = None,
     stages: int = 1,
     schedule: str = "poly",
@@ -181,6 +201,7 @@ def prune(
     chunk_size: int | None = None,
     val_data: Iterable[Any] | None = None,
     a_dtype: Any = None,
+    memory_limit: int | None = None,
     **solver_options: Any,
 ) -> PruneReport:
     """Prune ``model`` in place to ``sparsity`` with chita_core; returns a :class:`PruneReport`.
@@ -211,9 +232,12 @@ def prune(
         names (or several), and masked in every module that holds it. The selected tensors
         must be float32 or float64 (prune a ``model.float()`` copy of a half-precision model)
         on one device; a model on the meta device holds no data and is refused.
-    n_grads : int, default 1000
-        Samples in the gradient matrix A (its rows). Integers here and in ``stages`` and
-        ``chunk_size`` may be NumPy integers (anything ``operator.index`` takes, not bools).
+    n_grads : int, optional
+        Samples in the gradient matrix A (its rows). Default: 1000, or as many as fit the
+        memory (see ``memory_limit``), or as many as ``data`` has if fewer. An explicit value
+        that does not fit is refused before any work, with what would fit. Integers here and in
+        ``stages`` and ``chunk_size`` may be NumPy integers (anything ``operator.index`` takes,
+        not bools).
     ridge : float, optional
         Weight of ``0.5 ||w - w_bar||^2``, which keeps the solution where the quadratic model
         of the loss holds; finite and >= 0. Default: a short path, ``RIDGE_SCALES`` (0.01,
@@ -247,6 +271,11 @@ def prune(
         ``float16`` (or their names). Default: the selected tensors' dtype. bfloat16 halves A's
         memory and, the solver's passes being bandwidth-bound, about halves their time; the
         solver still sums in float64 (short float32 partials) and keeps b, w in float32/64.
+    memory_limit : int, optional
+        Bytes that A and the solver may use: A (``n_grads x p`` entries of ``a_dtype``), the
+        solver's O(p) vectors, the n x n algebra and the per-sample gradient chunk are planned
+        against it before any work (``report.memory``), and what is left caps the solver's
+        workspaces (greedy OBS's superset). Default: 85% of the device's free memory.
     **solver_options
         Passed to :func:`chita_core.iht` (``init``, ``swaps``, ``max_iter``, ...).
 
@@ -263,7 +292,10 @@ def prune(
     if not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"`sparsity` must be in [0, 1), got {sparsity!r}")
     sparsity = float(sparsity)
-    n_grads = _integer("n_grads", n_grads, 1)
+    if n_grads is not None:
+        n_grads = _integer("n_grads", n_grads, 1)
+    if memory_limit is not None:
+        memory_limit = _integer("memory_limit", memory_limit, 1, "a positive number of bytes")
     stages = _integer("stages", stages, 1)
     if chunk_size is not None:
         chunk_size = _integer("chunk_size", chunk_size, 1, "a positive integer")
@@ -307,16 +339,19 @@ def prune(
     sizes = [par.numel() for *_, par in selected]
     p = sum(sizes)
 
-    samples = _draw(data, n_grads, device)
+    itemsize = (a_dtype or selected[0][3].dtype).itemsize
+    memory = plan_memory(n_grads, p, itemsize, device, memory_limit)
+    samples = _draw(data, memory.n_grads, device, exact=n_grads is not None)
+    if samples.n < memory.n_grads:  # the data had fewer (n_grads=None): the plan for those
+        memory = plan_memory(samples.n, p, itemsize, device, memory.limit)
+    solver_options = {**solver_options, "memory_limit": memory.workspace_bytes}
     held = samples if val_data is None else _draw(val_data, None, device, "val_data")
     stage_reports: list[StageReport] = []
     bar = _Progress(progress and stages > 1, stages, "stages")
     try:
         for target in targets:
             t0 = time.perf_counter()
-            A = _gradient_matrix(
-                model, loss_fn, samples, selected, chunk_size, progress, a_dtype
-            )
+            A = _gradient_matrix(model, loss_fn, samples, selected, chunk_size, progress, a_dtype)
             w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
             t1 = time.perf_counter()
             k = max(1, round((1.0 - target) * p))
@@ -334,8 +369,10 @@ def prune(
             if method == "chita" and ridge is None:
                 runs += [(lam, "magnitude+backsolve") for lam in ridges]
             best = None
+            objectives = {}
             for lam, how in runs:
                 w, kept, f, results = _solve(w_bar, blocks, how, lam, solver_options)
+                objectives[lam, how] = f
                 _write_back(selected, w)
                 loss = _mean_loss(model, loss_fn, held)
                 if best is None or loss < best[0]:
@@ -343,8 +380,12 @@ def prune(
             loss, lam, w, kept, f, results, how = best
             _write_back(selected, w)
             t2 = time.perf_counter()
+            pair = objectives.get((lam, "chita")), objectives.get((lam, "magnitude+backsolve"))
+            gain = None if None in pair or pair[1] <= 0 else 1.0 - pair[0] / pair[1]
             stage_reports.append(
-                StageReport(target, k, f, lam, loss, how, t1 - t0, t2 - t1, results)
+                StageReport(
+                    target, k, f, lam, loss, how, t1 - t0, t2 - t1, results, k / samples.n, gain
+                )
             )
             del A, blocks
             bar.update(1)
@@ -371,11 +412,30 @@ def prune(
                 shared = getattr(mod, attr + "_mask")
             else:
                 mod.register_buffer(attr + "_mask", shared)
+    degenerate = [s for s in stage_reports if s.degenerate]
+    if degenerate:
+        s = degenerate[-1]
+        bought = (
+            f"; here chita's objective came {s.gain_over_backsolve:.2%} under magnitude + "
+            "backsolve's"
+            if s.gain_over_backsolve is not None
+            else ""
+        )
+        warnings.warn(
+            f"chita_core.torch.prune: k = {s.k:,} kept weights is {s.k_over_n:.0f}x n_grads = "
+            f"{samples.n:,}: the quadratic model is close to degenerate (every support of n or "
+            "more weights fits the gradient samples, the objective is mostly the ridge term, and "
+            f"magnitude + backsolve is near optimal{bought}). More samples make the model "
+            "informative: raise n_grads (a_dtype=torch.bfloat16 halves A's memory)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return PruneReport(
         sparsity=zeros_total / p,
         tensors=tensors,
         stages=stage_reports,
-        n_grads=n_grads,
+        n_grads=samples.n,
+        memory=memory,
         method=method,
         grad_seconds=sum(s.grad_seconds for s in stage_reports),
         solve_seconds=sum(s.solve_seconds for s in stage_reports),

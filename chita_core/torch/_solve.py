@@ -89,7 +89,7 @@ def _mean_curvature(blocks: list[_Block], p: int) -> float:
 
 
 # Options of chita_core.iht that the adapter sets itself (from the model and the ridge path).
-_OWN_OPTIONS = ("A", "b", "k", "ridge", "w_bar", "backend", "check_finite")
+_OWN_OPTIONS = ("A", "b", "k", "ridge", "w_bar", "backend", "check_finite", "memory_limit")
 
 
 def _check_solver_options(options: dict[str, Any]) -> None:
