@@ -9,6 +9,9 @@ namespace chita {
 
 namespace {
 
+// 16-bit storage: rows per float32 partial in the transposed pass (chita/common.hpp).
+constexpr std::int64_t kHalfBlock = 256;
+
 // acc += sum over s in [begin, end) of x[s] * A[:, idx[s]], G columns per sweep.
 // G = 1 keeps one sequential stream, which the hardware prefetcher follows best when the
 // support is dense (columns adjacent in memory). Scattered columns each start cold; then G
@@ -77,7 +80,9 @@ void support_matvec_cols(const MatView<T>& A, const std::int64_t* idx, std::int6
     std::int64_t begin, end;
     split_range(m, nth, thread_id(), begin, end);
     double* acc = partial.data() + static_cast<std::size_t>(thread_id()) * n;
-    if (dense)
+    // (16-bit storage always groups: its float32 sums of G products are what make the pass
+    // bandwidth-bound rather than bound by widening each element to double.)
+    if (dense && !kHalf<T>)
       accumulate_columns<1>(A, idx, begin, end, x, acc);
     else
       accumulate_columns<8>(A, idx, begin, end, x, acc);
@@ -158,6 +163,9 @@ void support_rmatvec_cols(const MatView<T>& A, const std::int64_t* idx, std::int
   constexpr std::int64_t kChunk = 16 * kLine;  // 1 KiB of a column per prefetch round
   const std::int64_t n = A.n;
   const std::int64_t ngroups = (m + kGroup - 1) / kGroup;
+  std::vector<float> yfv(kHalf<T> ? static_cast<std::size_t>(n) : 0);
+  for (std::size_t i = 0; i < yfv.size(); ++i) yfv[i] = float(y[i]);
+  const float* yf = yfv.data();
 #pragma omp parallel for schedule(static) if (n * m >= kParallelWork)
   for (std::int64_t gi = 0; gi < ngroups; ++gi) {
     const std::int64_t s = gi * kGroup;
@@ -174,13 +182,34 @@ void support_rmatvec_cols(const MatView<T>& A, const std::int64_t* idx, std::int
       const std::int64_t i1 = std::min(n, i0 + kChunk);
       for (std::int64_t l = i0; l < i1; l += kLine)
         for (int q = 0; q < kGroup; ++q) __builtin_prefetch(nx[q] + l, 0, 3);
+      if constexpr (kHalf<T>) {
+        // float32 partials over blocks of kHalfBlock rows (at most 16 products per SIMD lane),
+        // each added into the float64 sums (chita/common.hpp)
+        for (std::int64_t b0 = i0; b0 < i1; b0 += kHalfBlock) {
+          const std::int64_t b1 = std::min(i1, b0 + kHalfBlock);
+          float f0 = 0.0f, f1 = 0.0f, f2 = 0.0f, f3 = 0.0f;
+#pragma omp simd reduction(+ : f0, f1, f2, f3)
+          for (std::int64_t i = b0; i < b1; ++i) {
+            const float yi = yf[i];
+            f0 += float(c[0][i]) * yi;
+            f1 += float(c[1][i]) * yi;
+            f2 += float(c[2][i]) * yi;
+            f3 += float(c[3][i]) * yi;
+          }
+          a0 += double(f0);
+          a1 += double(f1);
+          a2 += double(f2);
+          a3 += double(f3);
+        }
+      } else {
 #pragma omp simd reduction(+ : a0, a1, a2, a3)
-      for (std::int64_t i = i0; i < i1; ++i) {
-        const double yi = y[i];
-        a0 += double(c[0][i]) * yi;
-        a1 += double(c[1][i]) * yi;
-        a2 += double(c[2][i]) * yi;
-        a3 += double(c[3][i]) * yi;
+        for (std::int64_t i = i0; i < i1; ++i) {
+          const double yi = y[i];
+          a0 += double(c[0][i]) * yi;
+          a1 += double(c[1][i]) * yi;
+          a2 += double(c[2][i]) * yi;
+          a3 += double(c[3][i]) * yi;
+        }
       }
     }
     const double acc[kGroup] = {a0, a1, a2, a3};
