@@ -27,7 +27,6 @@ inline double weight(const double* r, std::int64_t i) {
 
 // 16-bit storage (kHalf, chita/common.hpp): float32 partials of at most kHalfBlock / kHalfLanes
 // = 16 products (F order) or 4 (C order).
-constexpr std::int64_t kHalfBlock = 256;
 constexpr int kHalfLanes = 16;
 
 // F order: one dot product of length n per column.

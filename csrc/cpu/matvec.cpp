@@ -9,9 +9,6 @@ namespace chita {
 
 namespace {
 
-// 16-bit storage: rows per float32 partial in the transposed pass (chita/common.hpp).
-constexpr std::int64_t kHalfBlock = 256;
-
 // acc += sum over s in [begin, end) of x[s] * A[:, idx[s]], G columns per sweep.
 // G = 1 keeps one sequential stream, which the hardware prefetcher follows best when the
 // support is dense (columns adjacent in memory). Scattered columns each start cold; then G

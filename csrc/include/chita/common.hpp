@@ -62,6 +62,9 @@ static_assert(sizeof(f16) == 2 && sizeof(bf16) == 2, "16-bit storage types");
 // rounding of A itself.
 template <class T>
 inline constexpr bool kHalf = std::is_same_v<T, f16> || std::is_same_v<T, bf16>;
+// Products per float32 partial of a 16-bit transposed pass, over all SIMD lanes (16 per lane
+// with 16 float lanes): gradient.cpp and matvec.cpp.
+constexpr std::int64_t kHalfBlock = 256;
 
 // X(T) for every storage type of A: explicit instantiations of the templated kernels.
 #define CHITA_FOR_EACH_STORAGE(X) X(float) X(double) X(::chita::f16) X(::chita::bf16)
