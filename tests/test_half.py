@@ -11,7 +11,7 @@ import reference as ref
 from conftest import layout
 
 import chita_core
-from chita_core import _core
+from chita_core.backends import get_backend
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 HALF = [np.dtype(np.float16), BF16]
@@ -23,24 +23,37 @@ def _half(A64: np.ndarray, dtype: np.dtype, order: str) -> tuple[np.ndarray, np.
     return A, A.astype(np.float64)
 
 
+def _host_kernels(backend: str):
+    """The kernel module of a host backend (the cpp and numba backends both read 16-bit A)."""
+    return get_backend(backend)[1]
+
+
 @pytest.mark.parametrize("dtype", HALF, ids=str)
-def test_every_16_bit_pattern_is_read_exactly(dtype):
-    """Each of the 65,536 encodings (subnormals, Inf, NaN, -0 included) widened by the kernel
-    equals NumPy's / ml_dtypes' own conversion."""
-    A = np.arange(1 << 16, dtype=np.uint16).view(dtype).reshape(1, -1)
-    zeros = np.zeros(A.shape[1])
-    out = np.empty(A.shape[1])
-    _core.gradient(A, np.ones(1), zeros, zeros, 0.0, out)  # out = A^T [1] = A's values
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_every_16_bit_pattern_is_read_exactly(dtype, order, backend):
+    """Each of the 65,536 encodings (subnormals, Inf, NaN, -0 included) widened by the kernels
+    equals NumPy's / ml_dtypes' own conversion, in both layouts."""
+    kernels = _host_kernels(backend)
+    codes = np.arange(1 << 16, dtype=np.uint16).view(dtype)
     with np.errstate(invalid="ignore"):  # (ml_dtypes warns on its NaN encodings)
-        expected = A[0].astype(np.float64)
-    same = (out == expected) | (np.isnan(out) & np.isnan(expected))
-    assert same.all(), np.flatnonzero(~same)[:10]
+        expected = codes.astype(np.float64)
+    zeros = np.zeros(codes.size)
+    out = np.empty(codes.size)
+    row = np.asarray(codes.reshape(1, -1), order=order)
+    kernels.gradient(row, np.ones(1), zeros, zeros, 0.0, out)  # out = A^T [1] = A's values
+    col = np.asarray(codes.reshape(-1, 1), order=order)
+    out_n = np.empty(codes.size)
+    kernels.support_matvec(col, np.zeros(1, np.int64), np.ones(1), out_n)  # out = A [1]
+    for got in (out, out_n):
+        same = (got == expected) | (np.isnan(got) & np.isnan(expected))
+        assert same.all(), np.flatnonzero(~same)[:10]
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 @pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize("shape", [(1, 9), (7, 1), (37, 530), (300, 4100)])
-def test_kernels_match_float64_reference(dtype, order, shape):
+def test_kernels_match_float64_reference(dtype, order, shape, backend):
+    kernels = _host_kernels(backend)
     n, p = shape
     rng = np.random.default_rng(n * p)
     A, exact = _half(rng.standard_normal(shape), dtype, order)
@@ -50,15 +63,15 @@ def test_kernels_match_float64_reference(dtype, order, shape):
     out_n, out_m, out_p = np.empty(n), np.empty(idx.size), np.empty(p)
     # The kernels form products and partial sums of a few terms in float32 and sum the partials
     # in float64: each result within a few float32 ulps of the sum of its terms' magnitudes.
-    _core.support_matvec(A, idx, x, out_n)
+    kernels.support_matvec(A, idx, x, out_n)
     bound_n = 4 * 2.0**-24 * (np.abs(exact[:, idx]) @ np.abs(x)) + 1e-12
     assert np.all(np.abs(out_n - ref.support_matvec(exact, idx, x)) <= bound_n)
     bound = 4 * 2.0**-24 * (np.abs(exact).T @ np.abs(y)) + 1e-12
-    _core.support_rmatvec(A, idx, y, out_m)
+    kernels.support_rmatvec(A, idx, y, out_m)
     assert np.all(np.abs(out_m - ref.support_rmatvec(exact, idx, y)) <= bound[idx])
-    _core.gradient(A, y, w, w_bar, 0.3, out_p)
+    kernels.gradient(A, y, w, w_bar, 0.3, out_p)
     assert np.all(np.abs(out_p - ref.gradient(exact, y, w, w_bar, 0.3)) <= bound)
-    _core.column_sqnorms(A, out_p)
+    kernels.column_sqnorms(A, out_p)
     sq = (exact**2).sum(axis=0)
     assert np.all(np.abs(out_p - sq) <= 4 * 2.0**-24 * sq + 1e-300)
 
@@ -73,15 +86,15 @@ def _problem(seed: int, n: int = 50, p: int = 400):
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 @pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_solve_equals_the_float64_solve_of_the_rounded_matrix(dtype, order, seed):
+def test_solve_equals_the_float64_solve_of_the_rounded_matrix(dtype, order, seed, backend):
     """The passes sum short float32 partials in float64, so the half-precision solve makes the
     float64 solve's decisions on the same numbers: the same support, the objective up to
     float32 rounding."""
     A64, b, w_bar = _problem(seed)
     A, exact = _half(A64, dtype, order)
     for k in (10, 60, 200):
-        half = chita_core.iht(A, b, k, ridge=0.05, w_bar=w_bar)
-        full = chita_core.iht(exact, b, k, ridge=0.05, w_bar=w_bar)
+        half = chita_core.iht(A, b, k, ridge=0.05, w_bar=w_bar, backend=backend)
+        full = chita_core.iht(exact, b, k, ridge=0.05, w_bar=w_bar, backend=backend)
         np.testing.assert_array_equal(half.support, full.support)
         assert half.objective == pytest.approx(full.objective, rel=1e-6)
         assert half.w.dtype == np.float32  # not A's storage type, which would round w
@@ -137,6 +150,3 @@ def test_half_inputs_checked():
         chita_core.iht(bad, b, 10)
     with pytest.raises(TypeError, match=r"`A`.*float16 or bfloat16"):
         chita_core.iht(A64.astype(np.int16), b, 10)
-    if chita_core.available_backends()["numba"] is None:
-        with pytest.raises(TypeError, match=r"`A`.*cpp"):
-            chita_core.iht(A, b, 10, backend="numba")

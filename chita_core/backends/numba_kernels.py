@@ -10,7 +10,8 @@ arguments: numba's cache would freeze module globals at their first compiled val
 
 Layout handling: ``A`` is never copied. A C-contiguous ``A`` (n, p) goes to the row kernels as is;
 an F-contiguous ``A`` is passed as ``A.T``, a C-contiguous (p, n) view whose rows are the columns
-of ``A``, to the column kernels. All accumulation is in float64 whatever the dtype of ``A``.
+of ``A``, to the column kernels. All accumulation is in float64 whatever the dtype of ``A``
+(float32, float64, or float16 / bfloat16 read through integer views of their bits: ``_wide``).
 
 Determinism: every reduction has a fixed summation order that does not depend on the thread
 count (parallel loops only split independent outputs, or fixed chunks reduced in a fixed order),
@@ -38,7 +39,9 @@ import warnings
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, overload
 
 from . import constants as _constants
 from .host import gather_columns, support_gram, swap_scores
@@ -178,6 +181,62 @@ def _run(kernel, *args):
 
 
 # ----------------------------------------------------------------------------------------------
+# Storage of A: float32 / float64, or 16-bit codes (numba has no CPU float16 or bfloat16 type)
+# ----------------------------------------------------------------------------------------------
+# A 16-bit A reaches the kernels as an integer view of its bits, and the view's dtype names the
+# format: uint16 holds bfloat16 codes, int16 holds IEEE float16 codes (``_mat``). Every read of an
+# element of A goes through ``_wide``, which numba specialises per dtype at compile time, so the
+# float kernels compile to what they were and the 16-bit ones decode in registers (exact: every
+# 16-bit value is a float32). Products and sums stay float64 as for float32 A.
+
+
+@intrinsic
+def _bits_as_f32(typingctx, u):
+    """The float32 whose bit pattern is the uint32 ``u`` (an LLVM bitcast; no memory trip)."""
+    if u != types.uint32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+def _wide(x):  # pragma: no cover - replaced by the overload inside jitted code
+    """float64 value of one stored element of A (inside numba kernels only)."""
+    raise NotImplementedError
+
+
+@overload(_wide)
+def _wide_overload(x):
+    if isinstance(x, types.Float):
+        return lambda x: np.float64(x)
+    if x == types.uint16:  # bfloat16: the high half of a float32
+
+        def from_bfloat16(x):
+            return np.float64(_bits_as_f32(np.uint32(np.uint32(x) << np.uint32(16))))
+
+        return from_bfloat16
+    if x == types.int16:  # float16 (the same decoding as chita::f16 in csrc)
+
+        def from_float16(x):
+            h = np.uint32(np.uint16(x))
+            sign = np.uint32((h & np.uint32(0x8000)) << np.uint32(16))
+            em = np.uint32(h & np.uint32(0x7FFF))  # exponent and mantissa
+            # Inf / NaN (payload kept); normal (exponent rebiased by 127 - 15); subnormal or 0
+            # (em x 2^-24, exact in float32).
+            special = np.uint32(np.uint32(em << np.uint32(13)) | np.uint32(0x7F800000))
+            normal = np.uint32(np.uint32(em << np.uint32(13)) + np.uint32(112 << 23))
+            code = special if em >= np.uint32(0x7C00) else normal
+            mag = np.float64(_bits_as_f32(code))
+            mag = mag if em >= np.uint32(0x0400) else np.float64(em) * 5.9604644775390625e-08
+            return -mag if sign else mag
+
+        return from_float16
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------
 
@@ -187,7 +246,7 @@ def _dot_row_vec(a, x):
     """sum_i float64(a[i]) * x[i] for two 1-D contiguous arrays of equal length."""
     s = 0.0
     for i in range(a.shape[0]):
-        s += np.float64(a[i]) * x[i]
+        s += _wide(a[i]) * x[i]
     return s
 
 
@@ -196,7 +255,7 @@ def _sumsq(x):
     """sum_i x[i]^2 in float64 (x may be float32)."""
     s = 0.0
     for i in range(x.shape[0]):
-        a = np.float64(x[i])
+        a = _wide(x[i])
         s += a * a
     return s
 
@@ -240,7 +299,7 @@ def _smv_cols(At, idx, x, out):
                 c = At[idx[s]]
                 xs = x[s]
                 for i in range(i0, i1):
-                    acc[i - i0] += np.float64(c[i]) * xs
+                    acc[i - i0] += _wide(c[i]) * xs
             for i in range(i0, i1):
                 out[i] = acc[i - i0]
         return
@@ -258,7 +317,7 @@ def _smv_cols(At, idx, x, out):
             c = At[idx[s]]
             xs = x[s]
             for i in range(n):
-                out[i] += np.float64(c[i]) * xs
+                out[i] += _wide(c[i]) * xs
         return
     part = np.zeros((nch, n))
     for ch in prange(nch):
@@ -269,7 +328,7 @@ def _smv_cols(At, idx, x, out):
             c = At[idx[s]]
             xs = x[s]
             for i in range(n):
-                acc[i] += np.float64(c[i]) * xs
+                acc[i] += _wide(c[i]) * xs
     for i in range(n):
         sm = 0.0
         for ch in range(nch):
@@ -296,7 +355,7 @@ def _smv_rows(A, idx, x, out, xd):
             row = A[i]
             sm = 0.0
             for s in range(m):
-                sm += np.float64(row[idx[s]]) * x[s]
+                sm += _wide(row[idx[s]]) * x[s]
             out[i] = sm
 
 
@@ -345,7 +404,7 @@ def _srmv_rows(A, idx, y, out):
             row = A[i]
             yi = y[i]
             for s in range(s0, s1):
-                acc[s - s0] += np.float64(row[idx[s]]) * yi
+                acc[s - s0] += _wide(row[idx[s]]) * yi
         for s in range(s0, s1):
             out[s] = acc[s - s0]
 
@@ -384,15 +443,15 @@ def _grad_rows(A, r, w, w_bar, ridge, out, bs):
             y2 = r[i + 2]
             y3 = r[i + 3]
             for t in range(ln):
-                acc[t] += (np.float64(r0[t]) * y0 + np.float64(r1[t]) * y1) + (
-                    np.float64(r2[t]) * y2 + np.float64(r3[t]) * y3
+                acc[t] += (_wide(r0[t]) * y0 + _wide(r1[t]) * y1) + (
+                    _wide(r2[t]) * y2 + _wide(r3[t]) * y3
                 )
             i += 4
         while i < n:
             r0 = A[i, j0 : j0 + ln]
             y0 = r[i]
             for t in range(ln):
-                acc[t] += np.float64(r0[t]) * y0
+                acc[t] += _wide(r0[t]) * y0
             i += 1
         for t in range(ln):
             out[j0 + t] = acc[t] + ridge * (w[j0 + t] - w_bar[j0 + t])
@@ -416,7 +475,7 @@ def _sqnorms_rows(A, out, bs):
         for i in range(n):
             row = A[i, j0 : j0 + ln]
             for t in range(ln):
-                a = np.float64(row[t])
+                a = _wide(row[t])
                 acc[t] += a * a
         for t in range(ln):
             out[j0 + t] = acc[t]
@@ -795,17 +854,20 @@ def _chita_step_impl(
 # ----------------------------------------------------------------------------------------------
 
 
+# The integer view that carries each 16-bit format into the kernels (see ``_wide``).
+_CODES = {"bfloat16": np.uint16, "float16": np.int16}
+
+
 def _mat(A, name="A"):
     """(M, fmode): M is A (C order) or A.T (F order), a C-contiguous 2-D view. Never copies."""
     if not isinstance(A, np.ndarray):
         raise TypeError(f"`{name}` must be a numpy.ndarray, got {type(A).__name__}")
-    if A.dtype != np.float32 and A.dtype != np.float64:
-        if A.dtype.itemsize == 2 and A.dtype.name in ("float16", "bfloat16"):
-            raise TypeError(
-                f"`{name}` is {A.dtype}: the numba backend reads float32/float64 A only; "
-                "16-bit A is read by the cpp backend (backend='cpp' or 'auto')"
-            )
-        raise TypeError(f"`{name}` must have dtype float32 or float64, got {A.dtype}")
+    if A.dtype.itemsize == 2 and A.dtype.name in _CODES:
+        A = A.view(_CODES[A.dtype.name])  # same strides and contiguity: a view of the bits
+    elif A.dtype != np.float32 and A.dtype != np.float64:
+        raise TypeError(
+            f"`{name}` must have dtype float32, float64, float16 or bfloat16, got {A.dtype}"
+        )
     if A.ndim != 2:
         raise ValueError(f"`{name}` must be 2-D (n, p), got {A.ndim}-D with shape {A.shape}")
     if A.flags.c_contiguous:
