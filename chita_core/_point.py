@@ -42,23 +42,32 @@ class Point:
 
     @classmethod
     def refit(
-        cls, prob: Problem, support: Any, *, keep_inverse: bool = False, guess: Any = None
+        cls,
+        prob: Problem,
+        support: Any,
+        *,
+        keep_inverse: bool = False,
+        guess: Any = None,
+        gram: Any = None,
     ) -> Point:
         """The exact minimiser with nonzeros on ``support`` (sorted int64), accurate to
         rounding at any conditioning (stages/nspace.py: support_values). With
         ``keep_inverse`` the n x n inverse is kept when the push-through form formed it.
         ``guess`` may pass an approximate (ridge I + A_S A_S^T)^-1 that a stage carried by
         low-rank updates: iterative refinement against A_S then reaches the same minimiser
-        without a new Gram, and the full solve runs only if it does not converge."""
+        without a new Gram, and the full solve runs only if it does not converge. ``gram``
+        may pass A_S A_S^T of this support (from a point at another ridge)."""
         from .stages.nspace import refined_values, support_values
 
-        values, gram, factor = None, None, None
+        values, factor = None, None
         if guess is not None:
             values = refined_values(prob, support, guess)
         kinv = guess
         if values is None:
             kinv = None
-            values, factor, gram = support_values(prob, support, keep_inverse=keep_inverse)
+            values, factor, gram = support_values(
+                prob, support, keep_inverse=keep_inverse, gram=gram
+            )
         point = cls.at(prob, support, values)
         if keep_inverse:
             point.kinv, point.gram, point.factor = kinv, gram, factor

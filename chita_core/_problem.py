@@ -243,12 +243,15 @@ class Problem:
             f += 0.5 * self.ridge * float(d @ d)
         return f
 
-    def point(self, support: Any, *, keep_inverse: bool = False, guess: Any = None) -> Point:
+    def point(
+        self, support: Any, *, keep_inverse: bool = False, guess: Any = None, gram: Any = None
+    ) -> Point:
         """The exact minimiser on ``support`` (sorted int64 indices) as a :class:`Point`
-        (``guess``: an approximate n x n inverse to refine from, see ``Point.refit``)."""
+        (``guess``: an approximate n x n inverse to refine from; ``gram``: A_S A_S^T of this
+        support, formed at another ridge; see ``Point.refit``)."""
         from ._point import Point
 
-        return Point.refit(self, support, keep_inverse=keep_inverse, guess=guess)
+        return Point.refit(self, support, keep_inverse=keep_inverse, guess=guess, gram=gram)
 
     def check_magnitude(self, start: Any) -> None:
         """ValueError naming `A` when the problem's squares overflow float64 (entries of A near

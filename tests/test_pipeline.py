@@ -79,6 +79,25 @@ def test_with_ridge_shares_the_passes_over_A(backend, monkeypatch):
     assert 0.5 * s_true <= sigma2 <= s_true * (1 + 1e-9)
 
 
+def test_a_support_gram_carries_over_to_another_ridge(backend, monkeypatch):
+    """A_S A_S^T does not depend on the ridge: a refit at another ridge that is passed the
+    Gram of a first one forms none, and solves its own ridge (against the float64 reference)."""
+    A, b, w_bar = _pruning_problem(seed=2)
+    prob = chita_core.Problem(A, b, ridge=0.1, w_bar=w_bar, backend=backend)
+    S = np.arange(0, A.shape[1], 2, dtype=np.int64)  # |S| > n: the n-space refit
+    assert S.size > A.shape[0]
+    first = prob.point(S, keep_inverse=True)
+    assert first.gram is not None
+    gram = first.gram.copy()
+    other = prob.with_ridge(3.0)
+    fail = lambda *a: pytest.fail("the Gram was formed again")  # noqa: E731
+    monkeypatch.setattr(other.kernels, "support_gram", fail)
+    second = other.point(S, keep_inverse=True, gram=first.gram)
+    np.testing.assert_array_equal(first.gram, gram)  # read, never written
+    _, f_ref = ref.support_objective(A, b, S, 3.0, w_bar)
+    np.testing.assert_allclose(second.f, f_ref, rtol=1e-10)
+
+
 def test_problem_rejects_bad_input_once():
     A, b, _ = _pruning_problem()
     with pytest.raises(ValueError, match="`b`"):

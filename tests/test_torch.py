@@ -342,7 +342,7 @@ def test_ridge_path_reads_A_once_and_solves_magnitude_once_per_ridge(monkeypatch
     from chita_core._pipeline import measure_rates
     from chita_core._point import Point
 
-    norms, refits = [], []
+    norms, refits, grams = [], [], []
     real_refit = Point.refit.__func__
 
     def counting_refit(cls, prob, support, **kw):
@@ -355,6 +355,8 @@ def test_ridge_path_reads_A_once_and_solves_magnitude_once_per_ridge(monkeypatch
     class Counting:
         def __getattr__(self, name):
             fn = getattr(cpp, name)
+            if name == "support_gram":
+                return lambda A, idx, out: (grams.append(tuple(idx.tolist())), fn(A, idx, out))[1]
             if name != "column_sqnorms":
                 return fn
             return lambda A, out: (norms.append(A.shape), fn(A, out))[1]
@@ -376,6 +378,12 @@ def test_ridge_path_reads_A_once_and_solves_magnitude_once_per_ridge(monkeypatch
         first.setdefault((block, ridge), support)
     for (block, ridge), support in first.items():
         assert refits.count((block, ridge, support)) == 1, (ridge, support)
+    # The magnitude support and its Gram do not depend on the ridge: one Gram for the whole
+    # path where k > n (there a refit of a support is an n x n Gram over its columns).
+    wide = {support for support in first.values() if len(support) > 64}
+    assert wide
+    for support in wide:
+        assert grams.count(support) == 1, grams.count(support)
 
 
 def test_demo_runs_and_prints_its_table(capsys):

@@ -112,7 +112,9 @@ def hinv_diag(prob: Any, idx: Any, Kinv: Any, lam: float) -> Any:
     return xp.maximum(out, np.finfo(float).eps) / lam
 
 
-def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tuple[Any, Any, Any]:
+def support_values(
+    prob: Any, support: Any, *, keep_inverse: bool = False, gram: Any = None
+) -> tuple[Any, Any, Any]:
     """x_S minimising the objective with nonzeros on ``support`` only, accurate to rounding.
 
     In z = x - w_bar_S it is the ridge regression min ||A_S z - c||^2 + ridge ||z||^2 with
@@ -122,7 +124,9 @@ def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tu
     column panels) refined against mat-vecs over A_S; the m x m matrix is never formed.
     Returns (x_S, the factored K or None, A_S A_S^T or None); the last two only with
     ``keep_inverse``, ridge > 0 and |S| > n (a later stage starts from them instead of forming
-    them again: ``system.inverse()`` is K^{-1}, formed only when a stage asks for it)."""
+    them again: ``system.inverse()`` is K^{-1}, formed only when a stage asks for it). ``gram``
+    may pass A_S A_S^T of the same support (it does not depend on the ridge: a ridge path on one
+    support forms it once); it is read, never written."""
     A, b, ridge, kernels = prob.A, prob.b, prob.ridge, prob.kernels
     xp = prob.xp
     n = prob.n
@@ -131,7 +135,7 @@ def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tu
     c = xp.empty(n)
     kernels.support_matvec(A, support, wb, c)
     c = b - c
-    factored = gram = None
+    factored = None
     if m <= n:
         X = columns(prob, support)  # [n, m] float64, m <= n: at most n^2 numbers
         G = X.T @ X
@@ -144,9 +148,12 @@ def support_values(prob: Any, support: Any, *, keep_inverse: bool = False) -> tu
         else:
             z = least_squares(X, c, ridge)
     else:
-        K = support_gram(prob, support)
-        if keep_inverse and ridge > 0:
-            gram = K.copy()
+        if gram is not None:
+            K = gram.copy()
+        else:
+            K = support_gram(prob, support)
+            if keep_inverse and ridge > 0:
+                gram = K.copy()
         K[xp.diag_indices(n)] += ridge
 
         def apply(y: Any) -> Any:
