@@ -1,0 +1,103 @@
+"""One rank of a chita_core.distributed test (run by tests/test_distributed.py as a process).
+
+``python tests/dist_worker.py CASE RANK WORLD STORE OUT``: joins a gloo group through the file
+store STORE, builds the case's global problem from its seed (every rank the same), takes its
+column block (uneven by design) and writes what it computed, or the exception it raised, to
+OUT/rank{RANK}.npz.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import numpy as np
+
+
+def blocks(p: int, world: int) -> list[tuple[int, int]]:
+    """Uneven column blocks: rank r gets a share proportional to r + 1 (rank 0 the smallest)."""
+    weights = np.arange(1, world + 1, dtype=float)
+    edges = np.concatenate([[0], np.round(np.cumsum(weights) / weights.sum() * p)]).astype(int)
+    return [(int(edges[r]), int(edges[r + 1])) for r in range(world)]
+
+
+def problem(seed: int, n: int, p: int):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, p)) * rng.uniform(0.2, 2.0, p)
+    w_bar = rng.standard_normal(p)
+    b = A @ w_bar + 0.1 * rng.standard_normal(n)
+    return np.asfortranarray(A), b, w_bar
+
+
+def supports(seed: int, p: int, sizes: list[int], lo: int, hi: int) -> list[np.ndarray]:
+    """Global supports of the given sizes, the first one avoiding [lo, hi) (a rank with none)."""
+    rng = np.random.default_rng(seed + 1)
+    out = []
+    for t, m in enumerate(sizes):
+        pool = np.setdiff1d(np.arange(p), np.arange(lo, hi)) if t == 0 else np.arange(p)
+        out.append(np.sort(rng.choice(pool, m, replace=False)))
+    return out
+
+
+def run(case: str, rank: int, world: int) -> dict:
+    import chita_core.distributed as cd
+
+    if case == "topk":
+        rng = np.random.default_rng(7)
+        p = 1000
+        v = np.round(rng.standard_normal(p), 1)  # many exact ties
+        v[::17] = 0.0
+        v[5::31] = -v[4::31][: v[5::31].size]  # |v| ties of opposite signs
+        lo, hi = blocks(p, world)[rank]
+        out = {}
+        for k in (0, 1, 37, 500, 999, 1000):
+            out[f"k{k}"] = cd.topk(v[lo:hi], k) + lo
+        return out
+    n, p = 40, 301
+    A, b, w_bar = problem(3, n, p)
+    lo, hi = blocks(p, world)[rank]
+    out = {}
+    if case == "solve":
+        for ridge in (0.0, 0.3):
+            for t, S in enumerate(supports(3, p, [25, 40, 120], *blocks(p, world)[0])):
+                mine = S[(S >= lo) & (S < hi)] - lo
+                w = cd.backsolve(A[:, lo:hi], b, mine, ridge=ridge, w_bar=w_bar[lo:hi])
+                out[f"w_{ridge}_{t}"] = w
+                out[f"f_{ridge}_{t}"] = np.asarray(
+                    cd.objective(A[:, lo:hi], b, w, ridge=ridge, w_bar=w_bar[lo:hi])
+                )
+        return out
+    # Error cases: every rank must raise (none may wait in a collective).
+    bad_b, bad_A = b.copy(), A[:, lo:hi].copy(order="F")
+    if case == "b_differs" and rank == world - 1:
+        bad_b[3] += 1e-9
+    if case == "n_differs" and rank == 1:
+        bad_A, bad_b = np.asfortranarray(bad_A[:-1]), bad_b[:-1]
+    if case == "nan" and rank == 0:
+        bad_A[2, 0] = np.nan
+    if case == "bad_support" and rank == 1:
+        S = np.asarray([hi - lo + 5])  # outside the rank's block
+    else:
+        S = np.asarray([0])
+    cd.backsolve(bad_A, bad_b, S, ridge=0.1, w_bar=w_bar[lo:hi])
+    return out
+
+
+def main() -> None:
+    case, rank, world, store, out = sys.argv[1:6]
+    rank, world = int(rank), int(world)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        result = run(case, rank, world)
+        result["error"] = np.asarray("")
+    except Exception as exc:  # reported to the test, which checks the type and message
+        result = {"error": np.asarray(f"{type(exc).__name__}: {exc}")}
+        traceback.print_exc()
+    np.savez(f"{out}/rank{rank}.npz", **result)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

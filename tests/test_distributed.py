@@ -1,0 +1,122 @@
+"""chita_core.distributed on 2 and 3 CPU processes over gloo (spawned per test): the same
+selections, refits and objectives as the single-process solver on the same problem, uneven
+shards, a rank with no columns in the support, and errors raised on every rank."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import reference as ref
+
+pytest.importorskip("torch")
+import torch.distributed as dist
+
+import chita_core
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dist_worker import blocks, problem, supports
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
+
+WORKER = Path(__file__).parent / "dist_worker.py"
+TIMEOUT = 180  # seconds for a whole group; a hang fails the test instead of CI
+
+
+def _launch(case: str, world: int, tmp_path: Path) -> list[dict]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    store = tmp_path / "store"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), case, str(r), str(world), str(store), str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(world)
+    ]
+    logs = []
+    try:
+        for proc in procs:
+            logs.append(proc.communicate(timeout=TIMEOUT)[0])
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        pytest.fail(f"{case} on {world} ranks did not finish in {TIMEOUT} s (a hang)")
+    for r, proc in enumerate(procs):
+        assert proc.returncode == 0, f"rank {r} exited with {proc.returncode}:\n{logs[r][-3000:]}"
+    out = []
+    for r in range(world):
+        with np.load(tmp_path / f"rank{r}.npz") as z:
+            out.append({key: z[key] for key in z.files})
+    return out
+
+
+def _topk_reference(v: np.ndarray, k: int) -> np.ndarray:
+    """The k largest |v|, ties to the lower index (a stable sort, independent of the kernels)."""
+    order = np.argsort(-np.abs(v), kind="stable")
+    return np.sort(order[:k])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_topk_equals_the_single_process_selection(world, tmp_path):
+    ranks = _launch("topk", world, tmp_path)
+    assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]
+    rng = np.random.default_rng(7)
+    v = np.round(rng.standard_normal(1000), 1)
+    v[::17] = 0.0
+    v[5::31] = -v[4::31][: v[5::31].size]
+    for k in (0, 1, 37, 500, 999, 1000):
+        got = np.concatenate([r[f"k{k}"] for r in ranks])
+        assert np.all(np.diff(got) > 0)
+        np.testing.assert_array_equal(got, _topk_reference(v, k))
+        if k:
+            single = np.empty(k, dtype=np.int64)
+            chita_core.backends.get_backend("auto")[1].topk(v, k, single)
+            np.testing.assert_array_equal(got, single)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_backsolve_and_objective_equal_the_single_process_solve(world, tmp_path):
+    ranks = _launch("solve", world, tmp_path)
+    for r in ranks:
+        assert str(r["error"]) == ""
+    n, p = 40, 301
+    A, b, w_bar = problem(3, n, p)
+    edges = blocks(p, world)
+    for ridge in (0.0, 0.3):
+        for t, S in enumerate(supports(3, p, [25, 40, 120], *edges[0])):
+            w = np.concatenate([r[f"w_{ridge}_{t}"] for r in ranks])
+            assert w.shape == (p,) and np.all(w[np.setdiff1d(np.arange(p), S)] == 0)
+            single = chita_core.backsolve(A, b, S, ridge=ridge, w_bar=w_bar)
+            x_ref, f_ref = ref.support_objective(A, b, S, ridge, w_bar)
+            np.testing.assert_allclose(w, single, rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(w, x_ref, rtol=1e-7, atol=1e-8)
+            f_single = chita_core.objective(A, b, w, ridge=ridge, w_bar=w_bar)
+            for r in ranks:  # the same global objective on every rank
+                assert float(r[f"f_{ridge}_{t}"]) == pytest.approx(f_single, rel=1e-12)
+            assert f_single == pytest.approx(f_ref, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("b_differs", r"`b` must be the same on every rank"),
+        ("n_differs", r"number of rows"),
+        ("nan", r"rank 0: ValueError: .*`A`"),
+        ("bad_support", r"rank 1: ValueError: .*`support`"),
+    ],
+)
+def test_bad_input_raises_on_every_rank(case, match, tmp_path):
+    import re
+
+    ranks = _launch(case, 3, tmp_path)
+    for r, out in enumerate(ranks):
+        message = str(out["error"])
+        assert message.startswith("ShardError"), (r, message)
+        assert re.search(match, message), (r, message)
