@@ -57,6 +57,26 @@ def run(case: str, rank: int, world: int) -> dict:
     A, b, w_bar = problem(3, n, p)
     lo, hi = blocks(p, world)[rank]
     out = {}
+    if case == "iht":
+        for ridge in (0.0, 0.3):
+            for k in (1, 17, 60, 300):
+                res = cd.iht(A[:, lo:hi], b, k, ridge=ridge, w_bar=w_bar[lo:hi],
+                             refine=False, active_set=False)  # fmt: skip
+                key = f"{ridge}_{k}"
+                out[f"w_{key}"], out[f"s_{key}"] = res.w, res.support + lo
+                out[f"f_{key}"] = np.asarray(res.objective)
+                out[f"it_{key}"] = np.asarray(res.n_iter)
+        # A start with no weight on rank 0's block: rank 0 holds no support column at first.
+        w0 = w_bar.copy()
+        w0[slice(*blocks(p, world)[0])] = 0.0
+        res = cd.iht(A[:, lo:hi], b, 25, ridge=0.1, w_bar=w_bar[lo:hi], w0=w0[lo:hi],
+                     refine=False, active_set=False, max_iter=3)  # fmt: skip
+        out["w_w0"], out["f_w0"] = res.w, np.asarray(res.objective)
+        try:
+            cd.iht(A[:, lo:hi], b, 25, w_bar=w_bar[lo:hi])
+        except NotImplementedError as exc:
+            out["pipeline"] = np.asarray(str(exc))
+        return out
     if case == "solve":
         for ridge in (0.0, 0.3):
             for t, S in enumerate(supports(3, p, [25, 40, 120], *blocks(p, world)[0])):

@@ -120,3 +120,35 @@ def test_bad_input_raises_on_every_rank(case, match, tmp_path):
         message = str(out["error"])
         assert message.startswith("ShardError"), (r, message)
         assert re.search(match, message), (r, message)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_plain_iht_makes_the_single_process_decisions(world, tmp_path):
+    ranks = _launch("iht", world, tmp_path)
+    assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]
+    A, b, w_bar = problem(3, 40, 301)
+    for ridge in (0.0, 0.3):
+        for k in (1, 17, 60, 300):
+            key = f"{ridge}_{k}"
+            single = chita_core.iht(
+                A, b, k, ridge=ridge, w_bar=w_bar, refine=False, active_set=False
+            )
+            support = np.concatenate([r[f"s_{key}"] for r in ranks])
+            w = np.concatenate([r[f"w_{key}"] for r in ranks])
+            np.testing.assert_array_equal(support, single.support)
+            np.testing.assert_allclose(w, single.w, rtol=1e-8, atol=1e-10)
+            assert all(int(r[f"it_{key}"]) == single.n_iter for r in ranks)
+            for r in ranks:  # the global objective, the same on every rank
+                assert float(r[f"f_{key}"]) == pytest.approx(single.objective, rel=1e-9)
+            # ... and the objective of the weights returned (float64 reference).
+            f = ref.objective(A, b, w, ridge, w_bar)
+            assert f == pytest.approx(single.objective, rel=1e-9)
+    w0 = w_bar.copy()
+    w0[slice(*blocks(301, world)[0])] = 0.0
+    single = chita_core.iht(
+        A, b, 25, ridge=0.1, w_bar=w_bar, w0=w0, refine=False, active_set=False, max_iter=3
+    )
+    np.testing.assert_allclose(np.concatenate([r["w_w0"] for r in ranks]), single.w, atol=1e-10)
+    assert float(ranks[0]["f_w0"]) == pytest.approx(single.objective, rel=1e-9)
+    for r in ranks:  # the default pipeline is not sharded yet: said on every rank
+        assert "plain IHT only" in str(r["pipeline"])

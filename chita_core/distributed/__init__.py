@@ -9,8 +9,11 @@ is never gathered. Decisions read only numbers that are bit-identical on every r
 reductions add the ranks' partials in rank order on every rank), so every rank takes the same
 ones, and errors found on any rank are raised on every rank.
 
-Built so far (issue 15): :func:`objective`, :func:`backsolve` and :func:`topk` (the global
-selection, ties to the lower global index). ``iht`` over shards is not built yet.
+Built so far (issue 15): :func:`objective`, :func:`backsolve`, :func:`topk` (the global
+selection, ties to the lower global index) and :func:`iht` with ``refine=False,
+active_set=False`` (IHT with CHITA's line search on all columns, the single-process
+``iht(..., refine=False, active_set=False)``); the sharded pipeline stages (refits, greedy OBS,
+swap search, the active set) are not built yet.
 
 Needs torch (``pip install torch``); gloo for CPU processes, NCCL for GPUs.
 """
@@ -23,12 +26,14 @@ from typing import Any
 import numpy as np
 
 from .._linalg import REFINE_FROM, SPDSystem, least_squares
+from .._pipeline import PLAIN_ITERS, StageRecord
 from .._problem import Problem
 from ..stages.nspace import _NORMAL_EQ_COND, _SVD_BYTES, support_values
 from ._comm import Comm, ShardError
+from ._iht import plain_iht
 from ._topk import global_topk
 
-__all__ = ["ShardError", "backsolve", "objective", "topk"]
+__all__ = ["ShardError", "backsolve", "iht", "objective", "topk"]
 
 
 class _Shard:
@@ -75,6 +80,83 @@ class _Shard:
         if idx.size:
             prob.kernels.support_matvec(prob.A, idx, np.ascontiguousarray(values), part)
         return self.comm.total(part)
+
+
+def iht(
+    A_local: Any,
+    b: Any,
+    k: int,
+    *,
+    ridge: float = 0.0,
+    w_bar: Any = None,
+    group: Any = None,
+    w0: Any = None,
+    max_iter: int | None = None,
+    tol: float = 1e-6,
+    refine: bool = True,
+    active_set: bool = True,
+    backend: str = "auto",
+) -> Any:
+    """:func:`chita_core.iht` over column shards, on every rank of ``group``.
+
+    ``A_local`` is this rank's column block (n x p_r), ``w_bar`` / ``w0`` its slices; ``k`` the
+    global number of nonzeros. Returns an ``IHTResult`` whose ``w`` is this rank's slice,
+    ``support`` its local indices (possibly none) and ``objective`` the global objective (the
+    same on every rank).
+
+    Only plain IHT runs over shards so far: pass ``refine=False, active_set=False``; it makes
+    the single-process ``iht(A, b, k, refine=False, active_set=False)``'s decisions (the same
+    supports, objectives up to rounding) on any number of ranks. The default pipeline raises
+    NotImplementedError on every rank."""
+    import time
+
+    from .._api import IHTResult
+
+    t0 = time.perf_counter()
+    shard = _Shard(A_local, b, ridge, w_bar, group, backend)
+    prob, comm = shard.prob, shard.comm
+    comm.same(np.asarray([bool(refine), bool(active_set)]), "refine, active_set")
+    if refine or active_set:
+        raise NotImplementedError(
+            "chita_core.distributed.iht runs plain IHT only so far (refine=False, "
+            "active_set=False); the sharded refits, greedy OBS, swap search and active set "
+            "are not built yet"
+        )
+    error = None
+    start = prob.w_bar
+    try:
+        k = _integer(k, "k")
+        if w0 is not None:
+            start = prob.vector(w0, "w0")
+        if max_iter is not None:
+            max_iter = _integer(max_iter, "max_iter")
+            if max_iter < 0:
+                raise ValueError(f"`max_iter` must be >= 0, got {max_iter}")
+        if isinstance(tol, bool) or not (float(tol) >= 0.0):
+            raise ValueError(f"`tol` must be a number >= 0, got {tol!r}")
+    except (TypeError, ValueError) as exc:
+        error = exc
+    comm.agree(error)
+    comm.same(np.asarray([k, -1 if max_iter is None else max_iter], dtype=np.int64), "k, max_iter")
+    comm.same(np.asarray([float(tol)]), "tol")
+    if not 1 <= k <= comm.p:
+        raise ShardError(f"`k` must be in 1..{comm.p} (the global number of columns), got {k}")
+    iters = PLAIN_ITERS if max_iter is None else max_iter
+    run = plain_iht(shard, k, start, iters, float(tol))
+    if not np.isfinite(run.f):
+        raise ShardError("the objective is not representable in float64 at this scale")
+    elapsed = time.perf_counter() - t0
+    return IHTResult(
+        w=prob.output(run.w),
+        support=prob.output(run.support, cast=False),
+        objective=run.f,
+        n_iter=run.n_iter,
+        converged=run.converged,
+        history=run.history,
+        backend=prob.backend,
+        elapsed=elapsed,
+        stages=[StageRecord("iht", run.f, elapsed)],
+    )
 
 
 def objective(
