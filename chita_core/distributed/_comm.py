@@ -20,6 +20,9 @@ import torch.distributed as dist
 
 __all__ = ["Comm", "ShardError"]
 
+# torch >= 2.12 names it all_gather_single (all_gather_into_tensor is deprecated there).
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
 
 class ShardError(ValueError):
     """An input was bad on some rank: raised on every rank, naming the rank and the argument."""
@@ -66,7 +69,7 @@ class Comm:
         t0 = time.perf_counter()
         src = torch.from_numpy(np.ascontiguousarray(x).reshape(-1)).to(self.device)
         out = torch.empty(self.size * src.numel(), dtype=src.dtype, device=self.device)
-        dist.all_gather_into_tensor(out, src, group=self.group)  # (flat: gloo wants 1-D)
+        _all_gather(out, src, group=self.group)  # (flat: gloo wants 1-D)
         self.stats.calls += 1
         self.stats.bytes += src.numel() * src.element_size()
         self.stats.seconds += time.perf_counter() - t0
