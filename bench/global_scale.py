@@ -126,6 +126,16 @@ class _Setup:
         tr, held = corpus(4 << 20)
         return batches(tr, LM_CTX, 1024, 3, 16), batches(held, LM_CTX, 256, 2, 32)
 
+    def validation(self) -> list[Any]:
+        """Training samples outside the gradient samples (``prune(val_data=)``: the ridge and
+        the method of each stage chosen on them instead of on the gradient samples)."""
+        if self.kind == "mlp":
+            Xtr, ytr, _, _ = _digits()
+            return [(Xtr[-256:], ytr[-256:])]
+        from bench.lm import batches, corpus
+
+        return batches(corpus(4 << 20)[0], LM_CTX, 128, 4, 16)
+
     def quality(self, model: Any, held: list[Any]) -> tuple[float, float]:
         """(held-out mean loss, accuracy for the MLP / perplexity for the LM)."""
         import torch
@@ -208,7 +218,9 @@ class _Setup:
                 print(f"  step {step}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
 
 
-def run_one(kind: str, sparsity: float, label: str, a_dtype: str, n_grads: int) -> dict[str, Any]:
+def run_one(
+    kind: str, sparsity: float, label: str, a_dtype: str, n_grads: int, val: bool = False
+) -> dict[str, Any]:
     """One configuration, in this process (the parent runs it in a subprocess)."""
     import resource
     import warnings
@@ -232,11 +244,12 @@ def run_one(kind: str, sparsity: float, label: str, a_dtype: str, n_grads: int) 
         rep = ct.prune(
             model, setup.loss_fn(), data, sparsity, n_grads=n_grads, method=method,
             stages=stages, a_dtype=dt, memory_limit=a_bytes + (2 << 30), progress=False,
+            val_data=setup.validation() if val else None,
         )  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     loss, second = setup.quality(model, held)
     return {
-        "kind": "global_scale", "model": kind, "sparsity": sparsity, "method": label,
+        "kind": "global_scale", "model": kind, "sparsity": sparsity, "method": label, "val": val,
         "a_dtype": a_dtype, "n_grads": rep.n_grads, "p": p, "achieved_sparsity": rep.sparsity,
         "test_loss": loss, setup.second: second, "grad_seconds": rep.grad_seconds,
         "solve_seconds": rep.solve_seconds, "a_bytes": a_bytes, "peak_above_start": peak - before,
@@ -258,11 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sparsities", default=None, help="comma-separated, e.g. 0.5,0.7")
     ap.add_argument("--methods", default=None, help="comma-separated labels (default: all)")
     ap.add_argument("--dtypes", default=None, help="bfloat16,float32 (default: the plan)")
+    ap.add_argument(
+        "--val", action="store_true", help="choose ridges on training samples outside A"
+    )
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child's configuration
     args = ap.parse_args(argv)
     if args.one is not None:
         sp, label, dt = json.loads(args.one)
-        print(json.dumps(run_one(args.model, sp, label, dt, args.n_grads)))
+        print(json.dumps(run_one(args.model, sp, label, dt, args.n_grads, args.val)))
         return 0
     setup = _Setup(args.model)
     setup.trained()
@@ -300,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         for cfg in configs:
             proc = subprocess.run(
                 [sys.executable, "-m", "bench.global_scale", "--n-grads", str(args.n_grads),
-                 "--model", args.model, "--one", json.dumps(cfg)],
+                 "--model", args.model, *(["--val"] if args.val else []),
+                 "--one", json.dumps(cfg)],
                 capture_output=True, text=True, check=False,
             )  # fmt: skip
             if proc.returncode != 0:

@@ -199,6 +199,44 @@ def test_multistage_recomputes_gradients_at_pruned_weights(monkeypatch):
     assert rep.stages[-1].k == round(0.1 * total)
 
 
+@pytest.mark.parametrize("method", ["chita", "magnitude+backsolve"])
+def test_multistage_never_ends_worse_than_one_shot_on_the_selection_loss(method, monkeypatch):
+    """The one-shot solve on the first stage's gradients is the stages=1 solve (same A, same
+    ridge path): the schedule keeps it when the last stage's selection loss is higher."""
+    one = _model()
+    rep1 = ct.prune(one, LOSS, _data(), 0.9, n_grads=64, method=method, progress=False)
+    assert not rep1.one_shot
+    many = _model()
+    rep3 = ct.prune(many, LOSS, _data(), 0.9, n_grads=64, method=method, stages=3,
+                    progress=False)  # fmt: skip
+    assert rep3.stages[-1].loss <= rep1.stages[0].loss * (1 + 1e-6)
+    if rep3.one_shot:
+        assert rep3.stages[-1].chosen.startswith("one-shot")
+        for a, b in zip(_weights(one), _weights(many), strict=True):
+            torch.testing.assert_close(a, b)
+    # Forced either way by the selection loss: the one-shot (first _choose call) made better
+    # or worse than everything else.
+    for one_shot_wins in (True, False):
+        calls = []
+        real = ct_prune._mean_loss
+
+        def loss(model, loss_fn, held, _real=real, _wins=one_shot_wins, _calls=calls):
+            _calls.append(1)
+            value = _real(model, loss_fn, held)
+            first = len(_calls) <= len(ct.RIDGE_SCALES) * (2 if method == "chita" else 1)
+            return value - 100.0 if first == _wins else value
+
+        monkeypatch.setattr(ct_prune, "_mean_loss", loss)
+        model = _model()
+        rep = ct.prune(model, LOSS, _data(), 0.9, n_grads=64, method=method, stages=3,
+                       progress=False)  # fmt: skip
+        monkeypatch.setattr(ct_prune, "_mean_loss", real)
+        assert rep.one_shot == one_shot_wins
+        assert rep.stages[-1].chosen.startswith("one-shot") == one_shot_wins
+        zeros = sum(int((w == 0).sum()) for w in _weights(model))
+        assert zeros >= round(0.9 * sum(w.numel() for w in _weights(model)))
+
+
 @pytest.mark.parametrize("schedule", ["poly", "exp", "linear"])
 def test_schedules_increase_to_target(schedule):
     s = ct.schedule_sparsities(0.95, 5, schedule)
