@@ -199,16 +199,23 @@ def test_multistage_recomputes_gradients_at_pruned_weights(monkeypatch):
     assert rep.stages[-1].k == round(0.1 * total)
 
 
-@pytest.mark.parametrize("method", ["chita", "magnitude+backsolve"])
-def test_multistage_never_ends_worse_than_one_shot_on_the_selection_loss(method, monkeypatch):
+@pytest.mark.parametrize(
+    ("method", "per_layer"),
+    [("chita", False), ("magnitude+backsolve", False), ("chita", True)],
+)
+def test_multistage_never_ends_worse_than_one_shot_on_the_selection_loss(
+    method, per_layer, monkeypatch
+):
     """The one-shot solve on the first stage's gradients is the stages=1 solve (same A, same
     ridge path): the schedule keeps it when the last stage's selection loss is higher."""
     one = _model()
-    rep1 = ct.prune(one, LOSS, _data(), 0.9, n_grads=64, method=method, progress=False)
+    rep1 = ct.prune(
+        one, LOSS, _data(), 0.9, n_grads=64, method=method, per_layer=per_layer, progress=False
+    )
     assert not rep1.one_shot
     many = _model()
-    rep3 = ct.prune(many, LOSS, _data(), 0.9, n_grads=64, method=method, stages=3,
-                    progress=False)  # fmt: skip
+    opts = dict(n_grads=64, method=method, per_layer=per_layer, stages=3, progress=False)
+    rep3 = ct.prune(many, LOSS, _data(), 0.9, **opts)
     assert rep3.stages[-1].loss <= rep1.stages[0].loss * (1 + 1e-6)
     if rep3.one_shot:
         assert rep3.stages[-1].chosen.startswith("one-shot")
@@ -228,8 +235,7 @@ def test_multistage_never_ends_worse_than_one_shot_on_the_selection_loss(method,
 
         monkeypatch.setattr(ct_prune, "_mean_loss", loss)
         model = _model()
-        rep = ct.prune(model, LOSS, _data(), 0.9, n_grads=64, method=method, stages=3,
-                       progress=False)  # fmt: skip
+        rep = ct.prune(model, LOSS, _data(), 0.9, **opts)
         monkeypatch.setattr(ct_prune, "_mean_loss", real)
         assert rep.one_shot == one_shot_wins
         assert rep.stages[-1].chosen.startswith("one-shot") == one_shot_wins

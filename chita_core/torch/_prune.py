@@ -9,7 +9,7 @@ import operator
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -354,7 +354,10 @@ def prune(
     samples = _draw(data, memory.n_grads, device, exact=n_grads is not None)
     if samples.n < memory.n_grads:  # the data had fewer (n_grads=None): the plan for those
         memory = plan_memory(samples.n, p, itemsize, device, memory.limit)
-    solver_options = {**solver_options, "memory_limit": memory.workspace_bytes}
+    workspace = memory.workspace_bytes
+    if stages > 1 and method != "magnitude":  # the one-shot candidate's weights and mask
+        workspace = max(0, workspace - p * (selected[0][3].element_size() + 1))
+    solver_options = {**solver_options, "memory_limit": workspace}
     held = samples if val_data is None else _draw(val_data, None, device, "val_data")
     stage_reports: list[StageReport] = []
     one_shot, one_shot_k, chose_one_shot, one_shot_objectives = None, 0, False, {}
@@ -384,10 +387,13 @@ def prune(
                 # first A (at the dense weights, no extra gradient pass), stays a candidate and
                 # is kept at the end if its selection loss is lower than the last stage's.
                 k_final = max(1, round((1.0 - targets[-1]) * p))
-                final = _blocks(A, w_bar, k_final, sizes, targets[-1], per_layer, backend)
-                one_shot = _choose(model, loss_fn, held, selected, w_bar, final, runs,
-                                   solver_options)  # fmt: skip
-                one_shot, one_shot_objectives = one_shot
+                final = _final_blocks(blocks, k_final, sizes, targets[-1], per_layer)
+                one_shot, one_shot_objectives = _choose(
+                    model, loss_fn, held, selected, w_bar, final, runs, solver_options
+                )
+                # Held until the last stage: its weights and mask only (the solver's results,
+                # with their own copies of w, are dropped; the plan counts the rest).
+                one_shot = (*one_shot[:5], [], one_shot[6])
                 one_shot_k = k_final
                 _write_back(selected, w_bar)  # back to the dense weights for this stage
                 del final
@@ -462,6 +468,18 @@ def prune(
         solve_seconds=sum(s.solve_seconds for s in stage_reports),
         one_shot=chose_one_shot,
     )
+
+
+def _final_blocks(
+    blocks: list[Any], k_total: int, sizes: list[int], sparsity: float, per_layer: bool
+) -> list[Any]:
+    """The stage's problems with the k of another sparsity: the same prepared Problems (A, b and
+    the column norms do not depend on k) with fresh magnitude points."""
+    if not per_layer:
+        ks = [k_total]
+    else:
+        ks = [max(1, round((1.0 - sparsity) * size)) for size in sizes]
+    return [replace(blk, k=k, magnitude={}) for blk, k in zip(blocks, ks, strict=True)]
 
 
 def _choose(
