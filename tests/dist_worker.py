@@ -39,6 +39,34 @@ def supports(seed: int, p: int, sizes: list[int], lo: int, hi: int) -> list[np.n
     return out
 
 
+# Active-set IHT cases, key: (ridge, k, with w_bar). With w_bar the start is w_bar, without it
+# zero (H_k of the start is then a tie: the first k active columns). In the single process
+# (max_iter 40) they end after 6 and after 10 expansions (the most), after 40 iterations with
+# none, and with an active set of every column (k = 201) after 2.
+ACTIVE_CASES = {
+    "a": (0.0, 1, True),
+    "b": (0.3, 5, False),
+    "c": (0.3, 17, True),
+    "d": (0.3, 201, True),
+}
+# On the problem with a zero block (zero_block): 1 to 10 expansions.
+ZERO_CASES = {"z1": (0.3, 5, True), "z2": (0.0, 10, False)}
+
+
+def zero_block(A: np.ndarray, w_bar: np.ndarray, lo: int, hi: int):
+    """The problem with columns lo:hi of A and entries lo:hi of w_bar zero, and a new b."""
+    A, w_bar = A.copy(order="F"), w_bar.copy()
+    A[:, lo:hi] = 0.0
+    w_bar[lo:hi] = 0.0
+    return A, A @ w_bar + 0.1 * np.random.default_rng(5).standard_normal(A.shape[0]), w_bar
+
+
+def _store(out: dict, key: str, res, lo: int) -> None:
+    out[f"w_{key}"], out[f"s_{key}"] = res.w, res.support + lo
+    out[f"f_{key}"], out[f"it_{key}"] = np.asarray(res.objective), np.asarray(res.n_iter)
+    out[f"h_{key}"] = np.asarray(res.history)
+
+
 def run(case: str, rank: int, world: int) -> dict:
     import chita_core.distributed as cd
 
@@ -76,6 +104,27 @@ def run(case: str, rank: int, world: int) -> dict:
             cd.iht(A[:, lo:hi], b, 25, w_bar=w_bar[lo:hi])
         except NotImplementedError as exc:
             out["pipeline"] = np.asarray(str(exc))
+        return out
+    if case == "active":
+        from chita_core.distributed._iht import _start_slice, sharded_sigma2
+
+        # The power iterations' start and sigma_max^2 over shards (the step size 1/L).
+        shard = cd._Shard(A[:, lo:hi], b, 0.0, None, None, "auto")
+        out["start"] = _start_slice(shard.comm, hi - lo)
+        out["sigma2"] = np.asarray(sharded_sigma2(shard))
+        for key, (ridge, k, wb) in ACTIVE_CASES.items():
+            res = cd.iht(A[:, lo:hi], b, k, ridge=ridge, w_bar=w_bar[lo:hi] if wb else None,
+                         refine=False, active_set=True, max_iter=40)  # fmt: skip
+            _store(out, key, res, lo)
+        return out
+    if case == "active_zero":
+        # Rank 0's block is zero columns with zero w_bar: 0 in the 1/L step and in every
+        # expansion step, so rank 0 never owns an active column.
+        A, b, w_bar = zero_block(A, w_bar, *blocks(p, world)[0])
+        for key, (ridge, k, wb) in ZERO_CASES.items():
+            res = cd.iht(A[:, lo:hi], b, k, ridge=ridge, w_bar=w_bar[lo:hi] if wb else None,
+                         refine=False, active_set=True, max_iter=40)  # fmt: skip
+            _store(out, key, res, lo)
         return out
     if case == "solve":
         for ridge in (0.0, 0.3):

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import chita_core
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dist_worker import blocks, problem, supports
+from dist_worker import ACTIVE_CASES, ZERO_CASES, blocks, problem, supports, zero_block
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 
@@ -151,4 +151,54 @@ def test_plain_iht_makes_the_single_process_decisions(world, tmp_path):
     np.testing.assert_allclose(np.concatenate([r["w_w0"] for r in ranks]), single.w, atol=1e-10)
     assert float(ranks[0]["f_w0"]) == pytest.approx(single.objective, rel=1e-9)
     for r in ranks:  # the default pipeline is not sharded yet: said on every rank
-        assert "plain IHT only" in str(r["pipeline"])
+        assert "without refits only" in str(r["pipeline"])
+
+
+def _same_active_set_run(ranks, key, A, b, ridge, k, w_bar):
+    """The sharded active-set IHT run `key` made the single-process decisions: the same support,
+    iteration count and expansions (the history's length), objectives up to rounding."""
+    single = chita_core.iht(
+        A, b, k, ridge=ridge, w_bar=w_bar, refine=False, active_set=True, max_iter=40
+    )
+    support = np.concatenate([r[f"s_{key}"] for r in ranks])
+    w = np.concatenate([r[f"w_{key}"] for r in ranks])
+    np.testing.assert_array_equal(support, single.support)
+    np.testing.assert_allclose(w, single.w, rtol=1e-8, atol=1e-10)
+    for r in ranks:  # the same iterations, expansions and global objective on every rank
+        assert int(r[f"it_{key}"]) == single.n_iter
+        np.testing.assert_allclose(r[f"h_{key}"], single.history, rtol=1e-9)
+        assert float(r[f"f_{key}"]) == pytest.approx(single.objective, rel=1e-9)
+    f = ref.objective(A, b, w, ridge, w_bar)  # the weights returned (float64 reference)
+    assert f == pytest.approx(single.objective, rel=1e-9)
+    return single
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_active_set_iht_makes_the_single_process_decisions(world, tmp_path):
+    ranks = _launch("active", world, tmp_path)
+    assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]
+    A, b, w_bar = problem(3, 40, 301)
+    # The power iterations start from the single process's random vector, bit for bit, and
+    # reach its sigma_max^2 up to the rounding of the reductions (the same bits on every rank).
+    start = np.concatenate([r["start"] for r in ranks])
+    np.testing.assert_array_equal(start, np.random.default_rng(0).standard_normal(301))
+    assert len({float(r["sigma2"]) for r in ranks}) == 1
+    sigma2 = chita_core.Problem(A, b).sigma2
+    assert float(ranks[0]["sigma2"]) == pytest.approx(sigma2, rel=1e-12)
+    expansions = []
+    for key, (ridge, k, wb) in ACTIVE_CASES.items():
+        single = _same_active_set_run(ranks, key, A, b, ridge, k, w_bar if wb else None)
+        expansions.append(len(single.history) - 1 - single.n_iter)
+    assert expansions == [6, 10, 0, 2]  # the expansion search ran, up to its limit
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_active_set_iht_with_a_rank_owning_no_active_column(world, tmp_path):
+    ranks = _launch("active_zero", world, tmp_path)
+    assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]
+    A, _, w_bar = problem(3, 40, 301)
+    A, b, w_bar = zero_block(A, w_bar, *blocks(301, world)[0])
+    for key, (ridge, k, wb) in ZERO_CASES.items():
+        single = _same_active_set_run(ranks, key, A, b, ridge, k, w_bar if wb else None)
+        assert ranks[0][f"s_{key}"].size == 0
+        assert len(single.history) - 1 > single.n_iter  # with expansions

@@ -10,10 +10,10 @@ reductions add the ranks' partials in rank order on every rank), so every rank t
 ones, and errors found on any rank are raised on every rank.
 
 Built so far (issue 15): :func:`objective`, :func:`backsolve`, :func:`topk` (the global
-selection, ties to the lower global index) and :func:`iht` with ``refine=False,
-active_set=False`` (IHT with CHITA's line search on all columns, the single-process
-``iht(..., refine=False, active_set=False)``); the sharded pipeline stages (refits, greedy OBS,
-swap search, the active set) are not built yet.
+selection, ties to the lower global index) and :func:`iht` with ``refine=False`` (IHT with
+CHITA's line search on all columns, or with ``active_set=True`` on CHITA's active set with its
+expansion search: the single-process ``iht(..., refine=False, active_set=...)``); the sharded
+pipeline stages (refits, greedy OBS, swap search) are not built yet.
 
 Needs torch (``pip install torch``); gloo for CPU processes, NCCL for GPUs.
 """
@@ -30,7 +30,7 @@ from .._pipeline import PLAIN_ITERS, StageRecord
 from .._problem import Problem
 from ..stages.nspace import _NORMAL_EQ_COND, _SVD_BYTES, support_values
 from ._comm import Comm, ShardError
-from ._iht import plain_iht
+from ._iht import active_set_iht, plain_iht
 from ._topk import global_topk
 
 __all__ = ["ShardError", "backsolve", "iht", "objective", "topk"]
@@ -104,9 +104,10 @@ def iht(
     ``support`` its local indices (possibly none) and ``objective`` the global objective (the
     same on every rank).
 
-    Only plain IHT runs over shards so far: pass ``refine=False, active_set=False``; it makes
-    the single-process ``iht(A, b, k, refine=False, active_set=False)``'s decisions (the same
-    supports, objectives up to rounding) on any number of ranks. The default pipeline raises
+    Only IHT without refits runs over shards so far: pass ``refine=False``, with or without
+    ``active_set``; it makes the single-process ``iht(A, b, k, refine=False,
+    active_set=...)``'s decisions (the same supports and iteration counts, objectives up to
+    rounding) on any number of ranks. The default pipeline (``refine=True``) raises
     NotImplementedError on every rank."""
     import time
 
@@ -116,11 +117,11 @@ def iht(
     shard = _Shard(A_local, b, ridge, w_bar, group, backend)
     prob, comm = shard.prob, shard.comm
     comm.same(np.asarray([bool(refine), bool(active_set)]), "refine, active_set")
-    if refine or active_set:
+    if refine:
         raise NotImplementedError(
-            "chita_core.distributed.iht runs plain IHT only so far (refine=False, "
-            "active_set=False); the sharded refits, greedy OBS, swap search and active set "
-            "are not built yet"
+            "chita_core.distributed.iht runs IHT without refits only so far (refine=False, "
+            "with or without active_set); the sharded refits, greedy OBS and swap search of "
+            "the default pipeline are not built yet"
         )
     error = None
     start = prob.w_bar
@@ -142,7 +143,8 @@ def iht(
     if not 1 <= k <= comm.p:
         raise ShardError(f"`k` must be in 1..{comm.p} (the global number of columns), got {k}")
     iters = PLAIN_ITERS if max_iter is None else max_iter
-    run = plain_iht(shard, k, start, iters, float(tol))
+    driver = active_set_iht if active_set else plain_iht
+    run = driver(shard, k, start, iters, float(tol))
     if not np.isfinite(run.f):
         raise ShardError("the objective is not representable in float64 at this scale")
     elapsed = time.perf_counter() - t0
@@ -155,7 +157,7 @@ def iht(
         history=run.history,
         backend=prob.backend,
         elapsed=elapsed,
-        stages=[StageRecord("iht", run.f, elapsed)],
+        stages=[StageRecord("active-set iht" if active_set else "iht", run.f, elapsed)],
     )
 
 
