@@ -29,8 +29,8 @@ import numpy as np
 
 from ._point import Point
 from .stages.greedy import GreedyOBS, greedy_cost, greedy_screen_size, workspace_itemsize
-from .stages.iht import IHT
-from .stages.nspace import REFINE_STEPS
+from .stages.iht import IHT, active_set_iht, plain_iht
+from .stages.nspace import REFINE_STEPS, largest
 from .stages.starts import EXHAUSTIVE_MAX_P, EXHAUSTIVE_MAX_SUPPORTS, OBS, Exhaustive, Magnitude
 from .stages.swaps import N_CANDIDATES, POOL_FACTOR, POOL_ROUNDS, Swaps
 
@@ -358,8 +358,14 @@ class Options:
 # ---------------------------------------------------------------------------------- plan
 
 
-def plan(prob: Any, k: int, start: Any, opts: Options) -> Plan:
-    """The stages to run, in order, each with its modeled seconds."""
+def plan(prob: Any, k: int, start: Any, opts: Options, *, nonzeros: int | None = None) -> Plan:
+    """The stages to run, in order, each with its modeled seconds.
+
+    Of ``prob`` it reads the shape, ``itemsize``, ``f_order``, ``where``, ``ridge`` and
+    ``sigma2_known`` (and the kernels, only for a ``time_limit``); of ``start`` only its number
+    of nonzeros, which ``nonzeros`` gives instead where ``start`` is not the whole vector (a
+    rank's slice: chita_core.distributed passes a view of the global problem and the global
+    count)."""
     if not opts.refine:  # plain IHT from the thresholded start
         max_iter = PLAIN_ITERS if opts.max_iter is None else opts.max_iter
         stage = IHT(max_iter, opts.tol, opts.active_set, refine=False)
@@ -430,7 +436,9 @@ def plan(prob: Any, k: int, start: Any, opts: Options) -> Plan:
     # k nonzeros, e.g. no w_bar); otherwise when what the other stages leave pays for it.
     iters = PIPELINE_ITERS if opts.max_iter is None else opts.max_iter
     iht_cost = model.iht(k, iters, prob.sigma2_known)
-    degenerate = int(prob.xp.count_nonzero(start)) < k
+    if nonzeros is None:
+        nonzeros = int(prob.xp.count_nonzero(start))
+    degenerate = nonzeros < k
     iht = None
     if opts.max_iter is not None or degenerate or iht_cost <= left:
         iht = (IHT(iters, opts.tol, opts.active_set, refine=True), iht_cost)
@@ -497,7 +505,10 @@ def _greedy_size(model: CostModel, k: int, seconds: float, known: int = 0) -> in
 
 @dataclass
 class Context:
-    """What the stages share: the problem, k, the start vector and the best point so far."""
+    """What the stages share: the problem, k, the start vector and the best point so far, and
+    the operations on the problem's columns that the stages take from it rather than from the
+    kernels (``largest``, ``same_support``, ``iht_drivers``), so that a context over column
+    shards (chita_core.distributed) runs the same stages on the global problem."""
 
     prob: Any
     k: int
@@ -514,14 +525,24 @@ class Context:
     stopped: bool = False  # the callback asked to stop: later stages do not run
     _since: float = field(default_factory=time.perf_counter)
 
+    #: IHT on all columns and on CHITA's active set (stages/iht.py), as the IHT stage calls them.
+    iht_drivers = (plain_iht, active_set_iht)
+
+    def largest(self, v: Any, k: int) -> Any:
+        """Sorted indices of the k largest |v| (the kernels' topk: ties to the lower index)."""
+        return largest(self.prob, v, k)
+
+    def same_support(self, a: Any, b: Any) -> bool:
+        """Whether the supports (sorted index vectors) ``a`` and ``b`` are the same."""
+        return a.size == b.size and bool(self.prob.xp.array_equal(a, b))
+
     def point(self, support: Any, *, keep_inverse: bool = True, guess: Any = None) -> Point:
         """The exact refit on ``support`` (``guess``: see ``Point.refit``); the best point
         itself when it is on that support (a stage that lands on the best support does not
         solve it again)."""
         best = self.best
-        if best is not None and best.support.size == support.size:
-            if bool(self.prob.xp.array_equal(best.support, support)):
-                return best
+        if best is not None and self.same_support(best.support, support):
+            return best
         return self.prob.point(support, keep_inverse=keep_inverse, guess=guess)
 
     def offer(self, label: str, point: Point, *, record: bool = True) -> None:

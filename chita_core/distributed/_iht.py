@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .._point import Point
 from .._problem import _LIPSCHITZ_MARGIN, _POWER_ITERS
 from ..backends import constants as _constants
 from ..stages.iht import _EXPANSION_STEPS, _MAX_EXPANSIONS, IHTRun
@@ -53,26 +54,6 @@ def _min(comm: Any, x: float) -> float:
 
 def _count(comm: Any, m: int) -> int:
     return int(comm.gather(np.asarray([m], dtype=np.int64)).sum())
-
-
-def _value(shard: Any, r: np.ndarray, w: np.ndarray, w_bar: np.ndarray) -> float:
-    """0.5 ||r||^2 + 0.5 ridge ||w - w_bar||^2 over all ranks."""
-    ridge = shard.prob.ridge
-    f = 0.5 * float(r @ r)
-    if ridge != 0.0:
-        d = w - w_bar
-        f += 0.5 * ridge * shard.comm.total(float(d @ d))
-    return f
-
-
-def _at(shard: Any, support: np.ndarray, values: np.ndarray) -> IHTRun:
-    """Point.at over shards: the point with ``values`` on the local ``support``, its residual
-    from one sharded support mat-vec."""
-    prob = shard.prob
-    w = np.zeros(prob.p)
-    w[support] = values
-    r = shard.product(support, w[support]) - prob.b
-    return IHTRun(support, w, r, _value(shard, r, w, prob.w_bar))
 
 
 def sharded_step(
@@ -128,7 +109,7 @@ def sharded_step(
     if 0.0 < tau_star < tau_chg:
         w[support] -= tau_star * d
         r -= tau_star * Ad
-        return _value(shard, r, w, w_bar), tau_star, 0, False, support
+        return shard.value(r, w, w_bar), tau_star, 0, False, support
 
     wbar_sq = comm.total(float(w_bar @ w_bar)) if ridge != 0.0 else 0.0
 
@@ -195,7 +176,8 @@ def plain_iht(
     """stages/iht.py: plain_iht over shards: IHT on all columns from H_k(start)."""
     prob = shard.prob
     support = global_topk(shard.comm, start, k)
-    run = _at(shard, support, start[support])
+    first = Point.at(shard, support, start[support])
+    run = IHTRun(first.support, first.w, first.r, first.f)
     run.history.append(run.f)
     g = np.empty(prob.p)
     for it in range(1, max_iter + 1):
@@ -239,7 +221,8 @@ def active_set_iht(
     # IHT starts from H_k(start) restricted to the active set (ties to the lower global index:
     # the ranks' active columns in rank order are the global active set in order).
     support = active[global_topk(comm, np.ascontiguousarray(start[active]), k)]
-    run = _at(shard, support, start[support])
+    first = Point.at(shard, support, start[support])
+    run = IHTRun(first.support, first.w, first.r, first.f)
     run.history.append(run.f)
     it = 0
     while True:
@@ -277,7 +260,7 @@ def active_set_iht(
         for t in range(_EXPANSION_STEPS):
             v = run.w - (2.0**t / (2.0 * L)) * g
             cand = global_topk(comm, v, k)
-            point = _at(shard, cand, v[cand])
+            point = Point.at(shard, cand, v[cand])
             if point.f < (run.f if best is None else best.f):
                 best = point
         if best is None:

@@ -180,7 +180,8 @@ class IHT:
 
     def run(self, ctx: Any) -> None:
         prob = ctx.prob
-        driver = active_set_iht if self.active_set else plain_iht
+        plain, active = ctx.iht_drivers
+        driver = active if self.active_set else plain
         run = driver(prob, ctx.k, ctx.start, self.max_iter, self.tol, ctx.on_iter)
         ctx.history, ctx.n_iter = list(run.history), run.n_iter
         ctx.converged, ctx.stopped = run.converged, run.stopped

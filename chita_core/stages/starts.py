@@ -41,10 +41,8 @@ class Magnitude:
         if ctx.seed is not None:
             ctx.offer("magnitude + refit", ctx.seed)
             return
-        prob = ctx.prob
-        support = prob.xp.empty(ctx.k, dtype=np.int64)
-        prob.kernels.topk(ctx.start, ctx.k, support)
-        ctx.offer("magnitude + refit", prob.point(support, keep_inverse=True))
+        support = ctx.largest(ctx.start, ctx.k)
+        ctx.offer("magnitude + refit", ctx.point(support, keep_inverse=True))
 
 
 @dataclass

@@ -1,0 +1,197 @@
+"""The global problem over column shards as the pipeline's stages see it (docs/design.md,
+section 12.1).
+
+``Shard`` is one rank's validated block of the global problem and the group's layout; it
+offers what the stages ask of a problem (``Point.at``: ``xp``, ``p``, ``residual``, ``value``;
+``Context.point``: ``point``) over the shards: vectors are the rank's slices, residuals and
+objectives global, the same bits on every rank. ``ShardedContext`` is the pipeline's
+``Context`` with the column operations the stages take from it (the top-k, the comparison of
+supports, the IHT drivers) over the shards, and ``PlanShape`` the global quantities that
+``_pipeline.plan`` reads, so that the single-process planner plans the sharded solve and
+``_pipeline.run`` runs the single-process stages on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._linalg import REFINE_FROM, SPDSystem, least_squares
+from .._pipeline import Context
+from .._point import Point
+from .._problem import Problem
+from ..stages.nspace import _NORMAL_EQ_COND, _SVD_BYTES, support_values
+from ._comm import Comm
+from ._iht import active_set_iht, plain_iht
+from ._topk import global_topk
+
+__all__ = ["PlanShape", "Shard", "ShardedContext"]
+
+
+class Shard:
+    """This rank's validated block of the global problem (``prob``: a single-process
+    ``Problem`` on the rank's columns, its slice of ``w_bar`` and the same ``b``) and the
+    group's layout (``comm``). ``p`` is the rank's number of columns, the length of its vectors
+    (``comm.p`` is the global one)."""
+
+    xp = np  # (the sharded solver works on host arrays)
+
+    def __init__(
+        self, A_local: Any, b: Any, ridge: float, w_bar: Any, group: Any, backend: str
+    ) -> None:
+        self.comm = comm = Comm(group)
+        error = None
+        try:
+            self.prob = Problem(A_local, b, ridge=ridge, w_bar=w_bar, backend=backend)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        comm.agree(error)
+        prob = self.prob
+        comm.same(np.asarray([prob.n], dtype=np.int64), "the number of rows of `A_local` (n)")
+        comm.same(prob.b, "b")
+        comm.same(np.asarray([prob.ridge]), "ridge")
+        comm.layout(prob.p)
+
+    @property
+    def p(self) -> int:
+        return self.prob.p
+
+    def local_support(self, support: Any) -> np.ndarray:
+        """Validated sorted local indices (may be empty on a rank), agreed on every rank."""
+        error = None
+        idx = np.zeros(0, dtype=np.int64)
+        try:
+            arr = np.asarray(support)
+            if arr.size:
+                idx = self.prob.indices(arr)
+            elif arr.ndim != 1:
+                raise ValueError(f"`support` must be 1-D, got shape {arr.shape}")
+        except (TypeError, ValueError) as exc:
+            error = exc
+        self.comm.agree(error)
+        return idx
+
+    def count(self, m_local: int) -> int:
+        """The sum over ranks of a local count."""
+        return int(self.comm.gather(np.asarray([m_local], dtype=np.int64)).sum())
+
+    def product(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """A[:, S] values over all ranks (n,): local partial, then one reduction."""
+        prob = self.prob
+        part = np.zeros(prob.n)
+        if idx.size:
+            prob.kernels.support_matvec(prob.A, idx, np.ascontiguousarray(values), part)
+        return self.comm.total(part)
+
+    # -- the problem as the stages see it ----------------------------------------------------
+
+    def residual(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Problem.residual over shards: A[:, S] values - b, S the ranks' ``idx``."""
+        return self.product(idx, values) - self.prob.b
+
+    def value(self, r: np.ndarray, w: np.ndarray, w_bar: np.ndarray | None = None) -> float:
+        """Problem.value over shards: 0.5 ||r||^2 + 0.5 ridge ||w - w_bar||^2, the ridge term
+        summed over the ranks' slices (``w_bar``: a subproblem's slice, default the rank's)."""
+        ridge = self.prob.ridge
+        f = 0.5 * float(r @ r)
+        if ridge != 0.0:
+            d = w - (self.prob.w_bar if w_bar is None else w_bar)
+            f += 0.5 * ridge * self.comm.total(float(d @ d))
+        return f
+
+    def point(self, support: np.ndarray, *, keep_inverse: bool = False, guess: Any = None) -> Point:
+        """Point.refit over shards: the exact minimiser on the ranks' ``support`` (local sorted
+        indices), r and f from one sharded support mat-vec. No n x n inverse is kept or refined
+        from (``keep_inverse``, ``guess``): greedy OBS and swap search, which use it, are not
+        sharded yet."""
+        return Point.at(self, support, self.support_values(support))
+
+    def support_values(self, idx: np.ndarray) -> np.ndarray:
+        """x on this rank's part of the support (nspace.support_values over shards)."""
+        prob, comm = self.prob, self.comm
+        n, ridge = prob.n, prob.ridge
+        m = self.count(idx.size)
+        wb = np.ascontiguousarray(prob.w_bar[idx])
+        if m == 0:
+            return wb
+        if m <= n:
+            # At most n^2 numbers: every rank solves the gathered problem as one process would.
+            X = np.concatenate(comm.gather_ragged(prob.kernels.gather_columns(prob.A, idx)), axis=1)
+            wbs = np.concatenate(comm.gather_ragged(wb[None, :]), axis=1)[0]
+            small = Problem(
+                np.asfortranarray(X), prob.b, ridge=ridge, w_bar=wbs, check_finite=False
+            )
+            x = support_values(small, np.arange(m, dtype=np.int64))[0]
+            return x[self._mine(idx.size)]
+        c = prob.b - self.product(idx, wb)
+        K = np.zeros((n, n))
+        if idx.size:
+            prob.kernels.support_gram(prob.A, idx, K)
+        K = comm.total(K)
+        K[np.diag_indices(n)] += ridge
+
+        def apply(y: Any) -> Any:
+            t = np.empty(idx.size)
+            if idx.size:
+                prob.kernels.support_rmatvec(prob.A, idx, np.ascontiguousarray(y), t)
+            return self.product(idx, t) + ridge * y
+
+        system = SPDSystem(K, cond_limit=_NORMAL_EQ_COND)
+        svd_bytes = 8 * m * (n if ridge == 0 else n + m)
+        if not system.good and svd_bytes <= _SVD_BYTES:
+            X = np.concatenate(comm.gather_ragged(prob.kernels.gather_columns(prob.A, idx)), axis=1)
+            z = least_squares(X, c, ridge)[self._mine(idx.size)]
+        else:
+            y = system.solve(c, apply, refine_from=REFINE_FROM)
+            z = np.empty(idx.size)
+            if idx.size:
+                prob.kernels.support_rmatvec(prob.A, idx, np.ascontiguousarray(y), z)
+        return z + wb
+
+    def _mine(self, m_local: int) -> slice:
+        """This rank's entries of a vector laid out over the support in rank order."""
+        counts = self.comm.gather(np.asarray([m_local], dtype=np.int64))[:, 0]
+        lo = int(counts[: self.comm.rank].sum())
+        return slice(lo, lo + m_local)
+
+
+class ShardedContext(Context):
+    """The pipeline's ``Context`` over shards (``prob`` a :class:`Shard`, ``start`` the rank's
+    slice, points with the rank's support and w and the global r and f): the global top-k
+    (ties to the lower global index), supports compared over every rank (one gather, so that
+    ``Context.point`` refits on every rank or on none), and the sharded IHT drivers. Every rank
+    then runs the same stages through the same branches."""
+
+    iht_drivers = (plain_iht, active_set_iht)
+
+    def largest(self, v: Any, k: int) -> Any:
+        return global_topk(self.prob.comm, v, k)
+
+    def same_support(self, a: Any, b: Any) -> bool:
+        equal = a.size == b.size and bool(np.array_equal(a, b))
+        return self.prob.count(int(not equal)) == 0
+
+
+@dataclass(frozen=True)
+class PlanShape:
+    """What ``_pipeline.plan`` reads of a problem, for the global problem over shards: the
+    global shape, the storage (one dtype and layout on every rank, agreed) and the ridge. The
+    sharded solver works on host arrays (``where``), and each solve runs its own power
+    iterations (``sigma2_known``), as ``chita_core.iht`` does on a new problem."""
+
+    n: int
+    p: int
+    itemsize: int
+    f_order: bool
+    ridge: float
+    where: None = None
+    sigma2_known: bool = False
+
+    @classmethod
+    def of(cls, shard: Shard) -> PlanShape:
+        prob = shard.prob
+        storage = np.asarray([prob.itemsize, prob.f_order], dtype=np.int64)
+        shard.comm.same(storage, "the dtype and layout of `A_local`")
+        return cls(prob.n, shard.comm.p, prob.itemsize, prob.f_order, prob.ridge)
