@@ -51,7 +51,9 @@ class StageReport:
     chosen: str
     grad_seconds: float  #: building A (per-sample gradients)
     solve_seconds: float  #: the solver
-    results: list[IHTResult] = field(repr=False)  #: solver results (one, or one per tensor)
+    #: solver results (one, or one per tensor), without their ``w`` and ``support`` (None):
+    #: the pruned weights are in the model and the masks in its ``weight_mask`` buffers
+    results: list[IHTResult] = field(repr=False)
     #: k / n_grads; at DEGENERATE_RATIO or more the quadratic model is close to degenerate
     k_over_n: float = 0.0
     #: 1 - chita's objective / magnitude + backsolve's, at the ridge kept (None when only one
@@ -379,9 +381,11 @@ def prune(
                 ridges = list(dict.fromkeys(scale * curvature for scale in RIDGE_SCALES))
             # chita also weighs magnitude + backsolve at each ridge, so that on the real loss it
             # is never worse than that baseline (the solver guarantees it on the quadratic).
-            runs = [(lam, method) for lam in ridges]
+            # Ridge by ridge (the stage's problems hold one ridge's magnitude point at a time).
+            methods = [method]
             if method == "chita" and ridge is None:
-                runs += [(lam, "magnitude+backsolve") for lam in ridges]
+                methods.append("magnitude+backsolve")
+            runs = [(lam, how) for lam in ridges for how in methods]
             if len(targets) > 1 and not stage_reports and method != "magnitude":
                 # The schedule is a heuristic: the one-shot solve to the final target, on this
                 # first A (at the dense weights, no extra gradient pass), stays a candidate and
@@ -391,9 +395,7 @@ def prune(
                 one_shot, one_shot_objectives = _choose(
                     model, loss_fn, held, selected, w_bar, final, runs, solver_options
                 )
-                # Held until the last stage: its weights and mask only (the solver's results,
-                # with their own copies of w, are dropped; the plan counts the rest).
-                one_shot = (*one_shot[:5], [], one_shot[6])
+                # Held until the last stage: its weights and mask (counted in the workspace).
                 one_shot_k = k_final
                 _write_back(selected, w_bar)  # back to the dense weights for this stage
                 del final
@@ -414,10 +416,12 @@ def prune(
                     target, k, f, lam, loss, how, t1 - t0, t2 - t1, results, k / samples.n, gain
                 )
             )
-            del A, blocks
+            # Nothing of this stage but its mask is held while the next one builds its A.
+            del A, blocks, best, w, results, w_bar
             bar.update(1)
     finally:
         bar.close()
+    del one_shot
 
     tensors: dict[str, tuple[float, int]] = {}
     zeros_total = 0
@@ -479,7 +483,7 @@ def _final_blocks(
         ks = [k_total]
     else:
         ks = [max(1, round((1.0 - sparsity) * size)) for size in sizes]
-    return [replace(blk, k=k, magnitude={}) for blk, k in zip(blocks, ks, strict=True)]
+    return [replace(blk, k=k, magnitude={}, shared=None) for blk, k in zip(blocks, ks, strict=True)]
 
 
 def _choose(
@@ -504,5 +508,8 @@ def _choose(
         loss = _mean_loss(model, loss_fn, held)
         if best is None or loss < best[0]:
             best = (loss, lam, w, kept, f, results, how)
+        # A candidate not kept is dropped before the next solve (its w, mask and the solver's
+        # result: 13 to 17 bytes per weight).
+        del w, kept, results
     assert best is not None
     return best, objectives

@@ -3,7 +3,7 @@ and the ridge path."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -38,26 +38,34 @@ class _Block:
     hi: int
     k: int
     problem: Problem
+    #: the magnitude + backsolve point of the last ridge asked for (one at a time: each holds
+    #: a length-p float64 w, 8 bytes per weight), and what every ridge shares: the support and
+    #: its Gram
     magnitude: dict[float, Any] = field(default_factory=dict)
+    shared: tuple[Any, Any] | None = None
 
     def at(self, ridge: float) -> Problem:
         return self.problem.with_ridge(ridge)
 
     def magnitude_point(self, ridge: float) -> Any:
-        """The exact refit on the k largest |w_bar| at ``ridge`` (solved once per ridge). The
-        support and its Gram A_S A_S^T do not depend on the ridge: the first ridge forms them,
-        the others reuse them (a Gram is the refit's cost: 4 -> 1 on the default ridge path)."""
+        """The exact refit on the k largest |w_bar| at ``ridge``. The support and its Gram
+        A_S A_S^T do not depend on the ridge: the first ridge forms them, the others reuse them
+        (a Gram is the refit's cost: 4 -> 1 on the default ridge path). Only the last ridge's
+        point is held (the ridge path asks for each ridge's point in turn, see ``prune``)."""
         if ridge not in self.magnitude:
+            self.magnitude.clear()  # (before the new point: one w at a time)
             prob = self.at(ridge)
-            done = next(iter(self.magnitude.values()), None)
             with prob.stream():
-                if done is None:
+                if self.shared is None:
                     support = prob.xp.empty(self.k, dtype=np.int64)
                     prob.kernels.topk(prob.w_bar, self.k, support)
+                    gram = None
                 else:
-                    support = done.support
-                gram = None if done is None else done.gram
-                self.magnitude[ridge] = prob.point(support, keep_inverse=True, gram=gram)
+                    support, gram = self.shared
+                point = prob.point(support, keep_inverse=True, gram=gram)
+            self.magnitude[ridge] = point
+            if self.shared is None:
+                self.shared = (point.support, point.gram)
         return self.magnitude[ridge]
 
 
@@ -141,7 +149,9 @@ def _solve(
             res = solve(blk.at(ridge), blk.k, _magnitude=point, **solver_options)
             w[lo:hi] = res.w
             kept[lo:hi][res.support] = True
-            results.append(res)
+            # The result without its w and support (copied into w and kept): each would be
+            # held with every candidate and stage report, 4 to 12 bytes per weight.
+            results.append(replace(res, w=None, support=None))
             f_total += res.objective
             continue
         prob = blk.at(ridge)
