@@ -32,7 +32,7 @@ from .stages.greedy import GreedyOBS, greedy_cost, greedy_screen_size, workspace
 from .stages.iht import IHT, active_set_iht, plain_iht
 from .stages.nspace import REFINE_STEPS, largest
 from .stages.starts import EXHAUSTIVE_MAX_P, EXHAUSTIVE_MAX_SUPPORTS, OBS, Exhaustive, Magnitude
-from .stages.swaps import N_CANDIDATES, POOL_FACTOR, POOL_ROUNDS, Swaps
+from .stages.swaps import N_CANDIDATES, POOL_FACTOR, POOL_ROUNDS, SwapColumns, Swaps
 
 __all__ = [
     "DEFAULT_EFFORT",
@@ -507,8 +507,9 @@ def _greedy_size(model: CostModel, k: int, seconds: float, known: int = 0) -> in
 class Context:
     """What the stages share: the problem, k, the start vector and the best point so far, and
     the operations on the problem's columns that the stages take from it rather than from the
-    kernels (``largest``, ``same_support``, ``iht_drivers``), so that a context over column
-    shards (chita_core.distributed) runs the same stages on the global problem."""
+    kernels (``largest``, ``same_support``, ``iht_drivers``, ``swap_columns``), so that a
+    context over column shards (chita_core.distributed) runs the same stages on the global
+    problem."""
 
     prob: Any
     k: int
@@ -527,6 +528,8 @@ class Context:
 
     #: IHT on all columns and on CHITA's active set (stages/iht.py), as the IHT stage calls them.
     iht_drivers = (plain_iht, active_set_iht)
+    #: Swap search's operations over all columns (stages/swaps.py), built on the problem.
+    swap_columns = SwapColumns
 
     def largest(self, v: Any, k: int) -> Any:
         """Sorted indices of the k largest |v| (the kernels' topk: ties to the lower index)."""

@@ -49,6 +49,8 @@ class Point:
         keep_inverse: bool = False,
         guess: Any = None,
         gram: Any = None,
+        solve: Any = None,
+        refine: Any = None,
     ) -> Point:
         """The exact minimiser with nonzeros on ``support`` (sorted int64), accurate to
         rounding at any conditioning (stages/nspace.py: support_values). With
@@ -56,18 +58,20 @@ class Point:
         ``guess`` may pass an approximate (ridge I + A_S A_S^T)^-1 that a stage carried by
         low-rank updates: iterative refinement against A_S then reaches the same minimiser
         without a new Gram, and the full solve runs only if it does not converge. ``gram``
-        may pass A_S A_S^T of this support (from a point at another ridge)."""
+        may pass A_S A_S^T of this support (from a point at another ridge). ``solve`` and
+        ``refine`` replace nspace's ``support_values`` and ``refined_values`` (same
+        signatures) where ``prob`` is not a ``Problem`` (chita_core.distributed: a shard)."""
         from .stages.nspace import refined_values, support_values
 
+        solve = support_values if solve is None else solve
+        refine = refined_values if refine is None else refine
         values, factor = None, None
         if guess is not None:
-            values = refined_values(prob, support, guess)
+            values = refine(prob, support, guess)
         kinv = guess
         if values is None:
             kinv = None
-            values, factor, gram = support_values(
-                prob, support, keep_inverse=keep_inverse, gram=gram
-            )
+            values, factor, gram = solve(prob, support, keep_inverse=keep_inverse, gram=gram)
         point = cls.at(prob, support, values)
         if keep_inverse:
             point.kinv, point.gram, point.factor = kinv, gram, factor

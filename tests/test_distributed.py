@@ -5,6 +5,7 @@ shards, a rank with no columns in the support, and errors raised on every rank."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +23,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from dist_worker import (
     ACTIVE_CASES,
     PIPELINE_CASES,
+    PIPELINE_OPTIONS,
     PIPELINE_ZERO,
+    SWAP_CASES,
     UNBUILT,
     ZERO_CASES,
     blocks,
+    pipeline_cases,
     problem,
     supports,
     zero_block,
@@ -123,8 +127,6 @@ def test_backsolve_and_objective_equal_the_single_process_solve(world, tmp_path)
     ],
 )
 def test_bad_input_raises_on_every_rank(case, match, tmp_path):
-    import re
-
     ranks = _launch(case, 3, tmp_path)
     for r, out in enumerate(ranks):
         message = str(out["error"])
@@ -212,22 +214,15 @@ def test_active_set_iht_with_a_rank_owning_no_active_column(world, tmp_path):
         assert len(single.history) - 1 > single.n_iter  # with expansions
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_pipeline_makes_the_single_process_decisions(world, tmp_path):
-    """refine=True, init="magnitude", swaps=False: the single-process plan (the same stages,
-    IHT planned or not), the same supports, iteration counts and stage lines, objectives to
-    rounding and against the float64 reference; a rank owning no support column; the options
-    not sharded yet raise NotImplementedError naming them on every rank."""
-    ranks = _launch("pipeline", world, tmp_path)
-    assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]
-    A, b, w_bar = problem(3, 40, 301)
-    Az, bz, wz = zero_block(A, w_bar, *blocks(301, world)[0])
-    cases = {key: (A, b, w_bar, case) for key, case in PIPELINE_CASES.items()}
-    cases.update({key: (Az, bz, wz, case) for key, case in PIPELINE_ZERO.items()})
-    for key, (A_, b_, wb_, (ridge, k, wb, options)) in cases.items():
+def _same_pipeline_runs(ranks, case, plain, zero, world):
+    """The sharded pipeline runs of ``case`` made the single-process decisions: the same plan,
+    stage lines (swap counts included), supports and iteration counts, objectives to rounding
+    and against the float64 reference. Returns the single-process results by key."""
+    singles = {}
+    for key, (A_, b_, wb_, (ridge, k, wb, options)) in pipeline_cases(plain, zero, world):
         wb_ = wb_ if wb else None
         single = chita_core.iht(
-            A_, b_, k, ridge=ridge, w_bar=wb_, init="magnitude", swaps=False, **options
+            A_, b_, k, ridge=ridge, w_bar=wb_, **PIPELINE_OPTIONS[case], **options
         )
         support = np.concatenate([r[f"s_{key}"] for r in ranks])
         w = np.concatenate([r[f"w_{key}"] for r in ranks])
@@ -241,13 +236,56 @@ def test_pipeline_makes_the_single_process_decisions(world, tmp_path):
             assert float(r[f"f_{key}"]) == pytest.approx(single.objective, rel=1e-9), key
         f = ref.objective(A_, b_, w, ridge, wb_)
         assert f == pytest.approx(single.objective, rel=1e-9), key
+        singles[key] = single
+    return singles
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_pipeline_makes_the_single_process_decisions(world, tmp_path):
+    """refine=True, init="magnitude", swaps=False: the single-process plan (the same stages,
+    IHT planned or not), the same supports, iteration counts and stage lines, objectives to
+    rounding and against the float64 reference; a rank owning no support column; the options
+    not sharded yet raise NotImplementedError naming them on every rank."""
+    ranks = _launch("pipeline", world, tmp_path)
+    assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]
+    _same_pipeline_runs(ranks, "pipeline", PIPELINE_CASES, PIPELINE_ZERO, world)
     # The cases cover both plans, both kept points and a rank owning no support column.
-    plans = {key: ranks[0][f"pl_{key}"].tolist() for key in cases}
+    plans = {key: ranks[0][f"pl_{key}"].tolist() for key in [*PIPELINE_CASES, *PIPELINE_ZERO]}
     assert plans["m3"] == ["magnitude", "iht"] and plans["m4"] == ["magnitude"]
     assert ranks[0]["st_m5"].tolist() == ["magnitude + refit", "active-set iht + refit"]
     assert ranks[0]["st_m7"].tolist() == ["magnitude + refit"]
     assert ranks[0]["s_mz"].size == 0
     for key in UNBUILT:
-        option = "swaps" if key.startswith("swaps") else "init"
         for r in ranks:
-            assert f"{option}=" in str(r[f"unbuilt_{key}"]), (key, str(r[f"unbuilt_{key}"]))
+            assert "init=" in str(r[f"unbuilt_{key}"]), (key, str(r[f"unbuilt_{key}"]))
+
+
+def _swaps_made(label: str) -> int:
+    """The number of swaps a swap stage's line reports."""
+    return int(re.search(r"\((\d+) (?:in|swaps in) ", label).group(1))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("case", ["swaps", "swaps_more"])
+def test_swap_search_makes_the_single_process_decisions(case, world, tmp_path):
+    """init="magnitude" with swap search (both searches, swaps=True or a budget): the
+    single-process plan, stage lines with the same numbers of swaps and rounds, supports,
+    objectives to rounding and against the float64 reference, with a scoring shift (ridge 0)
+    and ridge > 0, k < n and k > n, from the magnitude point's kept factor, and a rank owning
+    no support column."""
+    ranks = _launch(case, world, tmp_path)
+    assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]
+    singles = _same_pipeline_runs(ranks, case, *SWAP_CASES[case], world)
+    made = {}
+    for key, single in singles.items():
+        lines = [s for s in single.stages if "swaps" in s.stage]
+        made[key] = [_swaps_made(s.stage) for s in lines]
+        before = single.stages[len(single.stages) - len(lines) - 1].objective
+        if made[key][0]:  # the first search swapped and lowered f
+            assert lines[0].objective < before, key
+    if case == "swaps":
+        assert made == {"s1": [10, 10], "s3": [22, 22]}
+        return
+    assert made == {"s4": [37], "s5": [5], "s6": [0], "sz": made["sz"]}
+    assert made["sz"][0] > 0 and ranks[0]["s_sz"].size == 0
+    assert [s.stage for s in singles["s4"].plan][-1] == "swaps from iht"  # (planned, not run)

@@ -14,9 +14,10 @@ selection, ties to the lower global index) and :func:`iht`, whose plan is the si
 planner's on the global shape and whose stages are the single-process stages run on the shards
 (``_shard.py``: the rank's block as the stages' problem, the pipeline's context over shards):
 the magnitude start and its exact refit, IHT with CHITA's line search on all columns or on
-CHITA's active set with its expansion search, and the exact refit on IHT's support
-(``init="magnitude", swaps=False``), or IHT alone (``refine=False``). Greedy OBS, the OBS starts
-and swap search are not sharded yet.
+CHITA's active set with its expansion search, the exact refit on IHT's support and swap search
+(``init="magnitude"``; ``_swaps.py``: the screens' selections global, a round's candidate
+columns gathered, the n x n algebra replicated on every rank), or IHT alone
+(``refine=False``). Greedy OBS and the OBS starts are not sharded yet.
 
 Needs torch (``pip install torch``); gloo for CPU processes, NCCL for GPUs.
 """
@@ -67,11 +68,11 @@ def iht(
     The single-process planner plans the solve from the global shape, and the single-process
     stages run on the shards, so it makes the single-process ``iht(A, b, k, ...)``'s decisions
     (the same stages, supports and iteration counts, objectives up to rounding) on any number of
-    ranks. Built so far: the magnitude start with its exact refit and IHT (``active_set`` or
-    not) with the refit on its support (``init="magnitude", swaps=False``), and IHT alone
-    (``refine=False``). Greedy OBS and the OBS starts (``init`` other than "magnitude") and
-    swap search (``swaps``) are not sharded yet: with ``refine`` they raise NotImplementedError
-    on every rank."""
+    ranks. Built so far: the magnitude start with its exact refit, IHT (``active_set`` or not)
+    with the refit on its support and swap search (``swaps``: True, a budget, or False), all
+    with ``init="magnitude"``, and IHT alone (``refine=False``). Greedy OBS and the OBS starts
+    (``init`` other than "magnitude", the default "auto" included) are not sharded yet: with
+    ``refine`` they raise NotImplementedError on every rank."""
     t0 = time.perf_counter()
     shard = Shard(A_local, b, ridge, w_bar, group, backend)
     prob, comm = shard.prob, shard.comm
@@ -98,11 +99,6 @@ def iht(
             f"chita_core.distributed.iht: init={opts.init!r} is not built over shards yet (only "
             "the magnitude start is: greedy OBS and the OBS starts are not); pass "
             "init='magnitude'"
-        )
-    if opts.refine and opts.max_swaps != 0:
-        raise NotImplementedError(
-            f"chita_core.distributed.iht: swaps={swaps!r} (swap search) is not built over shards "
-            "yet; pass swaps=False"
         )
     shape = PlanShape.of(shard)
     nonzeros = shard.count(int(np.count_nonzero(start)))
@@ -178,7 +174,7 @@ def backsolve(
     prob = shard.prob
     idx = shard.local_support(support_local)
     w = np.zeros(prob.p)
-    w[idx] = shard.support_values(idx)  # (on every rank: it holds collectives)
+    w[idx] = shard.support_values(idx)[0]  # (on every rank: it holds collectives)
     return prob.output(w)
 
 

@@ -3,10 +3,11 @@ section 12.1).
 
 ``Shard`` is one rank's validated block of the global problem and the group's layout; it
 offers what the stages ask of a problem (``Point.at``: ``xp``, ``p``, ``residual``, ``value``;
-``Context.point``: ``point``) over the shards: vectors are the rank's slices, residuals and
-objectives global, the same bits on every rank. ``ShardedContext`` is the pipeline's
-``Context`` with the column operations the stages take from it (the top-k, the comparison of
-supports, the IHT drivers) over the shards, and ``PlanShape`` the global quantities that
+``Context.point``: ``point``; swap search: ``wbar_sq``) over the shards: vectors are the
+rank's slices, residuals and objectives global, the same bits on every rank. ``ShardedContext``
+is the pipeline's ``Context`` with the column operations the stages take from it (the top-k,
+the comparison of supports, the IHT drivers, swap search's ``ShardColumns``) over the shards,
+and ``PlanShape`` the global quantities that
 ``_pipeline.plan`` reads, so that the single-process planner plans the sharded solve and
 ``_pipeline.run`` runs the single-process stages on it.
 """
@@ -22,9 +23,10 @@ from .._linalg import REFINE_FROM, SPDSystem, least_squares
 from .._pipeline import Context
 from .._point import Point
 from .._problem import Problem
-from ..stages.nspace import _NORMAL_EQ_COND, _SVD_BYTES, support_values
+from ..stages.nspace import _NORMAL_EQ_COND, _SVD_BYTES, refined_values, support_values
 from ._comm import Comm
 from ._iht import active_set_iht, plain_iht
+from ._swaps import ShardColumns
 from ._topk import global_topk
 
 __all__ = ["PlanShape", "Shard", "ShardedContext"]
@@ -53,10 +55,19 @@ class Shard:
         comm.same(prob.b, "b")
         comm.same(np.asarray([prob.ridge]), "ridge")
         comm.layout(prob.p)
+        self._wbar_sq: float | None = None
 
     @property
     def p(self) -> int:
         return self.prob.p
+
+    @property
+    def wbar_sq(self) -> float:
+        """||w_bar||^2 of the global problem (a rank-order sum, computed once)."""
+        if self._wbar_sq is None:
+            wb = self.prob.w_bar
+            self._wbar_sq = self.comm.total(float(wb @ wb))
+        return self._wbar_sq
 
     def local_support(self, support: Any) -> np.ndarray:
         """Validated sorted local indices (may be empty on a rank), agreed on every rank."""
@@ -76,6 +87,11 @@ class Shard:
     def count(self, m_local: int) -> int:
         """The sum over ranks of a local count."""
         return int(self.comm.gather(np.asarray([m_local], dtype=np.int64)).sum())
+
+    def same_support(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether every rank's local supports ``a`` and ``b`` are the same (one gather)."""
+        equal = a.size == b.size and bool(np.array_equal(a, b))
+        return self.count(int(not equal)) == 0
 
     def product(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
         """A[:, S] values over all ranks (n,): local partial, then one reduction."""
@@ -103,28 +119,38 @@ class Shard:
 
     def point(self, support: np.ndarray, *, keep_inverse: bool = False, guess: Any = None) -> Point:
         """Point.refit over shards: the exact minimiser on the ranks' ``support`` (local sorted
-        indices), r and f from one sharded support mat-vec. No n x n inverse is kept or refined
-        from (``keep_inverse``, ``guess``): greedy OBS and swap search, which use it, are not
-        sharded yet."""
-        return Point.at(self, support, self.support_values(support))
+        indices), r and f from one sharded support mat-vec. With ``keep_inverse`` the point
+        keeps the factor of the reduced K where the push-through form formed it (ridge > 0,
+        |S| > n; the same bits on every rank); ``guess`` (an approximate K^-1, the same on every
+        rank) is refined against sharded mat-vecs before a full solve."""
+        return Point.refit(
+            self, support, keep_inverse=keep_inverse, guess=guess,
+            solve=Shard.support_values, refine=Shard.refined_values,
+        )  # fmt: skip
 
-    def support_values(self, idx: np.ndarray) -> np.ndarray:
-        """x on this rank's part of the support (nspace.support_values over shards)."""
+    def refined_values(self, idx: np.ndarray, Kinv: Any) -> Any:
+        """nspace.refined_values over shards: this rank's part of x, or None on every rank."""
+        return refined_values(self.prob, idx, Kinv, product=self.product, size=self.count(idx.size))
+
+    def support_values(
+        self, idx: np.ndarray, *, keep_inverse: bool = False, gram: Any = None
+    ) -> tuple[np.ndarray, Any, None]:
+        """nspace.support_values over shards: (x on this rank's part of the support, the
+        factored K with ``keep_inverse`` where it was formed (ridge > 0, |S| > n), None: the
+        Gram is not kept). ``gram`` is not taken (no stage over shards passes one)."""
         prob, comm = self.prob, self.comm
         n, ridge = prob.n, prob.ridge
         m = self.count(idx.size)
         wb = np.ascontiguousarray(prob.w_bar[idx])
         if m == 0:
-            return wb
+            return wb, None, None
         if m <= n:
             # At most n^2 numbers: every rank solves the gathered problem as one process would.
-            X = np.concatenate(comm.gather_ragged(prob.kernels.gather_columns(prob.A, idx)), axis=1)
+            X = self.gathered(idx)
             wbs = np.concatenate(comm.gather_ragged(wb[None, :]), axis=1)[0]
-            small = Problem(
-                np.asfortranarray(X), prob.b, ridge=ridge, w_bar=wbs, check_finite=False
-            )
+            small = Problem(X, prob.b, ridge=ridge, w_bar=wbs, check_finite=False)
             x = support_values(small, np.arange(m, dtype=np.int64))[0]
-            return x[self._mine(idx.size)]
+            return x[self._mine(idx.size)], None, None
         c = prob.b - self.product(idx, wb)
         K = np.zeros((n, n))
         if idx.size:
@@ -139,16 +165,22 @@ class Shard:
             return self.product(idx, t) + ridge * y
 
         system = SPDSystem(K, cond_limit=_NORMAL_EQ_COND)
+        factored = system if keep_inverse and ridge > 0 else None
         svd_bytes = 8 * m * (n if ridge == 0 else n + m)
         if not system.good and svd_bytes <= _SVD_BYTES:
-            X = np.concatenate(comm.gather_ragged(prob.kernels.gather_columns(prob.A, idx)), axis=1)
-            z = least_squares(X, c, ridge)[self._mine(idx.size)]
+            z = least_squares(self.gathered(idx), c, ridge)[self._mine(idx.size)]
         else:
             y = system.solve(c, apply, refine_from=REFINE_FROM)
             z = np.empty(idx.size)
             if idx.size:
                 prob.kernels.support_rmatvec(prob.A, idx, np.ascontiguousarray(y), z)
-        return z + wb
+        return z + wb, factored, None
+
+    def gathered(self, idx: np.ndarray) -> np.ndarray:
+        """Every rank's columns ``idx`` in rank order (n x |S| float64, F order) on every rank:
+        only for small supports (the callers gather at most n^2 numbers, or an SVD's)."""
+        parts = self.comm.gather_ragged(self.prob.kernels.gather_columns(self.prob.A, idx))
+        return np.asfortranarray(np.concatenate(parts, axis=1))
 
     def _mine(self, m_local: int) -> slice:
         """This rank's entries of a vector laid out over the support in rank order."""
@@ -161,17 +193,18 @@ class ShardedContext(Context):
     """The pipeline's ``Context`` over shards (``prob`` a :class:`Shard`, ``start`` the rank's
     slice, points with the rank's support and w and the global r and f): the global top-k
     (ties to the lower global index), supports compared over every rank (one gather, so that
-    ``Context.point`` refits on every rank or on none), and the sharded IHT drivers. Every rank
-    then runs the same stages through the same branches."""
+    ``Context.point`` refits on every rank or on none), the sharded IHT drivers and swap
+    search's operations over shards. Every rank then runs the same stages through the same
+    branches."""
 
     iht_drivers = (plain_iht, active_set_iht)
+    swap_columns = ShardColumns
 
     def largest(self, v: Any, k: int) -> Any:
         return global_topk(self.prob.comm, v, k)
 
     def same_support(self, a: Any, b: Any) -> bool:
-        equal = a.size == b.size and bool(np.array_equal(a, b))
-        return self.prob.count(int(not equal)) == 0
+        return self.prob.same_support(a, b)
 
 
 @dataclass(frozen=True)

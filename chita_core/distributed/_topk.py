@@ -18,10 +18,11 @@ import numpy as np
 
 from ._comm import Comm
 
-__all__ = ["global_topk"]
+__all__ = ["global_smallest", "global_topk"]
 
 _DIGIT_BITS = 8
 _BINS = 1 << _DIGIT_BITS
+_MAX_KEY = (1 << 64) - 1
 
 
 def _keys(v: np.ndarray) -> np.ndarray:
@@ -32,10 +33,31 @@ def _keys(v: np.ndarray) -> np.ndarray:
     return keys
 
 
+def _signed_keys(v: np.ndarray) -> np.ndarray:
+    """Order-preserving uint64 keys of v itself (negative numbers below positive ones, -0.0 as
+    0.0); NaN ranks above every number."""
+    a = np.asarray(v, dtype=np.float64) + 0.0  # (-0.0 + 0.0 is 0.0)
+    bits = a.view(np.uint64)
+    keys = np.where(bits >> np.uint64(63), ~bits, bits | np.uint64(1 << 63))
+    keys[np.isnan(a)] = np.uint64(_MAX_KEY)
+    return keys
+
+
 def global_topk(comm: Comm, v_local: np.ndarray, k: int) -> np.ndarray:
     """Sorted local indices of this rank's share of the k largest |v| over all ranks (ties to
     the lower global index). 0 <= k <= the global length."""
-    keys = _keys(v_local)
+    return _select(comm, _keys(v_local), k)
+
+
+def global_smallest(comm: Comm, v_local: np.ndarray, k: int) -> np.ndarray:
+    """Sorted local indices of this rank's share of the k smallest v (signed) over all ranks,
+    ties to the lower global index (NaN last). 0 <= k <= the global length."""
+    return _select(comm, ~_signed_keys(v_local), k)
+
+
+def _select(comm: Comm, keys: np.ndarray, k: int) -> np.ndarray:
+    """Sorted local indices of this rank's share of the k largest uint64 ``keys`` over all
+    ranks, ties to the lower global index."""
     chosen = np.zeros(keys.size, dtype=bool)
     cand = np.arange(keys.size, dtype=np.int64)  # local candidates, ascending
     need = int(k)

@@ -12,6 +12,7 @@ small dense algebra is NumPy/CuPy LAPACK through the guarded solves of ``_linalg
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -76,12 +77,14 @@ def largest(prob: Any, v: Any, k: int) -> Any:
     return out
 
 
-def scoring_ridge(prob: Any) -> float:
+def scoring_ridge(prob: Any, scale: float | None = None) -> float:
     """The ridge of the n-space scores: the problem's, but at least 1e-6 times the mean
     curvature, so that tiny ridges score like ridge -> 0 instead of through the cancellation in
-    (1 - a^T K^-1 a) / ridge."""
-    h = prob.h
-    scale = float(h.mean()) if h.size else 0.0
+    (1 - a^T K^-1 a) / ridge. ``scale`` may pass the mean curvature (over column shards: of
+    the global problem); by default it is ``prob.h``'s."""
+    if scale is None:
+        h = prob.h
+        scale = float(h.mean()) if h.size else 0.0
     shift = _SCORE_SHIFT * scale if scale > 0 else 0.0
     if not shift > 0.0:  # all-zero (or underflowing) columns
         shift = prob.ridge if prob.ridge > 0 else _SCORE_SHIFT
@@ -178,32 +181,42 @@ def support_values(
     return z + wb, factored, gram
 
 
-def refined_values(prob: Any, support: Any, Kinv: Any) -> Any:
+def refined_values(
+    prob: Any, support: Any, Kinv: Any, *, product: Any = None, size: int | None = None
+) -> Any:
     """x_S on ``support`` from an approximate inverse of the problem's own n-space matrix
     K = ridge I + A_S A_S^T (|S| > n, ridge > 0), by iterative refinement against the exact
     operator (two support passes per step): y <- y + K^-1 (c - K y). Returns None when the
     residual does not fall below 1e-11 ||c|| within REFINE_STEPS steps (the inverse was not
-    close enough); the caller then solves from scratch."""
+    close enough); the caller then solves from scratch. Over column shards ``prob`` is the
+    rank's block, ``support`` its part of S, ``product(idx, x)`` the global A[:, idx] x (default
+    the kernels' support mat-vec) and ``size`` the global |S|."""
     A, kernels, xp, ridge = prob.A, prob.kernels, prob.xp, prob.ridge
-    m = support.size
+    m = support.size if size is None else size
     if not (ridge > 0 and m > prob.n and Kinv is not None):
         return None
+    if product is None:
+        product = partial(_matvec, prob)
     wb = xp.ascontiguousarray(prob.w_bar[support])
-    c = xp.empty(prob.n)
-    kernels.support_matvec(A, support, wb, c)
-    c = prob.b - c
+    c = prob.b - product(support, wb)
     scale = float(xp.linalg.norm(c))
     y = Kinv @ c
-    t = xp.empty(m)
-    Ky = xp.empty(prob.n)
+    t = xp.empty(support.size)
     for _ in range(REFINE_STEPS + 1):
-        kernels.support_rmatvec(A, support, y, t)
-        kernels.support_matvec(A, support, t, Ky)
-        res = c - Ky - ridge * y
+        if support.size:
+            kernels.support_rmatvec(A, support, y, t)
+        res = c - product(support, t) - ridge * y
         if float(xp.linalg.norm(res)) <= _REFINE_TOL * scale:
             return wb + t  # t = A_S^T y of the accepted y
         y += Kinv @ res
     return None
+
+
+def _matvec(prob: Any, idx: Any, x: Any) -> Any:
+    """A[:, idx] x (n,), the kernels' support mat-vec."""
+    out = prob.xp.empty(prob.n)
+    prob.kernels.support_matvec(prob.A, idx, x, out)
+    return out
 
 
 def _xp(x: Any) -> Any:

@@ -5,6 +5,11 @@ a_j a_j^T - a_i a_i^T and c = b - A_S w_bar_S by a_i w_bar_i - a_j w_bar_j, so f
 set of candidate columns V every pair is scored exactly from G = V^T K^{-1} V and
 q = V^T K^{-1} c (the backend's ``swap_scores``), and an applied swap updates G, q and K^{-1}
 by rank-2 formulas: no pass over A, no p x p or |S| x |S| matrix.
+
+What the search does over all of A's columns at once (counts, the screens' selections, the
+candidates' columns, K^{-1} of a support, the comparison of supports) goes through
+:class:`SwapColumns`; chita_core.distributed runs the same search over column shards with its
+sharded counterpart (docs/design.md, section 12.1).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 from .._point import Point
 from .nspace import columns, largest, scoring_ridge, support_kinv
 
-__all__ = ["SwapStats", "Swaps", "swap_search"]
+__all__ = ["SwapColumns", "SwapStats", "Swaps", "swap_search"]
 
 # Columns screened to enter and to leave per round.
 N_CANDIDATES = 128
@@ -35,6 +40,60 @@ class SwapStats:
     swaps: int = 0
     rounds: int = 0
     seconds: float = 0.0
+
+
+class SwapColumns:
+    """The operations of swap search on all of A's columns, for one process: ``prob`` is the
+    problem points are made on, ``local`` the one whose kernels read the columns held here (the
+    same problem). chita_core.distributed's ``ShardColumns`` implements them over column shards
+    (``local`` the rank's block, counts and sums over the ranks, global selections), so that
+    :func:`swap_search` runs unchanged on every rank."""
+
+    def __init__(self, prob: Any) -> None:
+        self.prob = self.local = prob
+
+    def count(self, m: int) -> int:
+        """The total of a count of local columns."""
+        return m
+
+    def total(self, x: float) -> float:
+        """The total of a sum over local columns."""
+        return x
+
+    def scoring_ridge(self) -> float:
+        return scoring_ridge(self.prob)
+
+    def largest(self, v: Any, k: int) -> Any:
+        """Sorted local indices of the k largest entries of a non-negative vector."""
+        return largest(self.prob, v, k)
+
+    def smallest(self, v: Any, k: int) -> Any:
+        """Local indices of the k smallest entries of v (any order)."""
+        return self.prob.xp.argpartition(v, k - 1)[:k]
+
+    def same_support(self, a: Any, b: Any) -> bool:
+        return bool(self.prob.xp.array_equal(a, b))
+
+    def kinv(self, S: Any, lam: float) -> Any:
+        """(lam I + A_S A_S^T)^{-1}."""
+        return support_kinv(self.prob, S, lam)
+
+    def candidates(self, entering: Any, leaving: Any) -> tuple[Any, Any, Any, int]:
+        """The candidates of a round: ``cols`` (what :meth:`owned` reads), their columns V
+        (n x c float64: the entering ones, then the leaving ones), their w_bar and the number
+        entering."""
+        cols = self.prob.xp.concatenate([entering, leaving])
+        V = columns(self.prob, cols)  # [n, n_in + m_out]
+        return cols, V, self.prob.xp.ascontiguousarray(self.prob.w_bar[cols]), entering.size
+
+    def owned(self, cols: Any, positions: list[int]) -> tuple[Any, Any]:
+        """The local column indices of the candidates at ``positions`` held here, and those
+        positions."""
+        pos = self.prob.xp.asarray(positions)
+        return cols[pos], pos
+
+    def check_round(self, s0: float, entered: list[int], left: list[int]) -> None:
+        """After a round's swaps (over shards: that every rank applied the same ones)."""
 
 
 @dataclass
@@ -58,18 +117,19 @@ class Swaps:
 
     def run(self, ctx: Any) -> None:
         self.done = None
+        ops = ctx.swap_columns(ctx.prob)
         if not self.from_iht:
             point, self.done = swap_search(
-                ctx.prob, ctx.best, max_swaps=self.max_swaps, max_rounds=self.max_rounds
+                ctx.prob, ctx.best, max_swaps=self.max_swaps, max_rounds=self.max_rounds, ops=ops
             )
             ctx.offer(f"swaps ({self.done.swaps} in {self.done.rounds} rounds)", point)
             return
         # A second basin: IHT's refit, where it beat the starts but a later stage beat it.
         origin = ctx.iht_point
-        if origin is None or bool(ctx.prob.xp.array_equal(origin.support, ctx.best.support)):
+        if origin is None or ctx.same_support(origin.support, ctx.best.support):
             return
         point, self.done = swap_search(
-            ctx.prob, origin, max_swaps=self.max_swaps, max_rounds=self.max_rounds
+            ctx.prob, origin, max_swaps=self.max_swaps, max_rounds=self.max_rounds, ops=ops
         )
         ctx.offer(
             f"local search from IHT's support ({self.done.swaps} swaps in "
@@ -91,6 +151,7 @@ def swap_search(
     max_swaps: int,
     n_candidates: int = N_CANDIDATES,
     max_rounds: int = 100,
+    ops: SwapColumns | None = None,
 ) -> tuple[Point, SwapStats]:
     """Swap local search from ``start``, the exact optimum on its support.
 
@@ -105,31 +166,36 @@ def swap_search(
     otherwise the search stops at the previous round. Returns (point, stats), never worse than
     the start; the start's ``kinv`` (lam I + A_S A_S^T)^{-1}, when it has one, is read (never
     modified) instead of forming the same Gram again.
+
+    ``ops`` (default ``SwapColumns(prob)``) does what reads or selects over all columns; over
+    column shards ``prob`` is the rank's shard, ``start`` a point with the rank's support and w
+    and the global r and f, and every rank runs this function with the same decisions.
     """
     t0 = time.perf_counter()
-    A, b, w_bar, ridge, kernels, xp = prob.A, prob.b, prob.w_bar, prob.ridge, prob.kernels, prob.xp
-    n, p = prob.n, prob.p
-    h = prob.h
-    k = start.support.size
+    ops = SwapColumns(prob) if ops is None else ops
+    local = ops.local  # the columns held here: vectors of length p, kernels
+    A, w_bar, ridge, kernels, xp = local.A, local.w_bar, local.ridge, local.kernels, local.xp
+    p = local.p
+    h = local.h
+    k = ops.count(start.support.size)
+    p_all = ops.count(p)
     stats = SwapStats()
     best = start
-    if k >= p or max_swaps <= 0:
+    if k >= p_all or max_swaps <= 0:
         stats.seconds = time.perf_counter() - t0
         return best, stats
-    lam = scoring_ridge(prob)
+    lam = ops.scoring_ridge()
     S, w, r = start.support.copy(), start.w, start.r
-    Kinv = start.inverse() if lam == prob.ridge else None
+    Kinv = start.inverse() if lam == ridge else None
     if Kinv is None:
-        Kinv = support_kinv(prob, S, lam)
-    c = xp.empty(n)
-    kernels.support_matvec(A, S, xp.ascontiguousarray(w_bar[S]), c)
-    c = b - c
+        Kinv = ops.kinv(S, lam)
+    c = -prob.residual(S, w_bar[S])  # b - A_S w_bar_S
     g = xp.empty(p)
     in_S = xp.zeros(p, dtype=bool)
     in_S[S] = True
-    m_in = int(min(n_candidates, p - k))  # columns screened to enter
+    m_in = int(min(n_candidates, p_all - k))  # columns screened to enter
     m_out = int(min(n_candidates, k))  # columns screened to leave
-    pool_size = int(min(p - k, POOL_FACTOR * m_in))
+    pool_size = int(min(p_all - k, POOL_FACTOR * m_in))
     pool = None  # outside columns ranked best by the last full gradient (sorted)
     since_full = 0
     # Where K^-1 is the problem's own (lam == ridge > 0), f on a support is the n-space value
@@ -146,7 +212,7 @@ def swap_search(
     while stats.swaps < max_swaps and stats.rounds < max_rounds:
         full = pool is None or since_full >= POOL_ROUNDS
         if full and unchecked:
-            point = _point_on(prob, S, Kinv @ c)
+            point = _point_on(ops, S, Kinv @ c)
             if not point.f < checked.f:
                 break  # drift: the rounds since the last check are dropped below
             checked, best, w, r, f_cur = point, point, point.w, point.r, point.f
@@ -156,29 +222,26 @@ def swap_search(
         if full:
             kernels.gradient(A, r, w, w_bar, ridge, g)
             outside = xp.flatnonzero(~in_S)
-            pool = outside[largest(prob, g[outside] ** 2 / (h[outside] + lam), pool_size)]
+            pool = outside[ops.largest(g[outside] ** 2 / (h[outside] + lam), pool_size)]
             g_pool, g_S = g[pool], g[S]
             since_full = 0
         else:
             pool = pool[~in_S[pool]]
-            g_pool = _support_gradient(prob, pool, r, w)
+            g_pool = _support_gradient(local, pool, r, w)
             g_S = None  # zero at the optimum on S, up to rounding
             since_full += 1
-        take = min(m_in, pool.size)
-        jn_cols = pool[largest(prob, g_pool**2 / (h[pool] + lam), take)] if take else pool[:0]
+        take = min(m_in, ops.count(pool.size))
+        jn_cols = pool[ops.largest(g_pool**2 / (h[pool] + lam), take)] if take else pool[:0]
         cost = w[S] ** 2 * (h[S] + lam)
         if g_S is not None:
             cost -= 2.0 * w[S] * g_S
-        io_cols = S[xp.argpartition(cost, m_out - 1)[:m_out]]
-        n_in = jn_cols.size
-        cols = xp.concatenate([jn_cols, io_cols])
-        V = columns(prob, cols)  # [n, n_in + m_out]
+        io_cols = S[ops.smallest(cost, m_out)]
+        cols, V, wv, n_in = ops.candidates(jn_cols, io_cols)
         Y = Kinv @ V
         G = xp.ascontiguousarray(V.T @ Y)
         e = Kinv @ c
         q = V.T @ e
         s0 = float(c @ e)
-        wv = xp.ascontiguousarray(w_bar[cols])
         free_j = np.ones(n_in, dtype=bool)  # host bookkeeping: scalars only cross over
         free_i = np.ones(m_out, dtype=bool)
         entered: list[int] = []
@@ -216,6 +279,7 @@ def swap_search(
             left.append(iv)
             free_j[jv] = False
             free_i[iv - n_in] = False
+        ops.check_round(s0, entered, left)
         if not corr_z:
             if full:
                 break  # no improving swap among the best candidates of a full screen
@@ -226,13 +290,16 @@ def swap_search(
         for t, Cinv in enumerate(corr_c):
             B[2 * t : 2 * t + 2, 2 * t : 2 * t + 2] = Cinv
         Kinv_new = Kinv - Z @ B @ Z.T
-        in_S[cols[xp.asarray(left)]] = False
-        in_S[cols[xp.asarray(entered)]] = True
+        out_idx, _ = ops.owned(cols, left)
+        in_idx, enter = ops.owned(cols, entered)
+        in_S[out_idx] = False
+        in_S[in_idx] = True
         S_new = xp.flatnonzero(in_S).astype(np.int64)
         e_new = Kinv_new @ c_new
         if nspace:
             wb = w_bar[S_new]
-            f_new = 0.5 * ridge * (float(c_new @ e_new) + max(prob.wbar_sq - float(wb @ wb), 0.0))
+            off = prob.wbar_sq - ops.total(float(wb @ wb))
+            f_new = 0.5 * ridge * (float(c_new @ e_new) + max(off, 0.0))
             if not f_new < f_cur:
                 in_S[S_new] = False  # rounding drift or a bad round: keep the last state
                 in_S[S] = True
@@ -240,13 +307,12 @@ def swap_search(
             # The screens of the next rounds: r = -ridge e at the optimum, and x of the
             # columns that moved (the others' x drift a little; they only rank candidates).
             w = w.copy()
-            w[cols[xp.asarray(left)]] = 0.0
-            enter = xp.asarray(entered)
-            w[cols[enter]] = wv[enter] + V[:, enter].T @ e_new
+            w[out_idx] = 0.0
+            w[in_idx] = wv[enter] + V[:, enter].T @ e_new
             Kinv, c, S, r, f_cur = Kinv_new, c_new, S_new, -ridge * e_new, f_new
             unchecked = True
         else:
-            point = _point_on(prob, S_new, e_new)
+            point = _point_on(ops, S_new, e_new)
             if not point.f < best.f:
                 in_S[S_new] = False  # rounding drift or a bad round: keep the last state
                 in_S[S] = True
@@ -256,14 +322,14 @@ def swap_search(
             swaps_checked = stats.swaps + len(corr_z)
         stats.swaps += len(corr_z)
     if unchecked:  # rounds since the last check: polished and checked now, else dropped
-        end = _polish(prob, checked, Point(S, w, r, f_cur), Kinv, lam, exact=False)
+        end = _polish(ops, checked, Point(S, w, r, f_cur), Kinv, lam, exact=False)
         if end.f < checked.f:
             best, swaps_checked = end, stats.swaps
         else:
             best = checked
         stats.swaps = swaps_checked
     elif stats.swaps:
-        best = _polish(prob, start, best, Kinv, lam)
+        best = _polish(ops, start, best, Kinv, lam)
     stats.seconds = time.perf_counter() - t0
     return best, stats
 
@@ -279,22 +345,24 @@ def _support_gradient(prob: Any, idx: Any, r: Any, w: Any) -> Any:
 
 
 def _polish(
-    prob: Any, start: Point, end: Point, Kinv: Any, lam: float, *, exact: bool = True
+    ops: SwapColumns, start: Point, end: Point, Kinv: Any, lam: float, *, exact: bool = True
 ) -> Point:
     """The exact optimum on the end support. The rank-2-updated inverse gives a point near it;
     where it is the inverse of the problem's own K (lam == ridge), the refit refines from it
     (support passes, no new Gram); otherwise (a scoring shift) it solves from scratch. ``exact``
     says whether ``end`` itself came from A (else only the refit is a candidate)."""
     S = end.support
-    if bool(prob.xp.array_equal(S, start.support)):  # a round trip: the start is exact there
+    if ops.same_support(S, start.support):  # a round trip: the start is exact there
         return start if start.f <= end.f or not exact else end
-    fit = prob.point(S, guess=Kinv if lam == prob.ridge else None)
+    fit = ops.prob.point(S, guess=Kinv if lam == ops.local.ridge else None)
     return fit if fit.f <= end.f or not exact else end
 
 
-def _point_on(prob: Any, S: Any, e: Any) -> Point:
+def _point_on(ops: SwapColumns, S: Any, e: Any) -> Point:
     """The point x_S = w_bar_S + A_S^T e, the optimum on S when e = K^-1 c (exact r and f)."""
-    x = prob.xp.empty(S.size)
-    prob.kernels.support_rmatvec(prob.A, S, e, x)
-    x += prob.w_bar[S]
-    return Point.at(prob, S, x)
+    local = ops.local
+    x = local.xp.empty(S.size)
+    if S.size:
+        local.kernels.support_rmatvec(local.A, S, e, x)
+    x += local.w_bar[S]
+    return Point.at(ops.prob, S, x)

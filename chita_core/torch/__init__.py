@@ -30,8 +30,10 @@ gradients at the pruned weights between stages. torch is an optional dependency
 The adapter's modules: ``_params`` (which parameters, tied weights, masks, writing back),
 ``_gradients`` (calibration samples and the per-sample gradient matrix A), ``_solve`` (A's
 column blocks as prepared problems and the ridge path), ``_prune`` (the stages of
-:func:`prune` and its report) and ``_layerwise`` (:func:`prune_layerwise`: layer by layer from
-calibration activations, through :func:`chita_core.prune_layer`).
+:func:`prune` and its report), ``_distributed`` (:func:`prune` with ``group=``: the samples
+split over the ranks of a process group, A over their columns) and ``_layerwise``
+(:func:`prune_layerwise`: layer by layer from calibration activations, through
+:func:`chita_core.prune_layer`).
 """
 
 from __future__ import annotations

@@ -215,10 +215,12 @@ def _gradient_matrix(
     chunk: int | None,
     progress: bool,
     a_dtype: torch.dtype | None = None,
+    total: int | None = None,
 ) -> torch.Tensor:
     """A = G / sqrt(n) with G[i] the gradient of sample i's loss w.r.t. the selected tensors
     (flattened, concatenated), as an (n, p) F-ordered tensor on the model's device, stored in
     ``a_dtype`` (default: the parameters' dtype; each chunk of gradients is rounded into it).
+    With ``total``, the samples' rows of a larger A: scaled by 1 / sqrt(total) instead.
 
     The gradients come from ``torch.func`` (vmap over grad, chunk by chunk) where the model
     can be traced so; a model that vmap cannot trace (data-dependent control flow, as Hugging
@@ -231,7 +233,7 @@ def _gradient_matrix(
     A = storage.t()  # (n, p), F order: column j contiguous
     if chunk is None:
         chunk = max(1, min(n, _CHUNK_BYTES // max(1, 3 * p * par0.element_size())))
-    scale = 1.0 / math.sqrt(n)
+    scale = 1.0 / math.sqrt(n if total is None else total)
 
     def store(i0: int, grads: Sequence[torch.Tensor], m: int) -> None:
         off = 0

@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -209,6 +210,7 @@ def prune(
     val_data: Iterable[Any] | None = None,
     a_dtype: Any = None,
     memory_limit: int | None = None,
+    group: Any = None,
     **solver_options: Any,
 ) -> PruneReport:
     """Prune ``model`` in place to ``sparsity`` with chita_core; returns a :class:`PruneReport`.
@@ -288,6 +290,23 @@ def prune(
         solver's O(p) vectors, the n x n algebra and the per-sample gradient chunk are planned
         against it before any work (``report.memory``), and what is left caps the solver's
         workspaces (greedy OBS's superset). Default: 85% of the device's free memory.
+    group : torch.distributed process group, optional
+        Prune on every rank of ``group`` (``torch.distributed.group.WORLD`` for all of them,
+        e.g. under torchrun), each rank calling ``prune`` with the same model and arguments and
+        its own ``data``: rank r computes the per-sample gradients of its n_r samples, an
+        all-to-all turns the rows into column shards (rank r ends with the gradients of all
+        n = sum n_r samples on its block of about p / ranks columns, never all of A), and the
+        solve runs over the shards (:mod:`chita_core.distributed`); every rank then writes the
+        same weights and masks. ``n_grads`` is the global n, split as evenly as possible over
+        the ranks in rank order (None: each rank takes up to its share of the planned default,
+        or all its data if it has fewer); the loss that chooses among the ridge candidates is
+        summed over the ranks' samples (or their ``val_data``). Not with ``stages > 1`` or
+        ``per_layer`` yet (NotImplementedError); ``method="chita"`` runs
+        :func:`chita_core.distributed.iht`, with ``init="magnitude"`` unless given (the only
+        start sharded yet) and its defaults otherwise: options it does not take yet raise
+        NotImplementedError on every rank before any gradient work. CPU models (gloo). The
+        arguments other than ``data`` / ``val_data`` and the model must be the same on every
+        rank (checked: a model that differs raises ShardError on every rank).
     **solver_options
         Passed to :func:`chita_core.iht` (``init``, ``swaps``, ``max_iter``, ...).
 
@@ -350,6 +369,15 @@ def prune(
     holders = _aliases(model)  # every (module, attribute) holding each selected tensor
     sizes = [par.numel() for *_, par in selected]
     p = sum(sizes)
+    if group is not None:  # samples split over the ranks, A over their columns
+        from ._distributed import prune_sharded
+
+        return prune_sharded(
+            model, loss_fn, data, selected, holders, group=group, sparsity=sparsity,
+            n_grads=n_grads, ridge=ridge, stages=stages, per_layer=per_layer, method=method,
+            backend=backend, progress=progress, chunk_size=chunk_size, val_data=val_data,
+            a_dtype=a_dtype, memory_limit=memory_limit, solver_options=solver_options,
+        )  # fmt: skip
 
     itemsize = (a_dtype or selected[0][3].dtype).itemsize
     memory = plan_memory(n_grads, p, itemsize, device, memory_limit)
@@ -372,20 +400,7 @@ def prune(
             t1 = time.perf_counter()
             k = max(1, round((1.0 - target) * p))
             blocks = _blocks(A, w_bar, k, sizes, target, per_layer, backend)
-            if ridge is not None or method == "magnitude":
-                ridges = [0.0 if ridge is None else ridge]
-            else:  # a short path of ridges; the real loss on the samples picks one
-                curvature = _mean_curvature(blocks, p)
-                # distinct ridges only: with zero curvature (all gradients zero, e.g. dead
-                # ReLUs everywhere) the path collapses to ridge 0
-                ridges = list(dict.fromkeys(scale * curvature for scale in RIDGE_SCALES))
-            # chita also weighs magnitude + backsolve at each ridge, so that on the real loss it
-            # is never worse than that baseline (the solver guarantees it on the quadratic).
-            # Ridge by ridge (the stage's problems hold one ridge's magnitude point at a time).
-            methods = [method]
-            if method == "chita" and ridge is None:
-                methods.append("magnitude+backsolve")
-            runs = [(lam, how) for lam in ridges for how in methods]
+            runs = _runs(method, ridge, partial(_mean_curvature, blocks, p))
             if len(targets) > 1 and not stage_reports and method != "magnitude":
                 # The schedule is a heuristic: the one-shot solve to the final target, on this
                 # first A (at the dense weights, no extra gradient pass), stays a candidate and
@@ -402,27 +417,131 @@ def prune(
             best, objectives = _choose(
                 model, loss_fn, held, selected, w_bar, blocks, runs, solver_options
             )
-            loss, lam, w, kept, f, results, how = best
-            if target == targets[-1] and one_shot is not None and one_shot[0] < loss:
-                loss, lam, w, kept, f, results, how = one_shot
-                how, k, objectives = f"one-shot {how}", one_shot_k, one_shot_objectives
-                chose_one_shot = True
+            how = best[-1]
+            if target == targets[-1] and one_shot is not None and one_shot[0] < best[0]:
+                best, k, objectives = one_shot, one_shot_k, one_shot_objectives
+                how, chose_one_shot = f"one-shot {best[-1]}", True
+            w, kept = best[2], best[3]
             _write_back(selected, w)
             t2 = time.perf_counter()
-            pair = objectives.get((lam, "chita")), objectives.get((lam, "magnitude+backsolve"))
-            gain = None if None in pair or pair[1] <= 0 else 1.0 - pair[0] / pair[1]
             stage_reports.append(
-                StageReport(
-                    target, k, f, lam, loss, how, t1 - t0, t2 - t1, results, k / samples.n, gain
-                )
+                _stage_report(target, k, best, how, objectives, t1 - t0, t2 - t1, samples.n)
             )
             # Nothing of this stage but its mask is held while the next one builds its A.
-            del A, blocks, best, w, results, w_bar
+            del A, blocks, best, w, w_bar
             bar.update(1)
     finally:
         bar.close()
     del one_shot
 
+    return _finish(
+        selected, holders, kept, stage_reports, samples.n, memory, method, chose_one_shot
+    )
+
+
+def _final_blocks(
+    blocks: list[Any], k_total: int, sizes: list[int], sparsity: float, per_layer: bool
+) -> list[Any]:
+    """The stage's problems with the k of another sparsity: the same prepared Problems (A, b and
+    the column norms do not depend on k) with fresh magnitude points."""
+    if not per_layer:
+        ks = [k_total]
+    else:
+        ks = [max(1, round((1.0 - sparsity) * size)) for size in sizes]
+    return [replace(blk, k=k, magnitude={}, shared=None) for blk, k in zip(blocks, ks, strict=True)]
+
+
+def _choose(
+    model: nn.Module,
+    loss_fn: Any,
+    held: Any,
+    selected: Any,
+    w_bar: torch.Tensor,
+    blocks: list[Any],
+    runs: list[tuple[float, str]],
+    solver_options: dict[str, Any],
+    solve: Callable[..., Any] | None = None,
+    mean_loss: Callable[..., float] | None = None,
+) -> tuple[tuple[Any, ...], dict[tuple[float, str], float]]:
+    """Solves every (ridge, method) of ``runs`` and keeps the one whose weights have the lowest
+    mean loss on ``held``: ((loss, ridge, w, kept, objective, results, method), objectives).
+    Leaves the model at the last solution tried (the caller writes back the one it keeps).
+    ``solve`` and ``mean_loss`` default to :func:`_solve` and :func:`_mean_loss` (the sharded
+    prune passes its own, with the same signatures)."""
+    solve = solve or _solve
+    mean_loss = mean_loss or _mean_loss
+    best = None
+    objectives = {}
+    for lam, how in runs:
+        w, kept, f, results = solve(w_bar, blocks, how, lam, solver_options)
+        objectives[lam, how] = f
+        _write_back(selected, w)
+        loss = mean_loss(model, loss_fn, held)
+        if best is None or loss < best[0]:
+            best = (loss, lam, w, kept, f, results, how)
+        # A candidate not kept is dropped before the next solve (its w, mask and the solver's
+        # result: 13 to 17 bytes per weight).
+        del w, kept, results
+    assert best is not None
+    return best, objectives
+
+
+def _runs(
+    method: str, ridge: float | None, curvature: Callable[[], float]
+) -> list[tuple[float, str]]:
+    """The (ridge, method) candidates of a stage: ``ridge``, or with ``ridge=None`` a short path
+    of ridges (``RIDGE_SCALES`` x ``curvature()``, the mean curvature of one weight) whose real
+    loss on the samples picks one; magnitude needs no ridge."""
+    if ridge is not None or method == "magnitude":
+        ridges = [0.0 if ridge is None else ridge]
+    else:
+        # distinct ridges only: with zero curvature (all gradients zero, e.g. dead ReLUs
+        # everywhere) the path collapses to ridge 0
+        c = curvature()
+        ridges = list(dict.fromkeys(scale * c for scale in RIDGE_SCALES))
+    # chita also weighs magnitude + backsolve at each ridge, so that on the real loss it is
+    # never worse than that baseline (the solver guarantees it on the quadratic). Ridge by ridge
+    # (the stage's problems hold one ridge's magnitude point at a time).
+    methods = [method]
+    if method == "chita" and ridge is None:
+        methods.append("magnitude+backsolve")
+    return [(lam, how) for lam in ridges for how in methods]
+
+
+def _stage_report(
+    target: float,
+    k: int,
+    best: tuple[Any, ...],
+    how: str,
+    objectives: dict[tuple[float, str], float],
+    grad_seconds: float,
+    solve_seconds: float,
+    n: int,
+) -> StageReport:
+    """The report of a stage whose kept candidate is ``best`` (as :func:`_choose` returns it)
+    and ``how`` its label, from n gradient samples."""
+    loss, lam, _, _, f, results, _ = best
+    pair = objectives.get((lam, "chita")), objectives.get((lam, "magnitude+backsolve"))
+    gain = None if None in pair or pair[1] <= 0 else 1.0 - pair[0] / pair[1]
+    return StageReport(
+        target, k, f, lam, loss, how, grad_seconds, solve_seconds, results, k / n, gain
+    )
+
+
+def _finish(
+    selected: Any,
+    holders: dict[int, list[tuple[str, nn.Module, str]]],
+    kept: torch.Tensor,
+    stage_reports: list[StageReport],
+    n: int,
+    memory: MemoryPlan | None,
+    method: str,
+    one_shot: bool,
+    stacklevel: int = 3,
+) -> PruneReport:
+    """Registers the masks ``kept`` (the pruned weights are in the model) and returns the
+    report, warning when the last degenerate stage's k >> n (``stacklevel``: prune's caller)."""
+    p = kept.numel()
     tensors: dict[str, tuple[float, int]] = {}
     zeros_total = 0
     off = 0
@@ -454,62 +573,21 @@ def prune(
         )
         warnings.warn(
             f"chita_core.torch.prune: k = {s.k:,} kept weights is {s.k_over_n:.0f}x n_grads = "
-            f"{samples.n:,}: the quadratic model is close to degenerate (every support of n or "
+            f"{n:,}: the quadratic model is close to degenerate (every support of n or "
             "more weights fits the gradient samples, the objective is mostly the ridge term, and "
             f"magnitude + backsolve is near optimal{bought}). More samples make the model "
             "informative: raise n_grads (a_dtype=torch.bfloat16 halves A's memory)",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     return PruneReport(
         sparsity=zeros_total / p,
         tensors=tensors,
         stages=stage_reports,
-        n_grads=samples.n,
+        n_grads=n,
         memory=memory,
         method=method,
         grad_seconds=sum(s.grad_seconds for s in stage_reports),
         solve_seconds=sum(s.solve_seconds for s in stage_reports),
-        one_shot=chose_one_shot,
+        one_shot=one_shot,
     )
-
-
-def _final_blocks(
-    blocks: list[Any], k_total: int, sizes: list[int], sparsity: float, per_layer: bool
-) -> list[Any]:
-    """The stage's problems with the k of another sparsity: the same prepared Problems (A, b and
-    the column norms do not depend on k) with fresh magnitude points."""
-    if not per_layer:
-        ks = [k_total]
-    else:
-        ks = [max(1, round((1.0 - sparsity) * size)) for size in sizes]
-    return [replace(blk, k=k, magnitude={}, shared=None) for blk, k in zip(blocks, ks, strict=True)]
-
-
-def _choose(
-    model: nn.Module,
-    loss_fn: Any,
-    held: Any,
-    selected: Any,
-    w_bar: torch.Tensor,
-    blocks: list[Any],
-    runs: list[tuple[float, str]],
-    solver_options: dict[str, Any],
-) -> tuple[tuple[Any, ...], dict[tuple[float, str], float]]:
-    """Solves every (ridge, method) of ``runs`` and keeps the one whose weights have the lowest
-    mean loss on ``held``: ((loss, ridge, w, kept, objective, results, method), objectives).
-    Leaves the model at the last solution tried (the caller writes back the one it keeps)."""
-    best = None
-    objectives = {}
-    for lam, how in runs:
-        w, kept, f, results = _solve(w_bar, blocks, how, lam, solver_options)
-        objectives[lam, how] = f
-        _write_back(selected, w)
-        loss = _mean_loss(model, loss_fn, held)
-        if best is None or loss < best[0]:
-            best = (loss, lam, w, kept, f, results, how)
-        # A candidate not kept is dropped before the next solve (its w, mask and the solver's
-        # result: 13 to 17 bytes per weight).
-        del w, kept, results
-    assert best is not None
-    return best, objectives

@@ -1,0 +1,358 @@
+"""chita_core.torch.prune(..., group=): the samples split over the ranks of a process group, A
+over their columns (docs/design.md, section 12.2).
+
+On every rank r of R, each calling ``prune`` with the same model and arguments and its own data:
+
+1. agreement: the arguments, and the model (a digest of every parameter and buffer, gathered),
+   so that a mismatch raises on every rank instead of leaving the others in a collective;
+2. rank r draws its n_r samples (``n_grads`` split as evenly as possible in rank order) and
+   computes their per-sample gradients with the single-process code: its rows of A (n_r x p, F
+   order, scaled by 1 / sqrt(n) with the global n = sum n_r);
+3. an all-to-all (``torch.distributed.all_to_all_single``, gloo and NCCL) turns the rows into
+   column blocks: rank r ends with A_local = the rows of all n samples (rank order) on its
+   columns ``edges[r]:edges[r + 1]`` (p split as evenly as possible, in parameter order), in
+   rounds that move at most about CHUNK_BYTES each; its rows are then dropped;
+4. the solve runs over the shards through :mod:`chita_core.distributed` (b = A w_bar is a
+   reduction of the ranks' partial products), each candidate of the ridge path judged by the
+   loss on the samples summed over the ranks, so every rank keeps the same one;
+5. every rank gathers the solution's slices and masks (p numbers, as the model holds anyway)
+   and writes back the same weights and masks as the single-process prune.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .. import distributed
+from .._problem import Problem
+from ..distributed import ShardError
+from ..distributed._comm import Comm
+from ._gradients import _draw, _gradient_matrix
+from ._memory import CHUNK_BYTES, DEFAULT_SHARE, available_bytes, plan_memory
+from ._params import _write_back
+from ._prune import (
+    _METHODS,
+    PruneReport,
+    _choose,
+    _finish,
+    _mean_loss,
+    _runs,
+    _stage_report,
+)
+from ._solve import _matvec64
+
+#: distributed.iht options that prune(group=) sets unless given (its other options keep
+#: distributed.iht's defaults): the only start built over shards yet. init="auto" (iht's
+#: default) may plan greedy OBS, which is not.
+SHARDED_DEFAULTS: dict[str, Any] = {"init": "magnitude"}
+#: Arguments of distributed.iht that the adapter sets itself.
+_SET_HERE = ("A_local", "b", "k", "ridge", "w_bar", "group", "backend")
+
+
+def prune_sharded(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    selected: Any,
+    holders: Any,
+    *,
+    group: Any,
+    sparsity: float,
+    n_grads: int | None,
+    ridge: float | None,
+    stages: int,
+    per_layer: bool,
+    method: str,
+    backend: str,
+    progress: bool,
+    chunk_size: int | None,
+    val_data: Any,
+    a_dtype: torch.dtype | None,
+    memory_limit: int | None,
+    solver_options: dict[str, Any],
+) -> PruneReport:
+    """:func:`chita_core.torch.prune` on every rank of ``group`` (its arguments checked by
+    ``prune``; see the module's docstring)."""
+    comm = Comm(group)
+    par0 = selected[0][3]
+    p = sum(par.numel() for *_, par in selected)
+    itemsize = (a_dtype or par0.dtype).itemsize
+    settings = [sparsity, np.nan if ridge is None else ridge, stages, per_layer,
+                _METHODS.index(method), n_grads or -1, p, itemsize]  # fmt: skip
+    comm.same(np.asarray(settings, dtype=np.float64),
+              "prune's arguments (sparsity, ridge, stages, per_layer, method, n_grads, the "
+              "selected tensors' sizes, a_dtype)")  # fmt: skip
+    if stages > 1 or per_layer:
+        raise NotImplementedError(
+            f"chita_core.torch.prune: `stages`={stages} and `per_layer`={per_layer} with "
+            "`group`: only one global stage (stages=1, per_layer=False) is sharded yet"
+        )
+    if par0.device.type != "cpu":
+        raise NotImplementedError(
+            "chita_core.torch.prune with `group`: the sharded solver works on host arrays, so "
+            f"the model must be on the CPU (over gloo); it is on {par0.device}"
+        )
+    _same_model(comm, model)
+    options = _sharded_options(comm, method, solver_options, backend)
+    memory, share = _plan(comm, n_grads, p, itemsize, par0.device, memory_limit)
+    error = samples = held = None
+    try:
+        samples = _draw(data, share, par0.device, exact=n_grads is not None)
+        held = samples if val_data is None else _draw(val_data, None, par0.device, "val_data")
+    except (TypeError, ValueError) as exc:
+        error = exc
+    comm.agree(error)
+    counts = comm.gather(np.asarray([samples.n], dtype=np.int64))[:, 0]
+    n = int(counts.sum())
+    if n < memory.n_grads:  # the data had fewer (n_grads=None): the plan for those
+        memory = plan_memory(n, _entries(p, comm.size), itemsize, par0.device, memory.limit)
+
+    t0 = time.perf_counter()
+    try:
+        rows = _gradient_matrix(model, loss_fn, samples, selected, chunk_size,
+                                progress and comm.rank == 0, a_dtype, total=n)  # fmt: skip
+    except Exception as exc:  # (agreed: every rank raises, none waits in the all-to-all)
+        error = exc
+    comm.agree(error)
+    edges = column_edges(p, comm.size)
+    A_local = to_columns(comm, rows, counts, edges)
+    del rows
+    w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
+    k = max(1, round((1.0 - sparsity) * p))
+    stage = _Stage.build(comm, A_local, w_bar, edges, k, backend, options)
+    t1 = time.perf_counter()
+    runs = _runs(method, ridge, stage.curvature)
+    best, objectives = _choose(model, loss_fn, held, selected, w_bar, [stage], runs, options,
+                               solve=stage.solve, mean_loss=stage.mean_loss)  # fmt: skip
+    _write_back(selected, best[2])
+    report = _stage_report(sparsity, k, best, best[-1], objectives, t1 - t0,
+                           time.perf_counter() - t1, n)  # fmt: skip
+    return _finish(selected, holders, best[3], [report], n, memory, method, False, stacklevel=4)
+
+
+def column_edges(p: int, ranks: int) -> np.ndarray:
+    """[ranks + 1] bounds of the ranks' column blocks: p split as evenly as possible (the first
+    p % ranks blocks one column longer), in rank order."""
+    r = np.arange(ranks + 1, dtype=np.int64)
+    return r * (p // ranks) + np.minimum(r, p % ranks)
+
+
+def _entries(p: int, ranks: int) -> int:
+    """Entries of A that one sample costs a rank, at most: its gradient row (p, on the rank that
+    has the sample, n / ranks samples each) and the rank's column block (p / ranks): 2 p / ranks
+    on average, the plan's "weights" per sample."""
+    return -(-2 * p // ranks)
+
+
+def _plan(
+    comm: Comm,
+    n_grads: int | None,
+    p: int,
+    itemsize: int,
+    device: torch.device,
+    memory_limit: int | None,
+) -> tuple[Any, int]:
+    """(the memory plan, this rank's sample count): the single-process plan with a sample
+    costing :func:`_entries` per rank, within the smallest rank's limit (so the plan is the same
+    on every rank), and the planned n split as evenly as possible in rank order."""
+    limit = memory_limit
+    if limit is None:
+        limit = int(DEFAULT_SHARE * available_bytes(device))
+    limit = int(comm.gather(np.asarray([limit], dtype=np.int64)).min())
+    entries = _entries(p, comm.size)
+    try:
+        memory = plan_memory(n_grads, entries, itemsize, device, limit)
+    except ValueError as exc:  # the same on every rank (the same inputs)
+        raise ValueError(
+            f"with `group`, per rank, where one sample costs {entries:,} entries of A (its "
+            f"gradient row on the rank that has it and the rank's column block): {exc}"
+        ) from None
+    n = memory.n_grads
+    if n < comm.size:
+        raise ValueError(
+            f"`n_grads`={n} with `group` of {comm.size} ranks: every rank needs a sample"
+        )
+    return memory, n // comm.size + int(comm.rank < n % comm.size)
+
+
+def to_columns(
+    comm: Comm, rows: torch.Tensor, counts: np.ndarray, edges: np.ndarray
+) -> torch.Tensor:
+    """This rank's column block of A (n x p_r, F order: rank 0's rows first) from every rank's
+    rows (``rows``: this rank's counts[rank] x p, F order), by all-to-all rounds.
+
+    In F order the rows' entries of a column range are contiguous, so a rank sends each other
+    rank one contiguous piece per round and places what it receives (the piece of each rank's
+    rows on its columns) into its block. The rounds split every block alike (the same count on
+    every rank), each moving at most about CHUNK_BYTES into and out of a rank."""
+    size, rank, item = comm.size, comm.rank, rows.element_size()
+    src = rows.t()  # (p, n_r), C order
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    n, widths = int(starts[-1]), np.diff(edges)
+    moved = max(int(widths.sum()) * int(counts.max()), int(widths.max()) * n) * item
+    rounds = max(1, -(-moved // CHUNK_BYTES))
+
+    def cut(q: int, t: int) -> int:  # round t of rank q's block starts at this column
+        return int(edges[q] + widths[q] * t // rounds)
+
+    out = torch.empty((int(widths[rank]), n), dtype=rows.dtype, device=rows.device)
+    for t in range(rounds):
+        pieces = [src[cut(q, t) : cut(q, t + 1)].reshape(-1) for q in range(size)]
+        send = torch.cat(pieces).view(torch.uint8)
+        c0, c1 = cut(rank, t), cut(rank, t + 1)
+        sizes_in = [(c1 - c0) * int(m) * item for m in counts]
+        recv = torch.empty(sum(sizes_in), dtype=torch.uint8, device=rows.device)
+        dist.all_to_all_single(recv, send, sizes_in, [x.numel() * item for x in pieces],
+                               group=comm.group)  # fmt: skip
+        comm.stats.calls += 1
+        comm.stats.bytes += send.numel()
+        for s, piece in enumerate(recv.split(sizes_in)):
+            block = piece.view(rows.dtype).view(c1 - c0, int(counts[s]))
+            out[c0 - edges[rank] : c1 - edges[rank], starts[s] : starts[s + 1]] = block
+        del pieces, send, recv
+    return out.t()
+
+
+@dataclass
+class _Stage:
+    """The stage's global problem over the ranks' column blocks (this rank's ``A``, ``w_bar``
+    slice, columns ``lo:lo + A.shape[1]``, the same b on every rank), with the ``solve`` and
+    ``mean_loss`` that :func:`chita_core.torch._prune._choose` calls: the single-process ones'
+    signatures and results (the whole w and mask, gathered, the same on every rank)."""
+
+    comm: Comm
+    A: torch.Tensor
+    b: torch.Tensor
+    w_bar: torch.Tensor
+    lo: int
+    k: int
+    backend: str
+    p: int  #: columns over all ranks
+    h_total: float  #: sum over all columns of ||A[:, j]||^2
+    magnitude: np.ndarray | None = None  #: local support of the k largest |w_bar|
+
+    @classmethod
+    def build(
+        cls,
+        comm: Comm,
+        A: torch.Tensor,
+        w_bar: torch.Tensor,
+        edges: np.ndarray,
+        k: int,
+        backend: str,
+        options: dict[str, Any],
+    ) -> _Stage:
+        """b = A w_bar (the ranks' float64 partials added in rank order, then stored as the
+        single-process b is) and the column norms, from one validated local Problem."""
+        lo, hi = int(edges[comm.rank]), int(edges[comm.rank + 1])
+        wbs = w_bar[lo:hi]
+        b = torch.from_numpy(comm.total(_matvec64(A, wbs).cpu().numpy()))
+        b = b.to(torch.float32 if A.dtype in (torch.bfloat16, torch.float16) else A.dtype)
+        error = h = None
+        try:
+            h = float(Problem(A, b, w_bar=wbs, backend=backend).h.sum())
+        except (TypeError, ValueError) as exc:
+            error = exc
+        comm.agree(error)
+        if "w0" in options:  # the rank's slice of a whole start
+            options["w0"] = options["w0"][lo:hi]
+        return cls(comm, A, b, wbs, lo, k, backend, int(edges[-1]), comm.total(h))
+
+    def curvature(self) -> float:
+        """The mean squared column norm of A (the ridge path's unit)."""
+        return self.h_total / self.p
+
+    def solve(
+        self, w_bar: torch.Tensor, _: Any, how: str, ridge: float, options: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, float, list[Any]]:
+        """_solve's (w, kept, objective, results) for ``how`` at ``ridge``, over the shards."""
+        common = {"ridge": ridge, "w_bar": self.w_bar, "group": self.comm.group,
+                  "backend": self.backend}  # fmt: skip
+        results = []
+        if how == "chita":
+            res = distributed.iht(self.A, self.b, self.k, **common, **options)
+            w, support, f = res.w, res.support, res.objective
+            results.append(replace(res, w=None, support=None))
+        else:
+            if self.magnitude is None:  # the same support at every ridge
+                self.magnitude = distributed.topk(self.w_bar.double().numpy(), self.k,
+                                                  group=self.comm.group)  # fmt: skip
+            support = self.magnitude
+            if how == "magnitude":
+                w = torch.zeros_like(self.w_bar)
+                idx = torch.from_numpy(support)
+                w[idx] = self.w_bar[idx]
+            else:
+                w = distributed.backsolve(self.A, self.b, support, **common)
+            f = distributed.objective(self.A, self.b, w, **common)
+        local = torch.as_tensor(w).double().numpy()
+        mask = np.zeros(local.size, dtype=np.uint8)
+        mask[np.asarray(support, dtype=np.int64)] = 1
+        whole = np.concatenate(self.comm.gather_ragged(local))
+        kept = np.concatenate(self.comm.gather_ragged(mask)).astype(bool)
+        w_all = torch.from_numpy(whole).to(dtype=w_bar.dtype, device=w_bar.device)
+        return w_all, torch.from_numpy(kept).to(w_bar.device), f, results
+
+    def mean_loss(self, model: nn.Module, loss_fn: Any, held: Any) -> float:
+        """The mean loss over every rank's samples (the sums added in rank order: the same on
+        every rank, so every rank keeps the same candidate)."""
+        total, count = self.comm.total([_mean_loss(model, loss_fn, held) * held.n, held.n])
+        return float(total / count)
+
+
+def _same_model(comm: Comm, model: nn.Module) -> None:
+    """ShardError on every rank unless every rank's model holds the same parameters and
+    buffers, bit for bit: a 16-byte digest of each (name, shape, dtype and bytes), gathered."""
+    names, digests = [], []
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        digest = hashlib.blake2b(f"{name} {tuple(t.shape)} {t.dtype}".encode(), digest_size=16)
+        digest.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
+        names.append(name)
+        digests.append(np.frombuffer(digest.digest(), dtype=np.int64))
+    comm.same(np.asarray([len(names)], dtype=np.int64),
+              "the model (its number of parameters and buffers)")  # fmt: skip
+    every = comm.gather(np.asarray(digests, dtype=np.int64).reshape(len(names), 2))
+    differ = [r for r in range(comm.size) if not np.array_equal(every[r], every[0])]
+    if differ:
+        first = int(np.flatnonzero((every[differ[0]] != every[0]).any(axis=1))[0])
+        raise ShardError(
+            f"the model must be the same on every rank (the same parameters and buffers): "
+            f"{names[first]} on rank {differ[0]} differs from rank 0's (ranks differing: "
+            f"{differ}); load the same weights on every rank (e.g. broadcast rank 0's "
+            "state_dict) before prune"
+        )
+
+
+def _sharded_options(
+    comm: Comm, method: str, options: dict[str, Any], backend: str
+) -> dict[str, Any]:
+    """The options of chita_core.distributed.iht for ``method="chita"``: SHARDED_DEFAULTS
+    under the caller's, refused before any gradient work where the sharded solver does not take
+    them (NotImplementedError on every rank: a dry run on one column per rank)."""
+    if method != "chita":
+        return {}  # (the other methods take no solver option, as in one process)
+    taken = set(inspect.signature(distributed.iht).parameters) - set(_SET_HERE)
+    missing = sorted(set(options) - taken)
+    if missing:
+        raise NotImplementedError(
+            f"chita_core.torch.prune with `group`: solver option(s) {', '.join(missing)} are "
+            f"not supported over shards yet (chita_core.distributed.iht takes "
+            f"{', '.join(sorted(taken))})"
+        )
+    options = {**SHARDED_DEFAULTS, **options}
+    dry = {name: value for name, value in options.items() if name != "w0"}
+    try:
+        distributed.iht(np.ones((1, 1)), np.ones(1), 1, group=comm.group, backend=backend, **dry)
+    except NotImplementedError as exc:
+        raise NotImplementedError(f"chita_core.torch.prune with `group`: {exc}") from None
+    return options

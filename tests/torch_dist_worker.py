@@ -1,0 +1,141 @@
+"""One rank of a chita_core.torch.prune(..., group=) test (run by tests/test_torch_distributed.py
+as a process).
+
+``torchrun --nproc-per-node WORLD tests/torch_dist_worker.py CASE OUT``: joins the gloo group
+torchrun sets up, builds the seeded model (the same on every rank) and its own samples, runs the
+case and writes what it computed, or the exception it raised, to OUT/rank{RANK}.npz.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import numpy as np
+import torch
+from torch import nn
+
+LOSS = nn.CrossEntropyLoss()
+POOL = 200  # samples in the seeded pool the ranks' data come from
+
+#: The sharded prunes compared with the single-process one, key: (samples each rank's data
+#: holds, by world size; prune's arguments). Uneven data with n_grads=None: each rank takes all
+#: of its samples; n_grads=61 splits 31 + 30 or 21 + 20 + 20. Sparsity 0.7 keeps k = 67 > n
+#: (the backsolve's Gram), 0.9 k = 22 < n (the gathered columns).
+CASES = {
+    "backsolve_path": ({2: [13, 47], 3: [13, 29, 22]},
+                       {"method": "magnitude+backsolve", "sparsity": 0.7}),
+    "chita_fixed": ({2: [40, 40], 3: [30, 30, 30]},
+                    {"method": "chita", "sparsity": 0.9, "n_grads": 61, "ridge": 0.05,
+                     "init": "magnitude", "swaps": False}),
+    "chita_path": ({2: [13, 47], 3: [13, 29, 22]},
+                   {"method": "chita", "sparsity": 0.7, "init": "magnitude", "swaps": False}),
+    "magnitude": ({2: [20, 30], 3: [10, 20, 30]}, {"method": "magnitude", "sparsity": 0.5}),
+}  # fmt: skip
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 4))
+
+
+def rank_data(sizes: list[int], rank: int, batch: int = 16) -> list[tuple]:
+    """Rank ``rank``'s samples: its run of the seeded pool (ranks in order), in batches."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(POOL, 10, generator=g)
+    y = torch.randint(0, 4, (POOL,), generator=g)
+    lo = sum(sizes[:rank])
+    X, y = X[lo : lo + sizes[rank]], y[lo : lo + sizes[rank]]
+    return [(X[i : i + batch], y[i : i + batch]) for i in range(0, len(X), batch)]
+
+
+def pruned(net: nn.Module) -> dict:
+    """The pruned weights and masks of the two Linear layers, flattened."""
+    return {
+        "w": torch.cat([net[i].weight.detach().reshape(-1) for i in (0, 2)]).numpy(),
+        "mask": torch.cat([net[i].weight_mask.reshape(-1) for i in (0, 2)]).numpy(),
+    }
+
+
+def run(case: str, rank: int, world: int) -> dict:
+    import torch.distributed as dist
+
+    import chita_core.torch as ct
+    import chita_core.torch._distributed as cdt
+    from chita_core.distributed import ShardError
+
+    group = dist.group.WORLD
+    out: dict = {}
+    if case == "prune":
+        for key, (sizes, args) in CASES.items():
+            net = model()
+            rep = ct.prune(net, LOSS, rank_data(sizes[world], rank), progress=False,
+                           group=group, **args)  # fmt: skip
+            s = rep.stages[0]
+            for name, value in pruned(net).items():
+                out[f"{name}_{key}"] = value
+            out[f"rep_{key}"] = np.asarray([rep.sparsity, rep.n_grads, s.k, s.objective,
+                                            s.ridge, s.loss])  # fmt: skip
+            out[f"chosen_{key}"] = np.asarray(s.chosen)
+        return out
+    if case == "exchange":
+        # The rows of each rank, turned into column blocks in many small rounds.
+        from chita_core.distributed._comm import Comm
+        from chita_core.torch._gradients import _draw, _gradient_matrix
+
+        sizes = [7, 12, 5][:world]
+        net = model()
+        selected = [(f"{i}.weight", net[i], "weight", net[i].weight) for i in (0, 2)]
+        samples = _draw(rank_data(sizes, rank), None, torch.device("cpu"))
+        n = sum(sizes)
+        rows = _gradient_matrix(net, LOSS, samples, selected, None, False, total=n)
+        comm = Comm(group)
+        edges = cdt.column_edges(224, world)
+        cdt.CHUNK_BYTES = 600  # a few columns a round
+        A_local = cdt.to_columns(comm, rows, np.asarray(sizes), edges)
+        out["A_local"], out["calls"] = A_local.numpy(), np.asarray(comm.stats.calls)
+        out["f_order"] = np.asarray(A_local.t().is_contiguous())
+        return out
+    if case == "differ":
+        net = model()
+        if rank == world - 1:
+            with torch.no_grad():
+                net[2].weight[1, 3] += 1e-6
+        ct.prune(net, LOSS, rank_data([30] * world, rank), 0.5, progress=False, group=group)
+        return out
+    if case == "unbuilt":
+        for key, args in {"stages": {"stages": 2}, "per_layer": {"per_layer": True},
+                          "init": {"init": "greedy"}, "callback": {"callback": print},
+                          "verbose": {"verbose": True}}.items():  # fmt: skip
+            try:
+                ct.prune(model(), LOSS, rank_data([30] * world, rank), 0.5, progress=False,
+                         group=group, **args)  # fmt: skip
+            except NotImplementedError as exc:
+                out[f"unbuilt_{key}"] = np.asarray(str(exc))
+        # Rank 0's data has 30 samples, one fewer than its share of n_grads: raised everywhere.
+        try:
+            ct.prune(model(), LOSS, rank_data([30] * world, rank), 0.5, n_grads=30 * world + 1,
+                     progress=False, group=group)  # fmt: skip
+        except ShardError as exc:
+            out["few"] = np.asarray(str(exc))
+        return out
+    raise ValueError(f"unknown case {case!r}")
+
+
+def main() -> None:
+    import torch.distributed as dist
+
+    case, out = sys.argv[1:3]
+    dist.init_process_group("gloo")  # the rendezvous torchrun set up (env://)
+    rank = dist.get_rank()
+    try:
+        result = {**run(case, rank, dist.get_world_size()), "error": np.asarray("")}
+    except Exception as exc:  # reported to the test, which checks the type and message
+        traceback.print_exc()
+        result = {"error": np.asarray(f"{type(exc).__name__}: {exc}")}
+    np.savez(f"{out}/rank{rank}.npz", **result)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
