@@ -28,7 +28,13 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from ._point import Point
-from .stages.greedy import GreedyOBS, greedy_cost, greedy_screen_size, workspace_itemsize
+from .stages.greedy import (
+    GreedyColumns,
+    GreedyOBS,
+    greedy_cost,
+    greedy_screen_size,
+    workspace_itemsize,
+)
 from .stages.iht import IHT, active_set_iht, plain_iht
 from .stages.nspace import REFINE_STEPS, largest
 from .stages.starts import EXHAUSTIVE_MAX_P, EXHAUSTIVE_MAX_SUPPORTS, OBS, Exhaustive, Magnitude
@@ -507,9 +513,9 @@ def _greedy_size(model: CostModel, k: int, seconds: float, known: int = 0) -> in
 class Context:
     """What the stages share: the problem, k, the start vector and the best point so far, and
     the operations on the problem's columns that the stages take from it rather than from the
-    kernels (``largest``, ``same_support``, ``iht_drivers``, ``swap_columns``), so that a
-    context over column shards (chita_core.distributed) runs the same stages on the global
-    problem."""
+    kernels (``largest``, ``same_support``, ``iht_drivers``, ``swap_columns``,
+    ``greedy_columns``), so that a context over column shards (chita_core.distributed) runs the
+    same stages on the global problem."""
 
     prob: Any
     k: int
@@ -530,6 +536,8 @@ class Context:
     iht_drivers = (plain_iht, active_set_iht)
     #: Swap search's operations over all columns (stages/swaps.py), built on the problem.
     swap_columns = SwapColumns
+    #: Greedy OBS's operations over all columns (stages/greedy.py), built on the problem.
+    greedy_columns = GreedyColumns
 
     def largest(self, v: Any, k: int) -> Any:
         """Sorted indices of the k largest |v| (the kernels' topk: ties to the lower index)."""

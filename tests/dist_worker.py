@@ -69,8 +69,6 @@ PIPELINE_CASES = {
 }
 # On the problem with a zero block: rank 0 owns no support column.
 PIPELINE_ZERO = {"mz": (0.3, 10, True, {})}
-# Options not sharded yet with refine=True: NotImplementedError on every rank.
-UNBUILT = {"auto": {}, "greedy": {"init": "greedy", "swaps": False}}
 # The pipeline with swap search (init="magnitude", swaps as given), as PIPELINE_CASES. In the
 # single process: both searches (from the best point and from IHT's refit) run and swap, with
 # a scoring shift (ridge 0, k < n: s1, where the scores are as sensitive as K^-1 is to
@@ -89,23 +87,69 @@ SWAP_CASES = {
     ),
 }  # fmt: skip
 
+# Greedy OBS and the other starts (init="greedy", "auto", "obs", "obs_multistep"), as
+# PIPELINE_CASES, the third dict's cases on a tiny problem (tiny_problem). In the single process:
+# greedy OBS with ridge 0 and k < n (g1: a superset of 2n = 80 columns, T = K^-1 A_S from 40
+# survivors on), ridge > 0 and k > n (g2: the carried K^-1 refines the refit), a superset of
+# every column with ridge 0 and k > n (g4), rank 0 owning no superset column (gz: its block
+# zero, ranked last by magnitude and OBD); the whole default pipeline after it (g3: auto, both
+# swap searches), a superset capped by memory_limit (g5: 50 columns) and by the budget (g6:
+# auto, effort 0.01: 79 columns); one-shot OBS (o1), multistep OBS (o2: with the Gram
+# downdated between steps), auto planning multistep OBS where greedy OBS does not fit (o3:
+# effort 1e-3); enumeration (e1: auto, p = 24, k = 3, with greedy OBS and both searches after).
+# Two groups (two tests: each under 20 s on 3 ranks of a loaded 2-core machine).
+GREEDY_CASES = {
+    "greedy": (
+        {"g1": (0.0, 17, True, {"init": "greedy", "swaps": False}),
+         "g2": (0.3, 60, True, {"init": "greedy", "swaps": False}),
+         "g4": (0.0, 120, True, {"init": "greedy", "swaps": False})},
+        {"gz": (0.3, 10, True, {"init": "auto", "swaps": False})},
+        {},
+    ),
+    "starts": (
+        {"g3": (0.3, 17, True, {}),
+         "g5": (0.3, 17, True, {"init": "greedy", "swaps": False, "memory_limit": 24_000}),
+         "g6": (0.3, 17, True, {"effort": 0.01}),
+         "o1": (0.3, 17, True, {"init": "obs", "swaps": False}),
+         "o2": (0.0, 17, True, {"init": "obs_multistep", "swaps": False}),
+         "o3": (0.3, 60, True, {"effort": 1e-3})},
+        {},
+        {"e1": (0.3, 3, True, {})},
+    ),
+}  # fmt: skip
+STAGE_CASES = {**SWAP_CASES, **GREEDY_CASES}
+# greedy_obs_support over shards on a screen of 120 columns none of which rank 0 owns (ridge,
+# k), textbook (block = pool = 1) and blocked, by key: its keyword arguments.
+GREEDY_SCREEN = (0.3, 17)
+GREEDY_BLOCKS = {"one": {"block": 1, "pool": 1}, "blocked": {}}
+
 
 # The options every case of the pipeline tests passes.
 PIPELINE_OPTIONS = {
     "pipeline": {"init": "magnitude", "swaps": False},
     "swaps": {"init": "magnitude"},
     "swaps_more": {"init": "magnitude"},
+    "greedy": {},
+    "starts": {},
 }
 
 
-def pipeline_cases(plain: dict, zero: dict, world: int) -> list:
+def pipeline_cases(plain: dict, zero: dict, world: int, tiny: dict | None = None) -> list:
     """[(key, (A, b, w_bar, case))]: the ``plain`` cases on the seeded problem, the ``zero``
-    ones on it with rank 0's block zero (zero_block)."""
+    ones on it with rank 0's block zero (zero_block), the ``tiny`` ones on tiny_problem."""
     A, b, w_bar = problem(3, 40, 301)
     Az, bz, wz = zero_block(A, w_bar, *blocks(301, world)[0])
-    return [(key, (A, b, w_bar, case)) for key, case in plain.items()] + [
-        (key, (Az, bz, wz, case)) for key, case in zero.items()
-    ]
+    At, bt, wt = tiny_problem()
+    return (
+        [(key, (A, b, w_bar, case)) for key, case in plain.items()]
+        + [(key, (Az, bz, wz, case)) for key, case in zero.items()]
+        + [(key, (At, bt, wt, case)) for key, case in (tiny or {}).items()]
+    )
+
+
+def tiny_problem():
+    """n = 10, p = 24: small enough for the enumeration of all supports (init="auto")."""
+    return problem(3, 10, 24)
 
 
 def zero_block(A: np.ndarray, w_bar: np.ndarray, lo: int, hi: int):
@@ -180,19 +224,28 @@ def run(case: str, rank: int, world: int) -> dict:
                          refine=False, active_set=True, max_iter=40)  # fmt: skip
             _store(out, key, res, lo)
         return out
-    if case == "pipeline" or case in SWAP_CASES:
-        plain, zero = SWAP_CASES.get(case, (PIPELINE_CASES, PIPELINE_ZERO))
-        for key, (A_, b_, wb_, (ridge, k, wb, options)) in pipeline_cases(plain, zero, world):
-            res = cd.iht(A_[:, lo:hi], b_, k, ridge=ridge, w_bar=wb_[lo:hi] if wb else None,
+    if case == "pipeline" or case in STAGE_CASES:
+        plain, zero, *tiny = STAGE_CASES.get(case, (PIPELINE_CASES, PIPELINE_ZERO))
+        for key, (A_, b_, wb_, (ridge, k, wb, options)) in pipeline_cases(
+            plain, zero, world, *tiny
+        ):
+            lo_, hi_ = blocks(A_.shape[1], world)[rank]
+            res = cd.iht(A_[:, lo_:hi_], b_, k, ridge=ridge, w_bar=wb_[lo_:hi_] if wb else None,
                          **PIPELINE_OPTIONS[case], **options)  # fmt: skip
-            _store(out, key, res, lo)
-        if case in SWAP_CASES:
-            return out
-        for key, options in UNBUILT.items():
-            try:
-                cd.iht(A[:, lo:hi], b, 25, w_bar=w_bar[lo:hi], **options)
-            except NotImplementedError as exc:
-                out[f"unbuilt_{key}"] = np.asarray(str(exc))
+            _store(out, key, res, lo_)
+        return out
+    if case == "greedy_screen":
+        from chita_core.distributed._greedy import ShardGreedyColumns
+        from chita_core.distributed._shard import Shard
+        from chita_core.stages.greedy import greedy_obs_support
+
+        ridge, k = GREEDY_SCREEN
+        screen = supports(3, p, [120], *blocks(p, world)[0])[0]
+        shard = Shard(A[:, lo:hi], b, ridge, w_bar[lo:hi], None, "auto")
+        mine = screen[(screen >= lo) & (screen < hi)] - lo
+        for key, options in GREEDY_BLOCKS.items():
+            got = greedy_obs_support(shard.prob, mine, k, ops=ShardGreedyColumns(shard), **options)
+            out[f"s_{key}"] = got + lo
         return out
     if case == "solve":
         for ridge in (0.0, 0.3):
@@ -233,6 +286,7 @@ def main() -> None:
         result = {"error": np.asarray(f"{type(exc).__name__}: {exc}")}
         traceback.print_exc()
     np.savez(f"{out}/rank{rank}.npz", **result)
+    dist.barrier()  # every rank past its last collective before any tears the group down
     dist.destroy_process_group()
 
 

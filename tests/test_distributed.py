@@ -22,11 +22,13 @@ import chita_core
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_worker import (
     ACTIVE_CASES,
+    GREEDY_BLOCKS,
+    GREEDY_CASES,
+    GREEDY_SCREEN,
     PIPELINE_CASES,
     PIPELINE_OPTIONS,
     PIPELINE_ZERO,
     SWAP_CASES,
-    UNBUILT,
     ZERO_CASES,
     blocks,
     pipeline_cases,
@@ -214,12 +216,12 @@ def test_active_set_iht_with_a_rank_owning_no_active_column(world, tmp_path):
         assert len(single.history) - 1 > single.n_iter  # with expansions
 
 
-def _same_pipeline_runs(ranks, case, plain, zero, world):
+def _same_pipeline_runs(ranks, case, plain, zero, world, tiny=None):
     """The sharded pipeline runs of ``case`` made the single-process decisions: the same plan,
     stage lines (swap counts included), supports and iteration counts, objectives to rounding
     and against the float64 reference. Returns the single-process results by key."""
     singles = {}
-    for key, (A_, b_, wb_, (ridge, k, wb, options)) in pipeline_cases(plain, zero, world):
+    for key, (A_, b_, wb_, (ridge, k, wb, options)) in pipeline_cases(plain, zero, world, tiny):
         wb_ = wb_ if wb else None
         single = chita_core.iht(
             A_, b_, k, ridge=ridge, w_bar=wb_, **PIPELINE_OPTIONS[case], **options
@@ -244,8 +246,7 @@ def _same_pipeline_runs(ranks, case, plain, zero, world):
 def test_pipeline_makes_the_single_process_decisions(world, tmp_path):
     """refine=True, init="magnitude", swaps=False: the single-process plan (the same stages,
     IHT planned or not), the same supports, iteration counts and stage lines, objectives to
-    rounding and against the float64 reference; a rank owning no support column; the options
-    not sharded yet raise NotImplementedError naming them on every rank."""
+    rounding and against the float64 reference; a rank owning no support column."""
     ranks = _launch("pipeline", world, tmp_path)
     assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]
     _same_pipeline_runs(ranks, "pipeline", PIPELINE_CASES, PIPELINE_ZERO, world)
@@ -255,9 +256,6 @@ def test_pipeline_makes_the_single_process_decisions(world, tmp_path):
     assert ranks[0]["st_m5"].tolist() == ["magnitude + refit", "active-set iht + refit"]
     assert ranks[0]["st_m7"].tolist() == ["magnitude + refit"]
     assert ranks[0]["s_mz"].size == 0
-    for key in UNBUILT:
-        for r in ranks:
-            assert "init=" in str(r[f"unbuilt_{key}"]), (key, str(r[f"unbuilt_{key}"]))
 
 
 def _swaps_made(label: str) -> int:
@@ -289,3 +287,59 @@ def test_swap_search_makes_the_single_process_decisions(case, world, tmp_path):
     assert made == {"s4": [37], "s5": [5], "s6": [0], "sz": made["sz"]}
     assert made["sz"][0] > 0 and ranks[0]["s_sz"].size == 0
     assert [s.stage for s in singles["s4"].plan][-1] == "swaps from iht"  # (planned, not run)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("case", ["greedy", "starts"])
+def test_greedy_obs_and_the_starts_make_the_single_process_decisions(case, world, tmp_path):
+    """init="greedy", "auto", "obs" and "obs_multistep": the single-process plan, stage lines
+    (greedy OBS's superset size included), supports, objectives to rounding and against the
+    float64 reference, with ridge 0 and > 0, k < n and k > n, supersets capped by the budget and
+    by memory_limit, auto planning greedy OBS, multistep OBS or the enumeration, and a rank
+    owning no superset column."""
+    ranks = _launch(case, world, tmp_path)
+    assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]
+    plain, zero, tiny = GREEDY_CASES[case]
+    singles = _same_pipeline_runs(ranks, case, plain, zero, world, tiny)
+    lines = {key: [s.stage for s in single.stages] for key, single in singles.items()}
+    greedy = {key: next((s for s in line if s.startswith("greedy obs")), None)
+              for key, line in lines.items()}  # fmt: skip
+    if case == "greedy":
+        assert greedy == {
+            "g1": "greedy obs from 80 + refit",
+            "g2": "greedy obs from 179 + refit",
+            "g4": "greedy obs from 301 + refit",
+            "gz": "greedy obs from 80 + refit",
+        }
+        # Rank 0's block is zero (so is its w_bar): last by magnitude and OBD, outside the
+        # superset of 80 of the 201 other columns, and outside the support.
+        assert ranks[0]["s_gz"].size == 0
+        return
+    assert greedy["g3"] == "greedy obs from 80 + refit" and "swaps" in lines["g3"][-2]
+    assert greedy["g5"] == "greedy obs from 50 + refit"  # (memory_limit)
+    assert greedy["g6"] == "greedy obs from 79 + refit"  # (the budget)
+    assert lines["o1"][1] == "obs + refit" and greedy["o1"] is None
+    for key in ("o2", "o3"):
+        assert lines[key][1:3] == ["obs + refit", "obs_multistep + refit"], key
+    assert [s.stage for s in singles["o3"].plan] == ["magnitude", "obs"]
+    assert lines["e1"][1] == "exhaustive + refit"
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_greedy_obs_over_shards_is_the_single_process_elimination(world, tmp_path):
+    """greedy_obs_support over shards, from a screen of which rank 0 owns no column: the
+    single-process supports (textbook, block = pool = 1, and blocked), and textbook greedy OBS
+    of the float64 reference (dense H_S^-1 every step)."""
+    ranks = _launch("greedy_screen", world, tmp_path)
+    assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]
+    A, b, w_bar = problem(3, 40, 301)
+    ridge, k = GREEDY_SCREEN
+    screen = supports(3, 301, [120], *blocks(301, world)[0])[0]
+    prob = chita_core.Problem(A, b, ridge=ridge, w_bar=w_bar)
+    for key, options in GREEDY_BLOCKS.items():
+        got = np.concatenate([r[f"s_{key}"] for r in ranks])
+        single = chita_core.stages.greedy.greedy_obs_support(prob, screen, k, **options)
+        np.testing.assert_array_equal(got, single, err_msg=key)
+        assert ranks[0][f"s_{key}"].size == 0
+    expected, _ = ref.greedy_obs(A, b, k, ridge, w_bar, start=screen)
+    np.testing.assert_array_equal(np.concatenate([r["s_one"] for r in ranks]), expected)

@@ -128,7 +128,6 @@ def test_options_not_sharded_yet_and_too_few_samples_raise_on_every_rank(tmp_pat
     for out in ranks:
         assert "`stages`=2" in str(out["unbuilt_stages"])
         assert "`per_layer`=True" in str(out["unbuilt_per_layer"])
-        assert "init='greedy'" in str(out["unbuilt_init"])
         assert "option(s) callback are not supported" in str(out["unbuilt_callback"])
         assert "option(s) verbose are not supported" in str(out["unbuilt_verbose"])
         assert "rank 0: ValueError: `data` yielded 30 samples but n_grads=31" in str(out["few"])

@@ -9,15 +9,17 @@ is never gathered. Decisions read only numbers that are bit-identical on every r
 reductions add the ranks' partials in rank order on every rank), so every rank takes the same
 ones, and errors found on any rank are raised on every rank.
 
-Built so far (issue 15): :func:`objective`, :func:`backsolve`, :func:`topk` (the global
-selection, ties to the lower global index) and :func:`iht`, whose plan is the single-process
-planner's on the global shape and whose stages are the single-process stages run on the shards
+Built (issue 15): :func:`objective`, :func:`backsolve`, :func:`topk` (the global selection,
+ties to the lower global index) and :func:`iht`, whose plan is the single-process planner's on
+the global shape and whose stages are the single-process stages run on the shards
 (``_shard.py``: the rank's block as the stages' problem, the pipeline's context over shards):
-the magnitude start and its exact refit, IHT with CHITA's line search on all columns or on
-CHITA's active set with its expansion search, the exact refit on IHT's support and swap search
-(``init="magnitude"``; ``_swaps.py``: the screens' selections global, a round's candidate
-columns gathered, the n x n algebra replicated on every rank), or IHT alone
-(``refine=False``). Greedy OBS and the OBS starts are not sharded yet.
+the magnitude start and its exact refit, greedy OBS (``_greedy.py``: the screen's selections
+global, each rank's workspace its own superset columns, a block's pool gathered, the n x n
+algebra replicated on every rank), one-shot and multistep OBS and the enumeration of tiny
+problems (``_greedy.py`` too), IHT with CHITA's line search on all columns or on CHITA's active
+set with its expansion search, the exact refit on IHT's support and swap search (``_swaps.py``:
+the screens' selections global, a round's candidate columns gathered, the n x n algebra
+replicated on every rank), or IHT alone (``refine=False``).
 
 Needs torch (``pip install torch``); gloo for CPU processes, NCCL for GPUs.
 """
@@ -56,6 +58,7 @@ def iht(
     refine: bool = True,
     swaps: bool | int = True,
     effort: float = DEFAULT_EFFORT,
+    memory_limit: int | None = None,
     backend: str = "auto",
 ) -> Any:
     """:func:`chita_core.iht` over column shards, on every rank of ``group``.
@@ -68,11 +71,11 @@ def iht(
     The single-process planner plans the solve from the global shape, and the single-process
     stages run on the shards, so it makes the single-process ``iht(A, b, k, ...)``'s decisions
     (the same stages, supports and iteration counts, objectives up to rounding) on any number of
-    ranks. Built so far: the magnitude start with its exact refit, IHT (``active_set`` or not)
-    with the refit on its support and swap search (``swaps``: True, a budget, or False), all
-    with ``init="magnitude"``, and IHT alone (``refine=False``). Greedy OBS and the OBS starts
-    (``init`` other than "magnitude", the default "auto" included) are not sharded yet: with
-    ``refine`` they raise NotImplementedError on every rank."""
+    ranks: every ``init`` (greedy OBS, the OBS starts, the enumeration of tiny problems, the
+    magnitude start, each with its exact refit), IHT (``active_set`` or not) with the refit on
+    its support, swap search (``swaps``: True, a budget, or False), and IHT alone
+    (``refine=False``). ``memory_limit`` caps greedy OBS's superset as in one process (each
+    rank's workspace holds its share of it, at most the single-process workspace)."""
     t0 = time.perf_counter()
     shard = Shard(A_local, b, ridge, w_bar, group, backend)
     prob, comm = shard.prob, shard.comm
@@ -80,7 +83,7 @@ def iht(
     start = prob.w_bar
     try:
         k = _integer(k, "k")
-        opts = _options(max_iter, tol, init, active_set, refine, swaps, effort, None)
+        opts = _options(max_iter, tol, init, active_set, refine, swaps, effort, None, memory_limit)
         if w0 is not None:
             start = prob.vector(w0, "w0")
     except (TypeError, ValueError) as exc:
@@ -91,15 +94,11 @@ def iht(
     iters = -1 if opts.max_iter is None else opts.max_iter
     comm.same(np.asarray([k, iters, *choices], dtype=np.int64),
               "k, max_iter, init, active_set, refine, swaps")  # fmt: skip
+    memory = -1 if opts.memory_limit is None else opts.memory_limit
+    comm.same(np.asarray([memory], dtype=np.int64), "memory_limit")
     comm.same(np.asarray([opts.tol, opts.effort]), "tol, effort")
     if not 1 <= k <= comm.p:
         raise ShardError(f"`k` must be in 1..{comm.p} (the global number of columns), got {k}")
-    if opts.refine and opts.init != "magnitude":
-        raise NotImplementedError(
-            f"chita_core.distributed.iht: init={opts.init!r} is not built over shards yet (only "
-            "the magnitude start is: greedy OBS and the OBS starts are not); pass "
-            "init='magnitude'"
-        )
     shape = PlanShape.of(shard)
     nonzeros = shard.count(int(np.count_nonzero(start)))
     with prob.stream(), np.errstate(all="ignore"):  # (as chita_core.iht: see _api.solve)

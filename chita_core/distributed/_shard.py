@@ -6,8 +6,8 @@ offers what the stages ask of a problem (``Point.at``: ``xp``, ``p``, ``residual
 ``Context.point``: ``point``; swap search: ``wbar_sq``) over the shards: vectors are the
 rank's slices, residuals and objectives global, the same bits on every rank. ``ShardedContext``
 is the pipeline's ``Context`` with the column operations the stages take from it (the top-k,
-the comparison of supports, the IHT drivers, swap search's ``ShardColumns``) over the shards,
-and ``PlanShape`` the global quantities that
+the comparison of supports, the IHT drivers, swap search's ``ShardColumns``, greedy OBS's
+``ShardGreedyColumns``) over the shards, and ``PlanShape`` the global quantities that
 ``_pipeline.plan`` reads, so that the single-process planner plans the sharded solve and
 ``_pipeline.run`` runs the single-process stages on it.
 """
@@ -25,6 +25,7 @@ from .._point import Point
 from .._problem import Problem
 from ..stages.nspace import _NORMAL_EQ_COND, _SVD_BYTES, refined_values, support_values
 from ._comm import Comm
+from ._greedy import ShardGreedyColumns
 from ._iht import active_set_iht, plain_iht
 from ._swaps import ShardColumns
 from ._topk import global_topk
@@ -194,11 +195,12 @@ class ShardedContext(Context):
     slice, points with the rank's support and w and the global r and f): the global top-k
     (ties to the lower global index), supports compared over every rank (one gather, so that
     ``Context.point`` refits on every rank or on none), the sharded IHT drivers and swap
-    search's operations over shards. Every rank then runs the same stages through the same
-    branches."""
+    search's and greedy OBS's operations over shards. Every rank then runs the same stages
+    through the same branches."""
 
     iht_drivers = (plain_iht, active_set_iht)
     swap_columns = ShardColumns
+    greedy_columns = ShardGreedyColumns
 
     def largest(self, v: Any, k: int) -> Any:
         return global_topk(self.prob.comm, v, k)

@@ -55,9 +55,13 @@ class ShardColumns(SwapColumns):
         return self.prob.same_support(a, b)
 
     def kinv(self, S: Any, lam: float) -> Any:
-        """(lam I + A_S A_S^T)^{-1}. With |S| <= n the support's columns are gathered (at most
-        n^2 numbers, as the refit does) and their Gram formed as one process forms it, the
-        same bits: with k < n and a scoring shift (ridge ~ 0) K^-1 is nearly singular and the
+        """(lam I + A_S A_S^T)^{-1}, from :meth:`gram`."""
+        return shifted_inverse(self.gram(S), lam)
+
+    def gram(self, S: Any) -> Any:
+        """A_S A_S^T over every rank's S. With |S| <= n the columns are gathered (at most n^2
+        numbers, as the refit does) and their Gram formed as one process forms it, the same
+        bits: with k < n and a scoring shift (ridge ~ 0) K^-1 is nearly singular and the
         scores are as sensitive to the Gram's rounding as the decisions to them. Beyond, the
         ranks' Grams reduced in rank order (the single process's up to rounding)."""
         local = self.local
@@ -70,7 +74,7 @@ class ShardColumns(SwapColumns):
             if S.size:
                 local.kernels.support_gram(local.A, S, K)
             K = self.comm.total(K)
-        return shifted_inverse(K, lam)
+        return K
 
     def candidates(self, entering: Any, leaving: Any) -> tuple[Any, Any, Any, int]:
         """Every rank's entering columns in rank order (the global order), then every rank's

@@ -4,6 +4,11 @@ Backward elimination: remove the weight whose removal raises f the least, move t
 the new optimum, repeat, with exact rank-1 updates of n-space quantities; blocked so that each
 block is a few GEMMs. ``greedy_cost`` counts its multiply-adds (the planner turns them into
 seconds with the measured BLAS rate).
+
+What the stage does over all of A's columns at once (the screen's selections and counts, the
+superset's K^-1 and c, a block's pool) goes through :class:`GreedyColumns`; chita_core.distributed
+runs the same elimination over column shards with its sharded counterpart (docs/design.md,
+section 12.1).
 """
 
 from __future__ import annotations
@@ -15,10 +20,17 @@ from typing import Any
 import numpy as np
 
 from .._linalg import spd_inverse
-from .._validation import is_half
-from .nspace import columns, kinv_quad, largest, scoring_ridge, shifted_inverse, support_gram
+from .nspace import columns, kinv_quad, shifted_inverse, support_gram
+from .swaps import SwapColumns
 
-__all__ = ["GreedyOBS", "greedy_cost", "greedy_obs_support", "greedy_screen", "greedy_screen_size"]
+__all__ = [
+    "GreedyColumns",
+    "GreedyOBS",
+    "greedy_cost",
+    "greedy_obs_support",
+    "greedy_screen",
+    "greedy_screen_size",
+]
 
 # Removals per block (one GEMM over the superset's columns): 1 per _GREEDY_BLOCK_SHARE surviving
 # columns, at most _GREEDY_BLOCK; each block's removals are chosen one at a time, exactly,
@@ -47,13 +59,53 @@ class GreedyOBS:
     name: str = "greedy obs"
 
     def run(self, ctx: Any) -> None:
-        prob = ctx.prob
+        ops = ctx.greedy_columns(ctx.prob)
         best = ctx.best
-        screen = greedy_screen(prob, ctx.start, best.support, self.m)
+        screen = greedy_screen(ops.local, ctx.start, best.support, self.m, ops=ops)
         known = (best.support, best.gram) if best.gram is not None else None
-        support, kinv = greedy_obs_support(prob, screen, ctx.k, return_inverse=True, known=known)
+        support, kinv = greedy_obs_support(
+            ops.local, screen, ctx.k, return_inverse=True, known=known, ops=ops
+        )
         point = ctx.point(support, guess=kinv)
-        ctx.offer(f"greedy obs from {screen.size} + refit", point)
+        ctx.offer(f"greedy obs from {ops.count(screen.size)} + refit", point)
+
+
+class GreedyColumns(SwapColumns):
+    """The operations of greedy OBS and of the OBS starts (stages/starts.py) on all of A's
+    columns, for one process: swap search's (counts, the scoring ridge, selections, K^-1) and
+    Grams, c = b - A_S w_bar_S, a block's pool, the whole problem for enumeration.
+    chita_core.distributed's ``ShardGreedyColumns`` implements them over column shards
+    (``local`` the rank's block, each rank's workspace its own superset columns, the pool's
+    columns gathered, the n x n algebra replicated), so that :func:`greedy_obs_support` runs
+    unchanged on every rank."""
+
+    def gram(self, S: Any) -> Any:
+        """A_S A_S^T (n x n)."""
+        return support_gram(self.local, S)
+
+    def whole(self, max_p: int) -> tuple[Any, Any]:
+        """The problem on all columns where there are at most ``max_p`` of them (else None),
+        and the map from its column indices to the local ones."""
+        return (self.local if self.local.p <= max_p else None), (lambda support: support)
+
+    def screen_kinv(self, S: Any, lam: float, known: Any) -> Any:
+        """(lam I + A_S A_S^T)^-1 of the superset S (``known``: see ``_screen_gram``)."""
+        return shifted_inverse(_screen_gram(self.local, S, known), lam)
+
+    def minus_support(self, S: Any) -> Any:
+        """b - A_S w_bar_S."""
+        return _minus_support(self.local, S)
+
+    def pool(self, AS: Any, S: Any, C: Any, T: Any) -> tuple[Any, Any, Any, Any]:
+        """A block's pool ``C`` (workspace positions held here, as ``smallest`` returned them):
+        its columns in float64 (n x |C|), their w_bar, their columns of T = K^-1 A_S (None
+        while T is not formed), and each pool entry's workspace position here (-1 where
+        another rank holds it)."""
+        TC = None if T is None else T[:, C]
+        return self.local.xp.asarray(AS[:, C], dtype=np.float64), self.local.w_bar[S[C]], TC, C
+
+    def check(self, x: Any, name: str) -> None:
+        """That the replicated ``x`` is the same on every rank (over shards)."""
 
 
 def greedy_cost(n: int, k: int, m: int, known: int = 0) -> float:
@@ -102,7 +154,7 @@ def greedy_screen_size(
     return lo
 
 
-def greedy_screen(prob: Any, start: Any, forced: Any, m: int) -> Any:
+def greedy_screen(prob: Any, start: Any, forced: Any, m: int, *, ops: Any = None) -> Any:
     """The superset greedy OBS starts from: ``forced`` (the best support so far) plus the
     weights ranked highest by either magnitude ``|start|`` or the diagonal OBS (OBD) saliency
     ``start^2 (||a_j||^2 + lam)``: the union of the top t of both rankings, t as large as keeps
@@ -112,11 +164,14 @@ def greedy_screen(prob: Any, start: Any, forced: Any, m: int) -> Any:
     by 10 and divide its gradients by 10, and the problem is the same but the magnitude screen
     keeps that layer whole (greedy OBS from it was 1.5x worse than from all columns on a digits
     MLP at 90%). OBD sees the scaling but ignores correlations; the union of the two held up in
-    both cases. Returns sorted int64 indices, at most m of them (at least ``forced``)."""
+    both cases. Returns sorted int64 indices, at most m of them (at least ``forced``).
+    ``ops``: the :class:`GreedyColumns` the selections and counts go through (over shards:
+    ``prob`` and ``start`` the rank's, m and t global)."""
+    ops = GreedyColumns(prob) if ops is None else ops
     xp = prob.xp
     p = start.size
     h = prob.h
-    lam = scoring_ridge(prob)
+    lam = ops.scoring_ridge()
     mag = xp.abs(start)
     obd = start * start * (h + lam)
     mag[forced] = xp.inf
@@ -128,9 +183,9 @@ def greedy_screen(prob: Any, start: Any, forced: Any, m: int) -> Any:
         t = (lo + hi) // 2
         union = xp.zeros(p, dtype=bool)
         if t > 0:
-            union[largest(prob, mag, t)] = True
-            union[largest(prob, obd, t)] = True
-        if int(union.sum()) <= m:
+            union[ops.largest(mag, t)] = True
+            union[ops.largest(obd, t)] = True
+        if ops.count(int(union.sum())) <= m:
             chosen |= union
             lo = t + 1
         else:
@@ -147,6 +202,7 @@ def greedy_obs_support(
     pool: int | None = None,
     return_inverse: bool = False,
     known: Any = None,
+    ops: Any = None,
 ) -> Any:
     """Greedy OBS (backward elimination) from the columns ``screen`` down to ``k`` of them.
 
@@ -169,12 +225,18 @@ def greedy_obs_support(
 
     The superset's columns are gathered into an [n, |screen|] float64 workspace, so the cost is
     :func:`greedy_cost` multiply-adds and 8 n |screen| bytes; no p x p or |S| x |S| matrix is
-    formed. Returns the sorted int64 support of size k."""
+    formed. Returns the sorted int64 support of size k.
+
+    ``ops``: the :class:`GreedyColumns` through which what concerns all columns goes (over
+    shards ``prob`` and ``screen`` are the rank's: its workspace holds its own superset
+    columns, sizes and counts are global, a pool is gathered, the n x n algebra replicated)."""
+    ops = GreedyColumns(prob) if ops is None else ops
     w_bar, xp = prob.w_bar, prob.xp
     n = prob.n
-    lam = scoring_ridge(prob)
+    lam = ops.scoring_ridge()
     tiny = np.finfo(float).eps
     S = screen
+    width = ops.count(S.size)  # the workspace's columns, over all ranks
     # The workspace: A's columns in float32 where A is float32 on the host and the pools have
     # their default slack (the values are A's own, so exact; the passes over the surviving
     # columns then run in SGEMM at half the bytes, and only the x and d that choose the next
@@ -182,8 +244,8 @@ def greedy_obs_support(
     # Otherwise float64.
     narrow = pool is None and prob.where is None and workspace_itemsize(prob) == 4
     AS = _workspace(prob, S, narrow)  # [n, m]
-    Kinv = shifted_inverse(_screen_gram(prob, S, known), lam)
-    c = _minus_support(prob, S)
+    Kinv = ops.screen_kinv(S, lam, known)
+    c = ops.minus_support(S)
     e = Kinv @ c  # K^-1 c: x = w_bar_S + A_S^T e
     x = w_bar[S] + _rmatvec(prob, S, e)
     # a_j^T K^-1 a_j: it only ranks columns for the pools (each pool's own d is formed from
@@ -193,7 +255,7 @@ def greedy_obs_support(
     # pool's columns are then read from T and no block does n x n work.
     T = None
     alive = xp.ones(S.size, dtype=bool)
-    n_alive = S.size
+    n_alive = width
     # The pass over the surviving columns that brings x and d up to date (Y = A_S^T Z_Q) is
     # deferred over up to _GREEDY_DEFER blocks and done as one wider GEMM: each block's own
     # quantities (the pool's x and cross terms, e, K^-1) stay exact, only the choice of the
@@ -237,6 +299,7 @@ def greedy_obs_support(
             alive = xp.ones(S.size, dtype=bool)
             AS = wide(AS)  # (at most n columns left: float64 from here on)
             narrow = False
+            width = n_alive
             T, Kinv = Kinv @ AS, None
         if block is None:
             nb = max(1, min(_GREEDY_BLOCK, -(-n_alive // _GREEDY_BLOCK_SHARE)))
@@ -247,19 +310,20 @@ def greedy_obs_support(
         npool = min(max(npool, nb), n_alive)
         sal = x * x / xp.maximum(1.0 - d, tiny)
         sal[~alive] = xp.inf
-        C = xp.argpartition(sal, npool - 1)[:npool] if npool < S.size else xp.flatnonzero(alive)
-        AC = xp.asarray(AS[:, C], dtype=np.float64)
-        ZC = kinv_times(AC) if T is None else T[:, C]
+        C = ops.smallest(sal, npool) if npool < width else xp.flatnonzero(alive)
+        AC, wc, TC, place = ops.pool(AS, S, C, T)
+        ZC = kinv_times(AC) if T is None else TC
         G0 = AC.T @ ZC
         # The pool's exact x and cross terms, then greedy removals within it, one at a time
         # (the backend's pool_eliminate: one compiled loop over the block's removals).
-        xc = w_bar[S[C]] + AC.T @ e
+        xc = wc + AC.T @ e
         oq = xp.asarray(prob.kernels.pool_eliminate(G0, xc, nb))
-        Q = C[oq]
+        Q = place[oq]
+        Q = Q[Q >= 0]  # (the removed columns held here)
         ZQ = ZC[:, oq]
         M = spd_inverse(xp.eye(nb) - G0[oq][:, oq])  # SPD: a_q^T K^-1 a_q < 1 on S
-        c = c + xp.asarray(AS[:, Q], dtype=np.float64) @ w_bar[S[Q]]
-        v = w_bar[S[Q]] + M @ (ZQ.T @ c)  # e changes by ZQ v
+        c = c + AC[:, oq] @ wc[oq]
+        v = wc[oq] + M @ (ZQ.T @ c)  # e changes by ZQ v
         e += ZQ @ v
         alive[Q] = False
         n_alive -= nb
@@ -275,31 +339,32 @@ def greedy_obs_support(
             x += Y @ v
             d += ((Y @ M) * Y).sum(axis=1)
             T += ZQ @ (M @ Y.T)
-        if n_alive < _GREEDY_COMPACT * S.size and n_alive > k:
+        if n_alive < _GREEDY_COMPACT * width and n_alive > k:
             flush()
             keep = xp.flatnonzero(alive)
             S, AS, x, d = S[keep], AS[:, keep], x[keep], d[keep]
             if T is not None:
                 T = T[:, keep]
             alive = xp.ones(S.size, dtype=bool)
+            width = n_alive
     flush()  # (K^-1 of the result, for return_inverse)
+    ops.check(e, "greedy OBS's K^-1 c")
     support = xp.sort(S[alive]).astype(np.int64)
     if not return_inverse:
         return support
     # K^-1 of the result, carried by the downdates, where it is the problem's own
     # (ridge I + A_S A_S^T)^-1: the refit refines from it instead of forming the Gram again.
     exact_k = T is None and lam == prob.ridge and prob.ridge > 0
-    if exact_k and not bool(xp.all(xp.diff(S[alive]) > 0)):
+    if exact_k and ops.count(int(not bool(xp.all(xp.diff(S[alive]) > 0)))):
         exact_k = False  # (S stays sorted through compaction; guard the invariant anyway)
     return support, (Kinv if exact_k else None)
 
 
 def workspace_itemsize(prob: Any) -> int:
     """Bytes per entry of greedy OBS's gathered n x m workspace: 4 (float32, exact) for a
-    float32 or 16-bit A on the host, else 8 (float64)."""
-    if prob.where is None and (prob.A.dtype == np.float32 or is_half(prob.A.dtype)):
-        return 4
-    return 8
+    float32 or 16-bit A on the host, else 8 (float64). Reads ``where`` and ``itemsize`` only
+    (the planner passes the global shape of a sharded problem)."""
+    return 4 if prob.where is None and prob.itemsize <= 4 else 8
 
 
 def _workspace(prob: Any, S: Any, narrow: bool) -> Any:
@@ -320,7 +385,8 @@ def _minus_support(prob: Any, S: Any) -> Any:
 
 def _rmatvec(prob: Any, S: Any, y: Any) -> Any:
     out = prob.xp.empty(S.size)
-    prob.kernels.support_rmatvec(prob.A, S, prob.xp.ascontiguousarray(y), out)
+    if S.size:  # (over shards a rank may hold no superset column)
+        prob.kernels.support_rmatvec(prob.A, S, prob.xp.ascontiguousarray(y), out)
     return out
 
 

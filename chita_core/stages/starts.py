@@ -1,5 +1,9 @@
 """Start supports, each refit exactly (docs/design.md, section 4): magnitude, one-shot and
-multistep OBS saliencies, and exact enumeration for tiny problems."""
+multistep OBS saliencies, and exact enumeration for tiny problems.
+
+What the OBS starts and the enumeration do over all of A's columns at once (the Gram, the
+selections, counts) goes through greedy OBS's :class:`GreedyColumns` (the context's
+``greedy_columns``), so that chita_core.distributed runs them over column shards."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .nspace import hinv_diag, largest, scoring_ridge, shifted_inverse, support_gram, support_kinv
+from .greedy import GreedyColumns, _rmatvec
+from .nspace import hinv_diag, shifted_inverse
 
 __all__ = [
     "OBS",
@@ -55,12 +60,12 @@ class OBS:
     name: str = "obs"
 
     def run(self, ctx: Any) -> None:
-        prob, k = ctx.prob, ctx.k
+        ops, k = ctx.greedy_columns(ctx.prob), ctx.k
         if self.multistep:
-            multi, oneshot = obs_multistep_support(prob, k)
+            multi, oneshot = obs_multistep_support(ops.local, k, ops=ops)
             candidates = [("obs", oneshot), ("obs_multistep", multi)]
         else:
-            candidates = [("obs", largest(prob, obs_saliency(prob), k))]
+            candidates = [("obs", ops.largest(obs_saliency(ops.local, ops=ops), k))]
         for label, support in candidates:
             ctx.offer(f"{label} + refit", ctx.point(support))
 
@@ -72,66 +77,64 @@ class Exhaustive:
     name: str = "exhaustive"
 
     def run(self, ctx: Any) -> None:
-        support = exhaustive_support(ctx.prob, ctx.k)
+        ops = ctx.greedy_columns(ctx.prob)
+        whole, mine = ops.whole(EXHAUSTIVE_MAX_P)
+        support = exhaustive_support(whole, ctx.k) if whole is not None else None
         if support is not None:
-            ctx.offer("exhaustive + refit", ctx.point(support))
+            ctx.offer("exhaustive + refit", ctx.point(mine(support)))
 
 
-def obs_saliency(prob: Any) -> Any:
+def obs_saliency(prob: Any, *, ops: Any = None) -> Any:
     """OBS saliency w_q^2 / [H^{-1}]_qq of every weight (H = A^T A + ridge I), O(n^2 p).
 
     w is the unconstrained minimiser of the objective (w_bar itself when b = A w_bar, the
-    pruning case), obtained from the same n x n factor."""
-    A, b, w_bar, kernels, xp = prob.A, prob.b, prob.w_bar, prob.kernels, prob.xp
-    n, p = prob.n, prob.p
-    lam = scoring_ridge(prob)
-    every = xp.arange(p, dtype=np.int64)
-    Kinv = support_kinv(prob, every, lam)
-    c = xp.empty(n)
-    kernels.support_matvec(A, every, w_bar, c)
-    c = b - c
-    w = xp.empty(p)
-    kernels.support_rmatvec(A, every, Kinv @ c, w)
-    w += w_bar
+    pruning case), obtained from the same n x n factor. ``ops``: the :class:`GreedyColumns`
+    the n x n algebra over all columns goes through (over shards ``prob`` is the rank's block
+    and the saliencies its slice)."""
+    ops = GreedyColumns(prob) if ops is None else ops
+    every = prob.xp.arange(prob.p, dtype=np.int64)
+    lam = ops.scoring_ridge()
+    Kinv = ops.kinv(every, lam)
+    w = _rmatvec(prob, every, Kinv @ ops.minus_support(every)) + prob.w_bar
     return w * w / hinv_diag(prob, every, Kinv, lam)
 
 
-def obs_multistep_support(prob: Any, k: int, steps: int = MULTISTEP_STEPS) -> tuple[Any, Any]:
+def obs_multistep_support(
+    prob: Any, k: int, steps: int = MULTISTEP_STEPS, *, ops: Any = None
+) -> tuple[Any, Any]:
     """Prune to k weights in ``steps`` OBS steps, refitting on the kept support in between.
 
     Returns (multistep support, one-shot OBS support): the first step's saliencies are those
-    of all p weights, so the one-shot support comes for free."""
-    A, b, w_bar, kernels, xp = prob.A, prob.b, prob.w_bar, prob.kernels, prob.xp
-    n, p = prob.n, prob.p
-    lam = scoring_ridge(prob)
-    support = xp.arange(p, dtype=np.int64)
+    of all p weights, so the one-shot support comes for free. ``ops`` as in
+    :func:`obs_saliency` (over shards k and the sizes are global, the supports the rank's)."""
+    ops = GreedyColumns(prob) if ops is None else ops
+    xp = prob.xp
+    lam = ops.scoring_ridge()
+    support = xp.arange(prob.p, dtype=np.int64)
+    p = size = ops.count(support.size)  # the support's size over all ranks
     oneshot = None
     gram = None  # A_S A_S^T of the current support, downdated as columns leave
     for step in range(1, steps + 1):
         target = p - ((p - k) * step) // steps
-        if target >= support.size:
+        if target >= size:
             continue
         if gram is None:
-            gram = support_gram(prob, support)
+            gram = ops.gram(support)
         Kinv = shifted_inverse(gram, lam)
-        c = xp.empty(n)
-        kernels.support_matvec(A, support, xp.ascontiguousarray(w_bar[support]), c)
-        c = b - c
-        x = xp.empty(support.size)
-        kernels.support_rmatvec(A, support, Kinv @ c, x)
-        x += w_bar[support]
+        x = _rmatvec(prob, support, Kinv @ ops.minus_support(support)) + prob.w_bar[support]
         saliency = x * x / hinv_diag(prob, support, Kinv, lam)
-        if oneshot is None and support.size == p:
-            oneshot = largest(prob, saliency, k)
-        keep = largest(prob, saliency, target)
+        if oneshot is None and size == p:
+            oneshot = ops.largest(saliency, k)
+        keep = ops.largest(saliency, target)
         dropped = xp.ones(support.size, dtype=bool)
         dropped[keep] = False
         removed, support = support[dropped], support[keep]
         # The next step's Gram: subtract the removed columns when they are the fewer.
-        if step < steps and removed.size < support.size:
-            gram -= support_gram(prob, removed)
+        if step < steps and size - target < target:
+            gram -= ops.gram(removed)
         else:
             gram = None
+        size = target
     if oneshot is None:  # k == p: nothing to prune
         oneshot = support
     return support, oneshot

@@ -51,10 +51,6 @@ from ._prune import (
 )
 from ._solve import _matvec64
 
-#: distributed.iht options that prune(group=) sets unless given (its other options keep
-#: distributed.iht's defaults): the only start built over shards yet. init="auto" (iht's
-#: default) may plan greedy OBS, which is not.
-SHARDED_DEFAULTS: dict[str, Any] = {"init": "magnitude"}
 #: Arguments of distributed.iht that the adapter sets itself.
 _SET_HERE = ("A_local", "b", "k", "ridge", "w_bar", "group", "backend")
 
@@ -103,7 +99,7 @@ def prune_sharded(
             f"the model must be on the CPU (over gloo); it is on {par0.device}"
         )
     _same_model(comm, model)
-    options = _sharded_options(comm, method, solver_options, backend)
+    options = _sharded_options(method, solver_options)
     memory, share = _plan(comm, n_grads, p, itemsize, par0.device, memory_limit)
     error = samples = held = None
     try:
@@ -333,12 +329,10 @@ def _same_model(comm: Comm, model: nn.Module) -> None:
         )
 
 
-def _sharded_options(
-    comm: Comm, method: str, options: dict[str, Any], backend: str
-) -> dict[str, Any]:
-    """The options of chita_core.distributed.iht for ``method="chita"``: SHARDED_DEFAULTS
-    under the caller's, refused before any gradient work where the sharded solver does not take
-    them (NotImplementedError on every rank: a dry run on one column per rank)."""
+def _sharded_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options of chita_core.distributed.iht for ``method="chita"`` (a copy of the
+    caller's; the others keep iht's defaults), refused before any gradient work where
+    distributed.iht does not take them (NotImplementedError on every rank)."""
     if method != "chita":
         return {}  # (the other methods take no solver option, as in one process)
     taken = set(inspect.signature(distributed.iht).parameters) - set(_SET_HERE)
@@ -349,10 +343,4 @@ def _sharded_options(
             f"not supported over shards yet (chita_core.distributed.iht takes "
             f"{', '.join(sorted(taken))})"
         )
-    options = {**SHARDED_DEFAULTS, **options}
-    dry = {name: value for name, value in options.items() if name != "w0"}
-    try:
-        distributed.iht(np.ones((1, 1)), np.ones(1), 1, group=comm.group, backend=backend, **dry)
-    except NotImplementedError as exc:
-        raise NotImplementedError(f"chita_core.torch.prune with `group`: {exc}") from None
-    return options
+    return dict(options)

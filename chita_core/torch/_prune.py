@@ -302,9 +302,9 @@ def prune(
         or all its data if it has fewer); the loss that chooses among the ridge candidates is
         summed over the ranks' samples (or their ``val_data``). Not with ``stages > 1`` or
         ``per_layer`` yet (NotImplementedError); ``method="chita"`` runs
-        :func:`chita_core.distributed.iht`, with ``init="magnitude"`` unless given (the only
-        start sharded yet) and its defaults otherwise: options it does not take yet raise
-        NotImplementedError on every rank before any gradient work. CPU models (gloo). The
+        :func:`chita_core.distributed.iht` (the whole pipeline over shards, the same decisions
+        as one process): options it does not take (``callback``, ``verbose``, ``time_limit``)
+        raise NotImplementedError on every rank before any gradient work. CPU models (gloo). The
         arguments other than ``data`` / ``val_data`` and the model must be the same on every
         rank (checked: a model that differs raises ShardError on every rank).
     **solver_options
