@@ -1,16 +1,20 @@
-"""Column shards on torch.distributed: plain IHT over ranks that each hold a block of A, under a
-per-process memory limit that the whole A does not fit.
+"""Column shards on torch.distributed: plain IHT (or, with ``--pipeline``, the default solver)
+over ranks that each hold a block of A, under a per-process memory limit that the whole A does
+not fit.
 
-Run ``python -m bench.distributed [--ranks 2] [--n 1000] [--p 1500000] [--iters 8]`` from the
+Run ``python -m bench.distributed [--ranks 2] [--n 1000] [--p 1500000] [--iters 8]
+[--pipeline]`` from the
 repository root (needs torch). The parent starts ``--ranks`` processes (gloo over a file store);
 each generates only its own columns of the global problem (column chunks seeded by their chunk
 index, so the global A is the same for any number of ranks and no process ever holds all of
 it), sets ``RLIMIT_DATA`` to ``--limit-gib`` (default: its block of A + 1 GiB, less than the
 whole A for the default sizes, so one process could not hold A), and runs
 ``chita_core.distributed.iht(..., refine=False, active_set=False)`` for ``--iters``
-iterations. Reported per rank: time per iteration, split into communication (time inside
-the collectives, ``Comm.stats``) and the rest (compute), the collectives and bytes per
-iteration, and the peak resident memory against the limit.
+iterations (``--pipeline``: ``chita_core.distributed.iht`` with its defaults, the whole
+pipeline: starts, greedy OBS, IHT, refits, swap search). Reported per rank: time per iteration
+(``--pipeline``: of the whole solve), split into communication (time inside the collectives,
+``Comm.stats``) and the rest (compute), the collectives and bytes, and the peak resident memory
+against the limit.
 
 First, the same code on a smaller instance (n = 200, p = 60,000) that one process can hold:
 the sharded supports and objective against the single-process ``chita_core.iht`` on the whole
@@ -64,6 +68,14 @@ def split(p: int, ranks: int) -> list[tuple[int, int]]:
     return [(edges[r], edges[r + 1]) for r in range(ranks)]
 
 
+def solver_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of the solve, sharded or not: plain IHT for ``--iters`` iterations, or the
+    default pipeline."""
+    if args.pipeline:
+        return {}
+    return {"refine": False, "active_set": False, "max_iter": args.iters, "tol": 0.0}
+
+
 def rank_main(args: argparse.Namespace) -> None:
     import resource
 
@@ -88,26 +100,26 @@ def rank_main(args: argparse.Namespace) -> None:
     noise = np.random.default_rng([args.seed, 7]).standard_normal(args.n)
     b = (comm.total(part) + 0.1 * noise).astype(np.float32)
     k = max(1, int(args.p * args.keep))
-    stats: dict[str, Any] = {}
+    made: list[Any] = []  # every Comm of the solve (its collectives' counts and time)
     real_comm = _comm.Comm.__init__
 
     def counting(self: Any, group: Any = None) -> None:
         real_comm(self, group)
-        stats["comm"] = self.stats
+        made.append(self.stats)
 
     _comm.Comm.__init__ = counting  # type: ignore[method-assign]
     dist.barrier()
     t0 = time.perf_counter()
-    res = cd.iht(A, b, k, ridge=args.ridge, w_bar=w_bar, refine=False, active_set=False,
-                 max_iter=args.iters, tol=0.0)  # fmt: skip
+    res = cd.iht(A, b, k, ridge=args.ridge, w_bar=w_bar, **solver_options(args))
     seconds = time.perf_counter() - t0
-    st = stats["comm"]
     record = {
         "rank": args.rank, "n": args.n, "p": args.p, "k": k, "ranks": args.ranks,
         "p_local": hi - lo, "a_local_bytes": A.nbytes, "a_bytes": args.n * args.p * 4,
         "limit_bytes": limit, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "n_iter": res.n_iter, "objective": res.objective, "seconds": seconds,
-        "comm_seconds": st.seconds, "comm_calls": st.calls, "comm_bytes": st.bytes,
+        "comm_seconds": sum(st.seconds for st in made),
+        "comm_calls": sum(st.calls for st in made), "comm_bytes": sum(st.bytes for st in made),
+        "stages": [s.stage for s in res.stages],
         "support_local": int(np.size(res.support)),
     }  # fmt: skip
     if args.out_support:
@@ -127,6 +139,7 @@ def launch(
                "--iters", str(args.iters), "--keep", str(args.keep), "--ridge", str(args.ridge),
                "--seed", str(args.seed), "--limit-gib", str(limit_gib),
                "--out-support", out_support]  # fmt: skip
+        cmd += ["--pipeline"] if args.pipeline else []
         procs = [
             subprocess.Popen([*cmd, "--rank", str(r)], env=env, stdout=subprocess.PIPE, text=True)
             for r in range(args.ranks)
@@ -149,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ridge", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit-gib", type=float, default=None)
+    ap.add_argument("--pipeline", action="store_true", help="the default solver, not plain IHT")
     ap.add_argument("--out", default="bench/results/distributed.jsonl")
     ap.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
@@ -170,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     noise = np.random.default_rng([args.seed, 7]).standard_normal(n_s)
     b = (part + 0.1 * noise).astype(np.float32)
     k_s = max(1, int(p_s * args.keep))
-    single = chita_core.iht(A, b, k_s, ridge=args.ridge, w_bar=w_bar, refine=False,
-                            active_set=False, max_iter=args.iters, tol=0.0)  # fmt: skip
+    single = chita_core.iht(A, b, k_s, ridge=args.ridge, w_bar=w_bar, **solver_options(args))
     same = bool(np.array_equal(support, single.support))
     rel = abs(ranks[0]["objective"] - single.objective) / abs(single.objective)
     print(f"check (n = {n_s}, p = {p_s:,}, {args.ranks} ranks): same support as one process: "
@@ -185,14 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     ranks_big = launch(args, args.n, args.p, limit)
     with JsonlWriter(args.out, benchmark="distributed", machine=describe_machine()) as out:
         out.write({"kind": "check", "n": n_s, "p": p_s, "same_support": same,
-                   "objective_rel_diff": rel, "ranks": args.ranks})  # fmt: skip
+                   "objective_rel_diff": rel, "ranks": args.ranks, "pipeline": args.pipeline,
+                   "stages": [s.stage for s in single.stages]})  # fmt: skip
         for rec in ranks_big:
             out.write({"kind": "run", **rec})
-            it = max(rec["n_iter"], 1)
+            it = 1 if args.pipeline else max(rec["n_iter"], 1)
+            if args.pipeline:
+                print(f"rank {rec['rank']}: stages {', '.join(rec['stages'])}")
             print(f"rank {rec['rank']}: A block {rec['a_local_bytes'] / GiB:.2f} GiB of "
                   f"{rec['a_bytes'] / GiB:.2f} GiB (limit {rec['limit_bytes'] / GiB:.2f} GiB, "
-                  f"peak RSS {rec['peak_rss'] / GiB:.2f} GiB); {it} iterations, "
-                  f"{rec['seconds'] / it:.3f} s each: communication "
+                  f"peak RSS {rec['peak_rss'] / GiB:.2f} GiB); "
+                  f"{'the solve' if args.pipeline else f'{it} iterations'}, "
+                  f"{rec['seconds'] / it:.3f} s{'' if args.pipeline else ' each'}: communication "
                   f"{rec['comm_seconds'] / it:.3f} s ({rec['comm_calls'] / it:.0f} collectives, "
                   f"{rec['comm_bytes'] / it / 1024:.1f} KiB sent), compute "
                   f"{(rec['seconds'] - rec['comm_seconds']) / it:.3f} s")  # fmt: skip
