@@ -23,7 +23,7 @@ the real loss of the samples).
 
 Configurations: at 50%, 70% and 90%, every method with A in bfloat16, and chita / CHITA++ with
 A in float32 too (``--quick``: 70% and 90%, bfloat16 only). CHITA++ is ``stages=3`` (the
-default "poly" schedule); "magnitude+backsolve (3 stages)" is the same schedule with magnitude
+default "exp" schedule); "magnitude+backsolve (3 stages)" is the same schedule with magnitude
 + backsolve at each stage, which separates what the schedule buys from what the solver buys.
 ``n_grads`` defaults to 128: k / n is then 10^4 and more, the regime in which one solve of the
 global quadratic model is close to degenerate (see the README's "k >> n"): what CHITA++ adds

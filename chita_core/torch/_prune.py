@@ -114,7 +114,7 @@ class PruneReport:
         return "\n".join(lines)
 
 
-def schedule_sparsities(sparsity: float, stages: int, schedule: str = "poly") -> list[float]:
+def schedule_sparsities(sparsity: float, stages: int, schedule: str = "exp") -> list[float]:
     """Sparsity after each stage, ending at ``sparsity``.
 
     ``linear``: s t / T; ``poly``: s (1 - (1 - t/T)^3) (prunes most early, while the network is
@@ -201,7 +201,7 @@ def prune(
     n_grads: int | None = None,
     ridge: float | None = None,
     stages: int = 1,
-    schedule: str = "poly",
+    schedule: str = "exp",
     per_layer: bool = False,
     method: str = "chita",
     backend: str = "auto",
@@ -262,8 +262,12 @@ def prune(
         (``report.one_shot``), so the schedule never ends worse than one stage on that loss.
         (A byte-level transformer with 12.6M weights, n_grads = 128: 3 stages beat one at
         70%, 6.05 against 6.30 held-out perplexity, and lose at 90%, 18.0 against 13.5.)
-    schedule : {"poly", "exp", "linear"}, default "poly"
-        Sparsity schedule for ``stages > 1`` (see :func:`schedule_sparsities`).
+    schedule : {"poly", "exp", "linear"}, default "exp"
+        Sparsity schedule for ``stages > 1`` (see :func:`schedule_sparsities`). "exp" (the kept
+        fraction shrinking geometrically) measured best of the two tried: the 12.6M-weight
+        byte-level LM, 3 stages, 6.11 / 12.69 held-out perplexity at 70 / 90% against 6.14 /
+        13.23 with "poly" (magnitude + backsolve 6.37 / 13.23); the demo's digits MLP, accuracy
+        0.984 / 0.970 / 0.863 at 70 / 90 / 95% against 0.980 / 0.954 / 0.809.
     per_layer : bool, default False
         Prune every tensor to the same sparsity (one problem per tensor) instead of one global
         problem in which the solver spreads the sparsity across layers.
