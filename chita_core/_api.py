@@ -61,6 +61,25 @@ class IHTResult:
     plan: list[PlannedStage] = field(default_factory=list, repr=False)
 
 
+def _result(ctx: Any, prob: Any, timings: list[PlannedStage], t0: float) -> IHTResult:
+    """The result of a pipeline run: its best point in the caller's library (``prob``: the
+    problem, or a rank's block over shards, whose slice w is), its history, stage lines and plan
+    timings."""
+    best = ctx.best
+    return IHTResult(
+        w=prob.output(best.w),
+        support=prob.output(best.support, cast=False),
+        objective=best.f,
+        n_iter=ctx.n_iter,
+        converged=ctx.converged,
+        history=ctx.history,
+        backend=prob.backend,
+        elapsed=time.perf_counter() - t0,
+        stages=ctx.records,
+        plan=timings,
+    )
+
+
 def iht(
     A: Any,
     b: Any,
@@ -309,19 +328,7 @@ def solve(
             log.planned(stages)
         ctx = Context(prob, k, start, on_iter, log, seed=_magnitude if w0 is None else None)
         timings = run(ctx, stages)
-        best = ctx.best
-        result = IHTResult(
-            w=prob.output(best.w),
-            support=prob.output(best.support, cast=False),
-            objective=best.f,
-            n_iter=ctx.n_iter,
-            converged=ctx.converged,
-            history=ctx.history,
-            backend=prob.backend,
-            elapsed=time.perf_counter() - t0,
-            stages=ctx.records,
-            plan=timings,
-        )
+        result = _result(ctx, prob, timings, t0)
     if not np.isfinite(result.objective):
         raise ValueError(
             "the objective of `A` and `b` is not representable in float64 at this scale "

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .._api import _INITS, IHTResult, _options
+from .._api import _INITS, _options, _result
 from .._pipeline import DEFAULT_EFFORT, plan, run
 from ._comm import Comm, ShardError
 from ._iht import _never
@@ -105,21 +105,9 @@ def iht(
         stages = plan(shape, k, start, opts, nonzeros=nonzeros)
         ctx = ShardedContext(shard, k, start, _never)
         timings = run(ctx, stages)
-    best = ctx.best
-    if not np.isfinite(best.f):
+    if not np.isfinite(ctx.best.f):
         raise ShardError("the objective is not representable in float64 at this scale")
-    return IHTResult(
-        w=prob.output(best.w),
-        support=prob.output(best.support, cast=False),
-        objective=best.f,
-        n_iter=ctx.n_iter,
-        converged=ctx.converged,
-        history=ctx.history,
-        backend=prob.backend,
-        elapsed=time.perf_counter() - t0,
-        stages=ctx.records,
-        plan=timings,
-    )
+    return _result(ctx, prob, timings, t0)
 
 
 def objective(
