@@ -15,6 +15,7 @@ from torch import nn  # noqa: E402
 import chita_core  # noqa: E402
 import chita_core.torch as ct  # noqa: E402
 import chita_core.torch._prune as ct_prune  # noqa: E402
+import chita_core.torch._solve as ct_solve  # noqa: E402
 
 
 def _stacked(samples):
@@ -225,7 +226,7 @@ def test_multistage_never_ends_worse_than_one_shot_on_the_selection_loss(
     # or worse than everything else.
     for one_shot_wins in (True, False):
         calls = []
-        real = ct_prune._mean_loss
+        real = ct_solve._mean_loss
 
         def loss(model, loss_fn, held, _real=real, _wins=one_shot_wins, _calls=calls):
             _calls.append(1)
@@ -233,10 +234,10 @@ def test_multistage_never_ends_worse_than_one_shot_on_the_selection_loss(
             first = len(_calls) <= len(ct.RIDGE_SCALES) * (2 if method == "chita" else 1)
             return value - 100.0 if first == _wins else value
 
-        monkeypatch.setattr(ct_prune, "_mean_loss", loss)
+        monkeypatch.setattr(ct_solve, "_mean_loss", loss)
         model = _model()
         rep = ct.prune(model, LOSS, _data(), 0.9, **opts)
-        monkeypatch.setattr(ct_prune, "_mean_loss", real)
+        monkeypatch.setattr(ct_solve, "_mean_loss", real)
         assert rep.one_shot == one_shot_wins
         assert rep.stages[-1].chosen.startswith("one-shot") == one_shot_wins
         zeros = sum(int((w == 0).sum()) for w in _weights(model))
@@ -360,7 +361,7 @@ def test_ridge_path_picks_the_lowest_selection_loss():
 
 def test_fixed_ridge_solves_once():
     calls = []
-    real = ct_prune._solve
+    real = ct_solve._solve
 
     def spy(*args):
         calls.append(args[3])  # the ridge
@@ -369,7 +370,7 @@ def test_fixed_ridge_solves_once():
     m = _model()
     import unittest.mock
 
-    with unittest.mock.patch.object(ct_prune, "_solve", spy):
+    with unittest.mock.patch.object(ct_solve, "_solve", spy):
         rep = ct.prune(m, LOSS, _data(), 0.5, n_grads=64, ridge=0.25, progress=False)
     assert calls == [0.25] and rep.stages[0].ridge == 0.25 and rep.stages[0].chosen == "chita"
     with pytest.raises(ValueError, match="`val_data` yielded no samples"):

@@ -14,6 +14,7 @@ from torch import nn  # noqa: E402
 
 import chita_core.torch as ct  # noqa: E402
 import chita_core.torch._prune as ct_prune  # noqa: E402
+import chita_core.torch._solve as ct_solve  # noqa: E402
 
 LOSS = nn.CrossEntropyLoss()
 V, D = 13, 6  # vocabulary and width of the tied LM
@@ -407,13 +408,13 @@ def test_fully_dead_network_default_chita():
 
 def test_zero_curvature_ridge_path_solves_each_ridge_once(monkeypatch):
     calls = []
-    real = ct_prune._solve
+    real = ct_solve._solve
 
     def spy(*args):
         calls.append((args[3], args[2]))  # (ridge, method)
         return real(*args)
 
-    monkeypatch.setattr(ct_prune, "_solve", spy)
+    monkeypatch.setattr(ct_solve, "_solve", spy)
     rep = ct.prune(
         _dead(8), LOSS, _data(), 0.5, n_grads=48, method="magnitude+backsolve", progress=False
     )

@@ -32,6 +32,17 @@ CASES = {
     "chita_path": ({2: [13, 47], 3: [13, 29, 22]},
                    {"method": "chita", "sparsity": 0.7, "init": "magnitude", "swaps": False}),
     "magnitude": ({2: [20, 30], 3: [10, 20, 30]}, {"method": "magnitude", "sparsity": 0.5}),
+    # CHITA++ (gradients recomputed and exchanged at every stage, the one-shot candidate) and
+    # per_layer (each tensor's problem on one rank: on 3 ranks rank 0 owns no tensor).
+    "chita_stages": ({2: [13, 47], 3: [13, 29, 22]},
+                     {"method": "chita", "sparsity": 0.8, "stages": 3, "init": "magnitude",
+                      "swaps": False}),
+    "backsolve_per_layer": ({2: [20, 30], 3: [10, 20, 30]},
+                            {"method": "magnitude+backsolve", "sparsity": 0.7,
+                             "per_layer": True}),
+    "chita_per_layer_stages": ({2: [40, 40], 3: [30, 30, 30]},
+                               {"method": "chita", "sparsity": 0.85, "n_grads": 61,
+                                "per_layer": True, "stages": 2, "schedule": "poly"}),
 }  # fmt: skip
 
 
@@ -58,6 +69,13 @@ def pruned(net: nn.Module) -> dict:
     }
 
 
+def report_numbers(rep) -> np.ndarray:
+    """A prune report's numbers: sparsity, n_grads, one_shot, and each stage's k, objective,
+    ridge and selection loss."""
+    stages = [[s.k, s.objective, s.ridge, s.loss] for s in rep.stages]
+    return np.asarray([rep.sparsity, rep.n_grads, rep.one_shot, *np.ravel(stages)])
+
+
 def run(case: str, rank: int, world: int) -> dict:
     import torch.distributed as dist
 
@@ -72,12 +90,10 @@ def run(case: str, rank: int, world: int) -> dict:
             net = model()
             rep = ct.prune(net, LOSS, rank_data(sizes[world], rank), progress=False,
                            group=group, **args)  # fmt: skip
-            s = rep.stages[0]
             for name, value in pruned(net).items():
                 out[f"{name}_{key}"] = value
-            out[f"rep_{key}"] = np.asarray([rep.sparsity, rep.n_grads, s.k, s.objective,
-                                            s.ridge, s.loss])  # fmt: skip
-            out[f"chosen_{key}"] = np.asarray(s.chosen)
+            out[f"rep_{key}"] = report_numbers(rep)
+            out[f"chosen_{key}"] = np.asarray([s.chosen for s in rep.stages])
         return out
     if case == "exchange":
         # The rows of each rank, turned into column blocks in many small rounds.
@@ -105,14 +121,17 @@ def run(case: str, rank: int, world: int) -> dict:
         ct.prune(net, LOSS, rank_data([30] * world, rank), 0.5, progress=False, group=group)
         return out
     if case == "unbuilt":
-        for key, args in {"stages": {"stages": 2}, "per_layer": {"per_layer": True},
-                          "callback": {"callback": print},
+        for key, args in {"callback": {"callback": print},
                           "verbose": {"verbose": True}}.items():  # fmt: skip
             try:
                 ct.prune(model(), LOSS, rank_data([30] * world, rank), 0.5, progress=False,
                          group=group, **args)  # fmt: skip
             except NotImplementedError as exc:
                 out[f"unbuilt_{key}"] = np.asarray(str(exc))
+        # per_layer solves each tensor with chita_core.iht on one rank: every option is taken.
+        rep = ct.prune(model(), LOSS, rank_data([30] * world, rank), 0.5, progress=False,
+                       group=group, per_layer=True, time_limit=60.0)  # fmt: skip
+        out["per_layer_options"] = np.asarray(rep.sparsity)
         # Rank 0's data has 30 samples, one fewer than its share of n_grads: raised everywhere.
         try:
             ct.prune(model(), LOSS, rank_data([30] * world, rank), 0.5, n_grads=30 * world + 1,

@@ -10,13 +10,17 @@ On every rank r of R, each calling ``prune`` with the same model and arguments a
    order, scaled by 1 / sqrt(n) with the global n = sum n_r);
 3. an all-to-all (``torch.distributed.all_to_all_single``, gloo and NCCL) turns the rows into
    column blocks: rank r ends with A_local = the rows of all n samples (rank order) on its
-   columns ``edges[r]:edges[r + 1]`` (p split as evenly as possible, in parameter order), in
-   rounds that move at most about CHUNK_BYTES each; its rows are then dropped;
+   columns ``edges[r]:edges[r + 1]`` (p split as evenly as possible, in parameter order; with
+   ``per_layer`` at the tensor boundaries nearest that split), in rounds that move at most
+   about CHUNK_BYTES each; its rows are then dropped;
 4. the solve runs over the shards through :mod:`chita_core.distributed` (b = A w_bar is a
-   reduction of the ranks' partial products), each candidate of the ridge path judged by the
-   loss on the samples summed over the ranks, so every rank keeps the same one;
+   reduction of the ranks' partial products), or with ``per_layer`` each tensor's problem on
+   the rank that holds it; each candidate of the ridge path is judged by the loss on the
+   samples summed over the ranks, so every rank keeps the same one;
 5. every rank gathers the solution's slices and masks (p numbers, as the model holds anyway)
-   and writes back the same weights and masks as the single-process prune.
+   and writes back the same weights and masks as the single-process prune;
+6. with ``stages > 1`` the single-process schedule (``_prune._stages``) repeats 2-5 at the
+   pruned weights, the one-shot candidate included.
 """
 
 from __future__ import annotations
@@ -39,17 +43,8 @@ from ..distributed import ShardError
 from ..distributed._comm import Comm
 from ._gradients import _draw, _gradient_matrix
 from ._memory import CHUNK_BYTES, DEFAULT_SHARE, available_bytes, plan_memory
-from ._params import _write_back
-from ._prune import (
-    _METHODS,
-    PruneReport,
-    _choose,
-    _finish,
-    _mean_loss,
-    _runs,
-    _stage_report,
-)
-from ._solve import _matvec64
+from ._prune import _METHODS, PruneReport, _finish, _stages, _workspace
+from ._solve import LocalStage, _matvec64, _mean_loss
 
 #: Arguments of distributed.iht that the adapter sets itself.
 _SET_HERE = ("A_local", "b", "k", "ridge", "w_bar", "group", "backend")
@@ -64,9 +59,9 @@ def prune_sharded(
     *,
     group: Any,
     sparsity: float,
+    targets: list[float],
     n_grads: int | None,
     ridge: float | None,
-    stages: int,
     per_layer: bool,
     method: str,
     backend: str,
@@ -78,29 +73,26 @@ def prune_sharded(
     solver_options: dict[str, Any],
 ) -> PruneReport:
     """:func:`chita_core.torch.prune` on every rank of ``group`` (its arguments checked by
-    ``prune``; see the module's docstring)."""
+    ``prune``; ``targets`` its schedule; see the module's docstring)."""
     comm = Comm(group)
     par0 = selected[0][3]
-    p = sum(par.numel() for *_, par in selected)
+    sizes = [par.numel() for *_, par in selected]
+    p = sum(sizes)
     itemsize = (a_dtype or par0.dtype).itemsize
-    settings = [sparsity, np.nan if ridge is None else ridge, stages, per_layer,
-                _METHODS.index(method), n_grads or -1, p, itemsize]  # fmt: skip
+    settings = [sparsity, np.nan if ridge is None else ridge, len(targets), per_layer,
+                _METHODS.index(method), n_grads or -1, p, itemsize, *targets]  # fmt: skip
     comm.same(np.asarray(settings, dtype=np.float64),
-              "prune's arguments (sparsity, ridge, stages, per_layer, method, n_grads, the "
-              "selected tensors' sizes, a_dtype)")  # fmt: skip
-    if stages > 1 or per_layer:
-        raise NotImplementedError(
-            f"chita_core.torch.prune: `stages`={stages} and `per_layer`={per_layer} with "
-            "`group`: only one global stage (stages=1, per_layer=False) is sharded yet"
-        )
+              "prune's arguments (sparsity, ridge, stages, schedule, per_layer, method, n_grads, "
+              "the selected tensors' sizes, a_dtype)")  # fmt: skip
     if par0.device.type != "cpu":
         raise NotImplementedError(
             "chita_core.torch.prune with `group`: the sharded solver works on host arrays, so "
             f"the model must be on the CPU (over gloo); it is on {par0.device}"
         )
     _same_model(comm, model)
-    options = _sharded_options(method, solver_options)
-    memory, share = _plan(comm, n_grads, p, itemsize, par0.device, memory_limit)
+    options = _sharded_options(method, per_layer, solver_options)
+    edges = column_edges(p, comm.size, sizes if per_layer else None)
+    memory, share = _plan(comm, n_grads, p, edges, itemsize, par0.device, memory_limit)
     error = samples = held = None
     try:
         samples = _draw(data, share, par0.device, exact=n_grads is not None)
@@ -111,49 +103,79 @@ def prune_sharded(
     counts = comm.gather(np.asarray([samples.n], dtype=np.int64))[:, 0]
     n = int(counts.sum())
     if n < memory.n_grads:  # the data had fewer (n_grads=None): the plan for those
-        memory = plan_memory(n, _entries(p, comm.size), itemsize, par0.device, memory.limit)
+        memory = plan_memory(n, _entries(p, edges), itemsize, par0.device, memory.limit)
+    options["memory_limit"] = _workspace(memory, len(targets), method, selected)
+    lo, hi = int(edges[comm.rank]), int(edges[comm.rank + 1])
+    if "w0" in options and not per_layer:  # the rank's slice of a whole start
+        options["w0"] = options["w0"][lo:hi]
+    local_sizes = _sizes_within(sizes, lo, hi) if per_layer else []
+    show = progress and comm.rank == 0
 
-    t0 = time.perf_counter()
-    try:
-        rows = _gradient_matrix(model, loss_fn, samples, selected, chunk_size,
-                                progress and comm.rank == 0, a_dtype, total=n)  # fmt: skip
-    except Exception as exc:  # (agreed: every rank raises, none waits in the all-to-all)
-        error = exc
-    comm.agree(error)
-    edges = column_edges(p, comm.size)
-    A_local = to_columns(comm, rows, counts, edges)
-    del rows
-    w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
-    k = max(1, round((1.0 - sparsity) * p))
-    stage = _Stage.build(comm, A_local, w_bar, edges, k, backend, options)
-    t1 = time.perf_counter()
-    runs = _runs(method, ridge, stage.curvature)
-    best, objectives = _choose(model, loss_fn, held, selected, w_bar, [stage], runs, options,
-                               solve=stage.solve, mean_loss=stage.mean_loss)  # fmt: skip
-    _write_back(selected, best[2])
-    report = _stage_report(sparsity, k, best, best[-1], objectives, t1 - t0,
-                           time.perf_counter() - t1, n)  # fmt: skip
-    return _finish(selected, holders, best[3], [report], n, memory, method, False, stacklevel=4)
+    def build(k: int, target: float) -> tuple[_Shards, float]:
+        t0 = time.perf_counter()
+        error = rows = None
+        try:
+            rows = _gradient_matrix(model, loss_fn, samples, selected, chunk_size, show,
+                                    a_dtype, total=n)  # fmt: skip
+        except Exception as exc:  # (agreed: every rank raises, none waits in the all-to-all)
+            error = exc
+        comm.agree(error)
+        A_local = to_columns(comm, rows, counts, edges)
+        del rows
+        w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
+        t1 = time.perf_counter()
+        if per_layer:
+            stage = _LayerShards.build(comm, A_local, w_bar, edges, local_sizes, target, backend)
+        else:
+            stage = _GlobalShards.build(comm, A_local, w_bar, edges, k, backend)
+        return stage, t1 - t0
+
+    kept, reports, one_shot = _stages(model, loss_fn, held, selected, targets, method, ridge,
+                                      options, build, n, show)  # fmt: skip
+    return _finish(selected, holders, kept, reports, n, memory, method, one_shot, stacklevel=4)
 
 
-def column_edges(p: int, ranks: int) -> np.ndarray:
-    """[ranks + 1] bounds of the ranks' column blocks: p split as evenly as possible (the first
-    p % ranks blocks one column longer), in rank order."""
+def _sizes_within(sizes: list[int], lo: int, hi: int) -> list[int]:
+    """The sizes of the tensors (``sizes``, in order) whose columns lie in lo:hi (a rank's
+    block with ``per_layer``, whose edges are tensor boundaries)."""
+    out, off = [], 0
+    for size in sizes:
+        if lo <= off and off + size <= hi:
+            out.append(size)
+        off += size
+    assert sum(out) == hi - lo, "per_layer blocks end at tensor boundaries"
+    return out
+
+
+def column_edges(p: int, ranks: int, sizes: list[int] | None = None) -> np.ndarray:
+    """[ranks + 1] bounds of the ranks' column blocks, in rank order: p split as evenly as
+    possible (the first p % ranks blocks one column longer); with ``sizes`` (the tensors' sizes,
+    for ``per_layer``) at tensor boundaries, each the one nearest the even split (the lower on a
+    tie), so that every tensor's problem lies on one rank (a rank may own none)."""
     r = np.arange(ranks + 1, dtype=np.int64)
-    return r * (p // ranks) + np.minimum(r, p % ranks)
+    even = r * (p // ranks) + np.minimum(r, p % ranks)
+    if sizes is None:
+        return even
+    bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    right = np.minimum(np.searchsorted(bounds, even), bounds.size - 1)
+    left = np.maximum(right - 1, 0)
+    nearer = np.where(even - bounds[left] <= bounds[right] - even, left, right)
+    return bounds[np.maximum.accumulate(nearer)]
 
 
-def _entries(p: int, ranks: int) -> int:
+def _entries(p: int, edges: np.ndarray) -> int:
     """Entries of A that one sample costs a rank, at most: its gradient row (p, on the rank that
-    has the sample, n / ranks samples each) and the rank's column block (p / ranks): 2 p / ranks
-    on average, the plan's "weights" per sample."""
-    return -(-2 * p // ranks)
+    has the sample, n / ranks samples each) and the widest rank's column block: p / ranks +
+    the widest block (2 p / ranks for the even split), the plan's "weights" per sample."""
+    ranks = edges.size - 1
+    return -(-p // ranks) + int(np.diff(edges).max())
 
 
 def _plan(
     comm: Comm,
     n_grads: int | None,
     p: int,
+    edges: np.ndarray,
     itemsize: int,
     device: torch.device,
     memory_limit: int | None,
@@ -165,13 +187,13 @@ def _plan(
     if limit is None:
         limit = int(DEFAULT_SHARE * available_bytes(device))
     limit = int(comm.gather(np.asarray([limit], dtype=np.int64)).min())
-    entries = _entries(p, comm.size)
+    entries = _entries(p, edges)
     try:
         memory = plan_memory(n_grads, entries, itemsize, device, limit)
     except ValueError as exc:  # the same on every rank (the same inputs)
         raise ValueError(
             f"with `group`, per rank, where one sample costs {entries:,} entries of A (its "
-            f"gradient row on the rank that has it and the rank's column block): {exc}"
+            f"gradient row on the rank that has it and the widest column block): {exc}"
         ) from None
     n = memory.n_grads
     if n < comm.size:
@@ -220,21 +242,51 @@ def to_columns(
 
 
 @dataclass
-class _Stage:
-    """The stage's global problem over the ranks' column blocks (this rank's ``A``, ``w_bar``
-    slice, columns ``lo:lo + A.shape[1]``, the same b on every rank), with the ``solve`` and
-    ``mean_loss`` that :func:`chita_core.torch._prune._choose` calls: the single-process ones'
-    signatures and results (the whole w and mask, gathered, the same on every rank)."""
+class _Shards:
+    """A stage's problems over the ranks' column blocks, as
+    :func:`chita_core.torch._prune._stages` asks of a stage (the single-process
+    :class:`~chita_core.torch._solve.LocalStage`'s methods and results): this rank owns the
+    columns ``lo:hi`` of the ``p``; ``solve`` returns the whole w and mask, gathered (the same
+    on every rank), and ``mean_loss`` the loss over every rank's samples."""
 
     comm: Comm
-    A: torch.Tensor
-    b: torch.Tensor
-    w_bar: torch.Tensor
     lo: int
-    k: int
-    backend: str
+    hi: int
     p: int  #: columns over all ranks
     h_total: float  #: sum over all columns of ||A[:, j]||^2
+
+    def curvature(self) -> float:
+        """The mean squared column norm of A (the ridge path's unit)."""
+        return self.h_total / self.p
+
+    def mean_loss(self, model: nn.Module, loss_fn: Any, held: Any) -> float:
+        """The mean loss over every rank's samples (the sums added in rank order: the same on
+        every rank, so every rank keeps the same candidate)."""
+        total, count = self.comm.total([_mean_loss(model, loss_fn, held) * held.n, held.n])
+        return float(total / count)
+
+    def _whole(
+        self, w_local: Any, mask: np.ndarray, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole w and boolean mask from every rank's slices (two gathers), as ``like``'s
+        dtype and device."""
+        local = torch.as_tensor(w_local).double().numpy()
+        whole = np.concatenate(self.comm.gather_ragged(local))
+        kept = np.concatenate(self.comm.gather_ragged(mask.view(np.uint8))).astype(bool)
+        w_all = torch.from_numpy(whole).to(dtype=like.dtype, device=like.device)
+        return w_all, torch.from_numpy(kept).to(like.device)
+
+
+@dataclass
+class _GlobalShards(_Shards):
+    """One global problem over the column blocks (this rank's ``A``, ``w_bar`` slice and the
+    same b on every rank), solved by :mod:`chita_core.distributed`."""
+
+    A: torch.Tensor | None = None
+    b: torch.Tensor | None = None
+    w_bar: torch.Tensor | None = None
+    k: int = 0
+    backend: str = "auto"
     magnitude: np.ndarray | None = None  #: local support of the k largest |w_bar|
 
     @classmethod
@@ -246,8 +298,7 @@ class _Stage:
         edges: np.ndarray,
         k: int,
         backend: str,
-        options: dict[str, Any],
-    ) -> _Stage:
+    ) -> _GlobalShards:
         """b = A w_bar (the ranks' float64 partials added in rank order, then stored as the
         single-process b is) and the column norms, from one validated local Problem."""
         lo, hi = int(edges[comm.rank]), int(edges[comm.rank + 1])
@@ -260,16 +311,14 @@ class _Stage:
         except (TypeError, ValueError) as exc:
             error = exc
         comm.agree(error)
-        if "w0" in options:  # the rank's slice of a whole start
-            options["w0"] = options["w0"][lo:hi]
-        return cls(comm, A, b, wbs, lo, k, backend, int(edges[-1]), comm.total(h))
+        return cls(comm, lo, hi, int(edges[-1]), comm.total(h), A, b, wbs, k, backend)
 
-    def curvature(self) -> float:
-        """The mean squared column norm of A (the ridge path's unit)."""
-        return self.h_total / self.p
+    def final(self, k_total: int, sparsity: float) -> _GlobalShards:
+        """The same problem keeping ``k_total`` weights."""
+        return replace(self, k=k_total, magnitude=None)
 
     def solve(
-        self, w_bar: torch.Tensor, _: Any, how: str, ridge: float, options: dict[str, Any]
+        self, w_bar: torch.Tensor, how: str, ridge: float, options: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor, float, list[Any]]:
         """_solve's (w, kept, objective, results) for ``how`` at ``ridge``, over the shards."""
         common = {"ridge": ridge, "w_bar": self.w_bar, "group": self.comm.group,
@@ -291,19 +340,54 @@ class _Stage:
             else:
                 w = distributed.backsolve(self.A, self.b, support, **common)
             f = distributed.objective(self.A, self.b, w, **common)
-        local = torch.as_tensor(w).double().numpy()
-        mask = np.zeros(local.size, dtype=np.uint8)
-        mask[np.asarray(support, dtype=np.int64)] = 1
-        whole = np.concatenate(self.comm.gather_ragged(local))
-        kept = np.concatenate(self.comm.gather_ragged(mask)).astype(bool)
-        w_all = torch.from_numpy(whole).to(dtype=w_bar.dtype, device=w_bar.device)
-        return w_all, torch.from_numpy(kept).to(w_bar.device), f, results
+        mask = np.zeros(self.hi - self.lo, dtype=bool)
+        mask[np.asarray(support, dtype=np.int64)] = True
+        return *self._whole(w, mask, w_bar), f, results
 
-    def mean_loss(self, model: nn.Module, loss_fn: Any, held: Any) -> float:
-        """The mean loss over every rank's samples (the sums added in rank order: the same on
-        every rank, so every rank keeps the same candidate)."""
-        total, count = self.comm.total([_mean_loss(model, loss_fn, held) * held.n, held.n])
-        return float(total / count)
+
+@dataclass
+class _LayerShards(_Shards):
+    """``per_layer``: one problem per tensor, each on the rank whose block holds it (the
+    blocks end at tensor boundaries): this rank solves its tensors' problems with the
+    single-process code (``local``, no collective inside a solve) and the candidates are
+    gathered."""
+
+    local: LocalStage | None = None
+
+    @classmethod
+    def build(
+        cls,
+        comm: Comm,
+        A: torch.Tensor,
+        w_bar: torch.Tensor,
+        edges: np.ndarray,
+        sizes: list[int],
+        sparsity: float,
+        backend: str,
+    ) -> _LayerShards:
+        lo, hi = int(edges[comm.rank]), int(edges[comm.rank + 1])
+        error = local = None
+        try:
+            local = LocalStage.build(A, w_bar[lo:hi], 0, sizes, sparsity, True, backend)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        comm.agree(error)
+        return cls(comm, lo, hi, int(edges[-1]), comm.total(local.norms()), local)
+
+    def final(self, k_total: int, sparsity: float) -> _LayerShards:
+        """The same problems at another sparsity (each tensor's share)."""
+        return replace(self, local=self.local.final(k_total, sparsity))
+
+    def solve(
+        self, w_bar: torch.Tensor, how: str, ridge: float, options: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, float, list[Any]]:
+        """_solve's (w, kept, objective, results): this rank's tensors solved, the objectives
+        summed and the results gathered in rank (tensor) order."""
+        w, kept, f, results = self.local.solve(w_bar[self.lo : self.hi], how, ridge, options)
+        every: list[Any] = [None] * self.comm.size
+        dist.all_gather_object(every, results, group=self.comm.group)
+        return (*self._whole(w, kept.cpu().numpy(), w_bar), self.comm.total(f),
+                [res for part in every for res in part])  # fmt: skip
 
 
 def _same_model(comm: Comm, model: nn.Module) -> None:
@@ -329,18 +413,22 @@ def _same_model(comm: Comm, model: nn.Module) -> None:
         )
 
 
-def _sharded_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The options of chita_core.distributed.iht for ``method="chita"`` (a copy of the
-    caller's; the others keep iht's defaults), refused before any gradient work where
-    distributed.iht does not take them (NotImplementedError on every rank)."""
+def _sharded_options(method: str, per_layer: bool, options: dict[str, Any]) -> dict[str, Any]:
+    """The solver options for ``method="chita"`` (a copy of the caller's; the other methods
+    take none, as in one process). With ``per_layer`` each tensor is solved by the
+    single-process solver, which takes them all; otherwise by chita_core.distributed.iht, and
+    what it does not take is refused before any gradient work (NotImplementedError on every
+    rank)."""
     if method != "chita":
-        return {}  # (the other methods take no solver option, as in one process)
-    taken = set(inspect.signature(distributed.iht).parameters) - set(_SET_HERE)
-    missing = sorted(set(options) - taken)
-    if missing:
-        raise NotImplementedError(
-            f"chita_core.torch.prune with `group`: solver option(s) {', '.join(missing)} are "
-            f"not supported over shards yet (chita_core.distributed.iht takes "
-            f"{', '.join(sorted(taken))})"
-        )
+        return {}
+    if not per_layer:
+        taken = set(inspect.signature(distributed.iht).parameters) - set(_SET_HERE)
+        missing = sorted(set(options) - taken)
+        if missing:
+            raise NotImplementedError(
+                f"chita_core.torch.prune with `group`: solver option(s) {', '.join(missing)} "
+                f"are not supported over shards yet (chita_core.distributed.iht takes "
+                f"{', '.join(sorted(taken))}; with per_layer=True each tensor's problem is "
+                "solved on one rank by chita_core.iht, which takes them all)"
+            )
     return dict(options)

@@ -9,8 +9,7 @@ import operator
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,10 +19,10 @@ from torch.nn.utils import prune as torch_prune
 
 from .._api import IHTResult
 from ..backends import get_backend
-from ._gradients import _draw, _gradient_matrix, _Progress, _Samples
+from ._gradients import _draw, _gradient_matrix, _Progress
 from ._memory import MemoryPlan, plan_memory
 from ._params import _aliases, _select, _write_back
-from ._solve import _blocks, _check_solver_options, _mean_curvature, _solve
+from ._solve import LocalStage, _check_solver_options
 
 _SCHEDULES = ("poly", "exp", "linear")
 _METHODS = ("chita", "magnitude", "magnitude+backsolve")
@@ -136,20 +135,6 @@ def schedule_sparsities(sparsity: float, stages: int, schedule: str = "exp") -> 
         out.append(s)
     out[-1] = sparsity
     return out
-
-
-def _mean_loss(model, loss_fn, samples: _Samples, batch: int = 1024) -> float:
-    """Mean of the loss over the samples (in eval mode, without gradients)."""
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    try:
-        with torch.no_grad():
-            for _, b in samples.chunks(batch):
-                total += float(b.loss(model, loss_fn)) * b.size
-    finally:
-        model.train(was_training)
-    return total / samples.n
 
 
 def _is_real(value: Any) -> bool:
@@ -304,11 +289,14 @@ def prune(
         same weights and masks. ``n_grads`` is the global n, split as evenly as possible over
         the ranks in rank order (None: each rank takes up to its share of the planned default,
         or all its data if it has fewer); the loss that chooses among the ridge candidates is
-        summed over the ranks' samples (or their ``val_data``). Not with ``stages > 1`` or
-        ``per_layer`` yet (NotImplementedError); ``method="chita"`` runs
+        summed over the ranks' samples (or their ``val_data``). ``method="chita"`` runs
         :func:`chita_core.distributed.iht` (the whole pipeline over shards, the same decisions
         as one process): options it does not take (``callback``, ``verbose``, ``time_limit``)
-        raise NotImplementedError on every rank before any gradient work. CPU models (gloo). The
+        raise NotImplementedError on every rank before any gradient work. With ``per_layer``
+        the column blocks end at tensor boundaries (each the one nearest the even split) and
+        each tensor's problem is solved on the rank that holds it by :func:`chita_core.iht`
+        (every option taken, no collective inside a solve). With ``stages > 1`` every stage
+        recomputes the rows at the pruned weights and exchanges them again. CPU models (gloo). The
         arguments other than ``data`` / ``val_data`` and the model must be the same on every
         rank (checked: a model that differs raises ShardError on every rank).
     **solver_options
@@ -378,7 +366,7 @@ def prune(
 
         return prune_sharded(
             model, loss_fn, data, selected, holders, group=group, sparsity=sparsity,
-            n_grads=n_grads, ridge=ridge, stages=stages, per_layer=per_layer, method=method,
+            targets=targets, n_grads=n_grads, ridge=ridge, per_layer=per_layer, method=method,
             backend=backend, progress=progress, chunk_size=chunk_size, val_data=val_data,
             a_dtype=a_dtype, memory_limit=memory_limit, solver_options=solver_options,
         )  # fmt: skip
@@ -388,38 +376,78 @@ def prune(
     samples = _draw(data, memory.n_grads, device, exact=n_grads is not None)
     if samples.n < memory.n_grads:  # the data had fewer (n_grads=None): the plan for those
         memory = plan_memory(samples.n, p, itemsize, device, memory.limit)
-    workspace = memory.workspace_bytes
-    if stages > 1 and method != "magnitude":  # the one-shot candidate's weights and mask
-        workspace = max(0, workspace - p * (selected[0][3].element_size() + 1))
-    solver_options = {**solver_options, "memory_limit": workspace}
+    solver_options = {
+        **solver_options,
+        "memory_limit": _workspace(memory, stages, method, selected),
+    }
     held = samples if val_data is None else _draw(val_data, None, device, "val_data")
-    stage_reports: list[StageReport] = []
+
+    def build(k: int, target: float) -> tuple[LocalStage, float]:
+        t0 = time.perf_counter()
+        A = _gradient_matrix(model, loss_fn, samples, selected, chunk_size, progress, a_dtype)
+        w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
+        t1 = time.perf_counter()
+        return LocalStage.build(A, w_bar, k, sizes, target, per_layer, backend), t1 - t0
+
+    kept, reports, one_shot = _stages(model, loss_fn, held, selected, targets, method, ridge,
+                                      solver_options, build, samples.n, progress)  # fmt: skip
+    return _finish(selected, holders, kept, reports, samples.n, memory, method, one_shot)
+
+
+def _workspace(memory: MemoryPlan, stages: int, method: str, selected: Any) -> int:
+    """The solver's workspace (``memory_limit``): the plan's, less what the schedule holds
+    beside the solver (with stages > 1, the one-shot candidate's weights and mask)."""
+    workspace = memory.workspace_bytes
+    if stages > 1 and method != "magnitude":
+        p = sum(par.numel() for *_, par in selected)
+        workspace = max(0, workspace - p * (selected[0][3].element_size() + 1))
+    return workspace
+
+
+def _stages(
+    model: nn.Module,
+    loss_fn: Any,
+    held: Any,
+    selected: Any,
+    targets: list[float],
+    method: str,
+    ridge: float | None,
+    solver_options: dict[str, Any],
+    build: Callable[[int, float], tuple[Any, float]],
+    n: int,
+    progress: bool,
+) -> tuple[torch.Tensor, list[StageReport], bool]:
+    """The stages of :func:`prune` (one, or CHITA++'s schedule ``targets``): each builds its
+    problems at the current weights (``build(k, target)`` -> (stage, seconds spent on the
+    gradients); a :class:`~chita_core.torch._solve.LocalStage`, or the sharded prune's), solves
+    the ridge path, keeps the candidate with the lowest selection loss and writes it back.
+    Returns (the last stage's support, the stage reports, whether the one-shot candidate was
+    kept)."""
+    p = sum(par.numel() for *_, par in selected)
+    reports: list[StageReport] = []
     one_shot, one_shot_k, chose_one_shot, one_shot_objectives = None, 0, False, {}
-    bar = _Progress(progress and stages > 1, stages, "stages")
+    bar = _Progress(progress and len(targets) > 1, len(targets), "stages")
     try:
         for target in targets:
             t0 = time.perf_counter()
-            A = _gradient_matrix(model, loss_fn, samples, selected, chunk_size, progress, a_dtype)
-            w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
-            t1 = time.perf_counter()
             k = max(1, round((1.0 - target) * p))
-            blocks = _blocks(A, w_bar, k, sizes, target, per_layer, backend)
-            runs = _runs(method, ridge, partial(_mean_curvature, blocks, p))
-            if len(targets) > 1 and not stage_reports and method != "magnitude":
+            stage, grad_seconds = build(k, target)
+            w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
+            runs = _runs(method, ridge, stage.curvature)
+            if len(targets) > 1 and not reports and method != "magnitude":
                 # The schedule is a heuristic: the one-shot solve to the final target, on this
                 # first A (at the dense weights, no extra gradient pass), stays a candidate and
                 # is kept at the end if its selection loss is lower than the last stage's.
-                k_final = max(1, round((1.0 - targets[-1]) * p))
-                final = _final_blocks(blocks, k_final, sizes, targets[-1], per_layer)
+                one_shot_k = max(1, round((1.0 - targets[-1]) * p))
+                final = stage.final(one_shot_k, targets[-1])
+                # Held until the last stage: its weights and mask (counted in the workspace).
                 one_shot, one_shot_objectives = _choose(
                     model, loss_fn, held, selected, w_bar, final, runs, solver_options
                 )
-                # Held until the last stage: its weights and mask (counted in the workspace).
-                one_shot_k = k_final
                 _write_back(selected, w_bar)  # back to the dense weights for this stage
                 del final
             best, objectives = _choose(
-                model, loss_fn, held, selected, w_bar, blocks, runs, solver_options
+                model, loss_fn, held, selected, w_bar, stage, runs, solver_options
             )
             how = best[-1]
             if target == targets[-1] and one_shot is not None and one_shot[0] < best[0]:
@@ -427,32 +455,17 @@ def prune(
                 how, chose_one_shot = f"one-shot {best[-1]}", True
             w, kept = best[2], best[3]
             _write_back(selected, w)
-            t2 = time.perf_counter()
-            stage_reports.append(
-                _stage_report(target, k, best, how, objectives, t1 - t0, t2 - t1, samples.n)
+            seconds = time.perf_counter() - t0
+            solve_seconds = seconds - grad_seconds
+            reports.append(
+                _stage_report(target, k, best, how, objectives, grad_seconds, solve_seconds, n)
             )
             # Nothing of this stage but its mask is held while the next one builds its A.
-            del A, blocks, best, w, w_bar
+            del stage, best, w, w_bar
             bar.update(1)
     finally:
         bar.close()
-    del one_shot
-
-    return _finish(
-        selected, holders, kept, stage_reports, samples.n, memory, method, chose_one_shot
-    )
-
-
-def _final_blocks(
-    blocks: list[Any], k_total: int, sizes: list[int], sparsity: float, per_layer: bool
-) -> list[Any]:
-    """The stage's problems with the k of another sparsity: the same prepared Problems (A, b and
-    the column norms do not depend on k) with fresh magnitude points."""
-    if not per_layer:
-        ks = [k_total]
-    else:
-        ks = [max(1, round((1.0 - sparsity) * size)) for size in sizes]
-    return [replace(blk, k=k, magnitude={}, shared=None) for blk, k in zip(blocks, ks, strict=True)]
+    return kept, reports, chose_one_shot
 
 
 def _choose(
@@ -461,26 +474,21 @@ def _choose(
     held: Any,
     selected: Any,
     w_bar: torch.Tensor,
-    blocks: list[Any],
+    stage: Any,
     runs: list[tuple[float, str]],
     solver_options: dict[str, Any],
-    solve: Callable[..., Any] | None = None,
-    mean_loss: Callable[..., float] | None = None,
 ) -> tuple[tuple[Any, ...], dict[tuple[float, str], float]]:
-    """Solves every (ridge, method) of ``runs`` and keeps the one whose weights have the lowest
-    mean loss on ``held``: ((loss, ridge, w, kept, objective, results, method), objectives).
-    Leaves the model at the last solution tried (the caller writes back the one it keeps).
-    ``solve`` and ``mean_loss`` default to :func:`_solve` and :func:`_mean_loss` (the sharded
-    prune passes its own, with the same signatures)."""
-    solve = solve or _solve
-    mean_loss = mean_loss or _mean_loss
+    """Solves every (ridge, method) of ``runs`` on ``stage`` and keeps the one whose weights
+    have the lowest mean loss on ``held`` (``stage.mean_loss``): ((loss, ridge, w, kept,
+    objective, results, method), objectives). Leaves the model at the last solution tried (the
+    caller writes back the one it keeps)."""
     best = None
     objectives = {}
     for lam, how in runs:
-        w, kept, f, results = solve(w_bar, blocks, how, lam, solver_options)
+        w, kept, f, results = stage.solve(w_bar, how, lam, solver_options)
         objectives[lam, how] = f
         _write_back(selected, w)
-        loss = mean_loss(model, loss_fn, held)
+        loss = stage.mean_loss(model, loss_fn, held)
         if best is None or loss < best[0]:
             best = (loss, lam, w, kept, f, results, how)
         # A candidate not kept is dropped before the next solve (its w, mask and the solver's

@@ -1,5 +1,5 @@
-"""The solves of one pruning stage (chita_core.torch): A's column blocks as prepared problems
-and the ridge path."""
+"""The solves of one pruning stage (chita_core.torch): A's column blocks as prepared problems,
+the solve of each candidate of the ridge path and the loss that chooses among them."""
 
 from __future__ import annotations
 
@@ -97,10 +97,79 @@ def _blocks(
     return out
 
 
-def _mean_curvature(blocks: list[_Block], p: int) -> float:
-    """Mean over all p columns of ||A[:, j]||^2 (the average curvature of one weight), from the
-    column norms the blocks' problems already hold."""
-    return sum(float(b.problem.h.sum()) for b in blocks) / p
+def _final_blocks(
+    blocks: list[_Block], k_total: int, sizes: list[int], sparsity: float, per_layer: bool
+) -> list[_Block]:
+    """The stage's problems with the k of another sparsity: the same prepared Problems (A, b and
+    the column norms do not depend on k) with fresh magnitude points."""
+    if not per_layer:
+        ks = [k_total]
+    else:
+        ks = [max(1, round((1.0 - sparsity) * size)) for size in sizes]
+    return [replace(blk, k=k, magnitude={}, shared=None) for blk, k in zip(blocks, ks, strict=True)]
+
+
+def _mean_loss(model: Any, loss_fn: Any, samples: Any, batch: int = 1024) -> float:
+    """Mean of the loss over the samples (in eval mode, without gradients)."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for _, b in samples.chunks(batch):
+                total += float(b.loss(model, loss_fn)) * b.size
+    finally:
+        model.train(was_training)
+    return total / samples.n
+
+
+@dataclass
+class LocalStage:
+    """The problems of one stage in this process (one global problem over A's columns, or one
+    per tensor), as :func:`chita_core.torch._prune._stages` asks of a stage: the ridge path's
+    unit (``curvature``), a candidate's solve (``solve``), the loss that chooses among the
+    candidates (``mean_loss``) and the same problems at another sparsity (``final``). The
+    sharded prune's stages (``_distributed.py``) offer the same."""
+
+    blocks: list[_Block]
+    sizes: list[int]  #: the tensors' sizes (columns), in order
+    per_layer: bool
+
+    @classmethod
+    def build(
+        cls,
+        A: torch.Tensor,
+        w_bar: torch.Tensor,
+        k_total: int,
+        sizes: list[int],
+        sparsity: float,
+        per_layer: bool,
+        backend: str,
+    ) -> LocalStage:
+        return cls(_blocks(A, w_bar, k_total, sizes, sparsity, per_layer, backend), sizes,
+                   per_layer)  # fmt: skip
+
+    def norms(self) -> float:
+        """Sum over the columns of ||A[:, j]||^2, from the norms the problems already hold."""
+        return sum(float(b.problem.h.sum()) for b in self.blocks)
+
+    def curvature(self) -> float:
+        """Mean over all columns of ||A[:, j]||^2 (the average curvature of one weight)."""
+        return self.norms() / max(1, sum(self.sizes))
+
+    def solve(
+        self, w_bar: torch.Tensor, method: str, ridge: float, options: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, float, list[IHTResult]]:
+        return _solve(w_bar, self.blocks, method, ridge, options)
+
+    def mean_loss(self, model: Any, loss_fn: Any, held: Any) -> float:
+        return _mean_loss(model, loss_fn, held)
+
+    def final(self, k_total: int, sparsity: float) -> LocalStage:
+        """The same problems at another sparsity (``k_total`` weights kept over all tensors, or
+        each tensor's share with ``per_layer``)."""
+        blocks = _final_blocks(self.blocks, k_total, self.sizes, sparsity, self.per_layer)
+        return replace(self, blocks=blocks)
 
 
 # Options of chita_core.iht that the adapter sets itself (from the model and the ridge path).
