@@ -35,7 +35,7 @@ from .stages.greedy import (
     greedy_screen_size,
     workspace_itemsize,
 )
-from .stages.iht import IHT, active_set_iht, plain_iht
+from .stages.iht import IHT, IHTColumns
 from .stages.nspace import REFINE_STEPS, largest
 from .stages.starts import EXHAUSTIVE_MAX_P, EXHAUSTIVE_MAX_SUPPORTS, OBS, Exhaustive, Magnitude
 from .stages.swaps import N_CANDIDATES, POOL_FACTOR, POOL_ROUNDS, SwapColumns, Swaps
@@ -513,7 +513,7 @@ def _greedy_size(model: CostModel, k: int, seconds: float, known: int = 0) -> in
 class Context:
     """What the stages share: the problem, k, the start vector and the best point so far, and
     the operations on the problem's columns that the stages take from it rather than from the
-    kernels (``largest``, ``same_support``, ``iht_drivers``, ``swap_columns``,
+    kernels (``largest``, ``same_support``, ``iht_columns``, ``swap_columns``,
     ``greedy_columns``), so that a context over column shards (chita_core.distributed) runs the
     same stages on the global problem."""
 
@@ -532,8 +532,8 @@ class Context:
     stopped: bool = False  # the callback asked to stop: later stages do not run
     _since: float = field(default_factory=time.perf_counter)
 
-    #: IHT on all columns and on CHITA's active set (stages/iht.py), as the IHT stage calls them.
-    iht_drivers = (plain_iht, active_set_iht)
+    #: The IHT drivers' operations over all columns (stages/iht.py), built on the problem.
+    iht_columns = IHTColumns
     #: Swap search's operations over all columns (stages/swaps.py), built on the problem.
     swap_columns = SwapColumns
     #: Greedy OBS's operations over all columns (stages/greedy.py), built on the problem.

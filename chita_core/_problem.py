@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -341,15 +342,30 @@ def _power_sigma2(prob: Problem, seed: int = 0) -> float:
     that entries from 1e-300 to 1e300 neither underflow nor overflow."""
     xp = prob.xp
     every = xp.arange(prob.p, dtype=np.int64)
-    v = xp.asarray(np.random.default_rng(seed).standard_normal(prob.p))
-    v /= scaled_norm(xp, v)
     Av = xp.empty(prob.n)
-    zeros = xp.zeros(prob.p)
+
+    def product(v: Any) -> Any:
+        prob.kernels.support_matvec(prob.A, every, v, Av)
+        return Av
+
+    v = xp.asarray(np.random.default_rng(seed).standard_normal(prob.p))
+    return power_iterations(prob, v, product, lambda x: scaled_norm(xp, x))
+
+
+def power_iterations(
+    local: Any, v: Any, product: Callable[[Any], Any], norm: Callable[[Any], float]
+) -> float:
+    """The power iterations of :func:`_power_sigma2` from the start ``v`` (overwritten):
+    ``product(v)`` is A v (n numbers), A^T (A v) the ``gradient`` kernel on ``local``'s columns
+    and ``norm`` the scaled norm of the whole vector. Over column shards (chita_core.distributed)
+    ``local`` is the rank's block, v its slice, and ``product`` / ``norm`` reduce over the ranks."""
+    v /= norm(v)
+    zeros = local.xp.zeros(local.p)
     sigma2 = 0.0
     for _ in range(_POWER_ITERS):
-        prob.kernels.support_matvec(prob.A, every, v, Av)
-        prob.kernels.gradient(prob.A, Av, zeros, zeros, 0.0, v)  # v = A^T A v
-        sigma2 = scaled_norm(xp, v)
+        Av = product(v)
+        local.kernels.gradient(local.A, Av, zeros, zeros, 0.0, v)  # v = A^T A v
+        sigma2 = norm(v)
         if sigma2 == 0.0:
             break
         v /= sigma2

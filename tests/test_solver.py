@@ -462,13 +462,13 @@ def test_auto_backend_prefers_cpp_then_numba(monkeypatch, make_problem):
 
 @pytest.mark.parametrize(("ridge", "pruning"), [(0.0, False), (0.2, True)])
 def test_active_set_iht_invariants(backend, make_problem, dtype, order, ridge, pruning):
-    from chita_core.stages.iht import active_set_iht
+    from chita_core.stages.iht import IHTColumns, active_set_iht
 
     n, p, k = 60, 500, 12
     prob = make_problem(n, p, dtype=dtype, order=order, seed=95, pruning=pruning)
     P = chita_core.Problem(prob.A, prob.b, ridge=ridge, w_bar=prob.w_bar, backend=backend)
     start = P.w_bar if pruning else np.zeros(p)
-    run = active_set_iht(P, k, start, 200, 1e-10, lambda *a: False)
+    run = active_set_iht(IHTColumns(P), k, start, 200, 1e-10, lambda *a: False)
     assert run.support.shape == (k,) and np.all(np.diff(run.support) > 0)
     assert np.count_nonzero(run.w) <= k and np.all(
         run.w[np.setdiff1d(np.arange(p), run.support)] == 0

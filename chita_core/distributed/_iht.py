@@ -1,5 +1,6 @@
-"""IHT with CHITA's line search over column shards, on all columns or on CHITA's active set
-(docs/design.md, sections 2 and 12.1).
+"""The IHT drivers' operations over column shards (docs/design.md, sections 2 and 12.1):
+``ShardIHTColumns``, with which stages/iht.py's drivers run IHT with CHITA's line search on all
+columns or on CHITA's active set on every rank.
 
 ``sharded_step`` is the backends' ``chita_step`` (the same thresholds, ladders and candidate
 evaluation; backends/numba_kernels.py is its reading copy) with every global quantity formed
@@ -15,8 +16,9 @@ scalars, one n-vector per mat-vec (the step's A d, and each candidate's entering
 columns) and the top-k's histogram rounds (at most 9 gathers of 256 integers) per candidate.
 
 The active set's step size 1/L needs ``Problem.lipschitz``: ``sharded_sigma2`` runs the power
-iterations of ``_problem._power_sigma2`` on sharded mat-vecs from the same random start vector,
-each rank drawing only its own slice of it (``_start_slice``).
+iterations of ``_problem._power_sigma2`` (``_problem.power_iterations``) on sharded mat-vecs
+from the same random start vector, each rank drawing only its own slice of it
+(``_start_slice``).
 """
 
 from __future__ import annotations
@@ -25,13 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from .._point import Point
-from .._problem import _LIPSCHITZ_MARGIN, _POWER_ITERS
+from .._problem import _LIPSCHITZ_MARGIN, power_iterations
 from ..backends import constants as _constants
-from ..stages.iht import _EXPANSION_STEPS, _MAX_EXPANSIONS, IHTRun
+from ..stages.iht import IHTColumns
 from ._topk import global_topk
 
-__all__ = ["active_set_iht", "plain_iht", "sharded_sigma2"]
+__all__ = ["ShardIHTColumns", "sharded_sigma2", "sharded_step"]
 
 # _problem._power_sigma2's start: np.random.default_rng(_POWER_SEED).standard_normal(p).
 _POWER_SEED = 0
@@ -42,6 +43,35 @@ def _never(*_: Any) -> bool:
     """The default iteration callback: never stops (a callback must answer the same on every
     rank)."""
     return False
+
+
+class ShardIHTColumns(IHTColumns):
+    """stages/iht.py's IHTColumns over column shards: ``prob`` the Shard (points, residuals and
+    objectives of the global problem), ``local`` the rank's block; the global top-k (ties to the
+    lower global index), counts and sums over the ranks, the sharded CHITA step and the
+    Lipschitz constant from sharded power iterations."""
+
+    def __init__(self, shard: Any) -> None:
+        self.prob, self.local, self.comm = shard, shard.prob, shard.comm
+
+    def largest(self, v: Any, k: int) -> Any:
+        return global_topk(self.comm, np.ascontiguousarray(v), k)
+
+    def count(self, m: int) -> int:
+        return _count(self.comm, m)
+
+    def total(self, x: float) -> float:
+        return self.comm.total(x)
+
+    def lipschitz(self) -> float:
+        return _LIPSCHITZ_MARGIN * (sharded_sigma2(self.prob) + self.local.ridge)
+
+    def step(
+        self, k: int, g: Any, w: Any, r: Any, support: Any, f: float, w_bar: Any, cols: Any = None
+    ) -> tuple[float, float, bool, Any]:
+        f_new, tau, _, changed, support = sharded_step(self.prob, k, g, w, r, support, f, w_bar,
+                                                       cols)  # fmt: skip
+        return f_new, tau, changed, support
 
 
 def _max(comm: Any, x: float) -> float:
@@ -64,6 +94,7 @@ def sharded_step(
     r: np.ndarray,
     support: np.ndarray,
     f: float,
+    w_bar: np.ndarray,
     cols: np.ndarray | None = None,
 ) -> tuple[float, float, int, bool, np.ndarray]:
     """One CHITA step over shards; updates w and r in place and returns
@@ -71,10 +102,10 @@ def sharded_step(
 
     With ``cols`` (sorted local column indices, possibly none on a rank) the step runs on the
     subproblem of every rank's ``cols``, as ``chita_step(..., cols)``: g, w and support are
-    then local to ``cols`` and the objective is the subproblem's (ridge term over ``cols``)."""
+    then local to ``cols`` and the objective is the subproblem's (ridge term over ``cols``;
+    ``w_bar`` is the subproblem's)."""
     comm, prob = shard.comm, shard.prob
     b, ridge = prob.b, prob.ridge
-    w_bar = prob.w_bar if cols is None else prob.w_bar[cols]
 
     def columns(idx: np.ndarray) -> np.ndarray:
         return idx if cols is None else cols[idx]
@@ -170,107 +201,6 @@ def sharded_step(
     return f_best, tau_best, n_cand, changed, cidx
 
 
-def plain_iht(
-    shard: Any, k: int, start: np.ndarray, max_iter: int, tol: float, on_iter: Any = _never
-) -> IHTRun:
-    """stages/iht.py: plain_iht over shards: IHT on all columns from H_k(start)."""
-    prob = shard.prob
-    support = global_topk(shard.comm, start, k)
-    first = Point.at(shard, support, start[support])
-    run = IHTRun(first.support, first.w, first.r, first.f)
-    run.history.append(run.f)
-    g = np.empty(prob.p)
-    for it in range(1, max_iter + 1):
-        prob.kernels.gradient(prob.A, run.r, run.w, prob.w_bar, prob.ridge, g)
-        f_new, tau, _, changed, run.support = sharded_step(
-            shard, k, g, run.w, run.r, run.support, run.f
-        )
-        if run.record(it, f_new, tau, changed, tol, on_iter):
-            break
-    return run
-
-
-def active_set_iht(
-    shard: Any,
-    k: int,
-    start: np.ndarray,
-    max_iter: int,
-    tol: float,
-    on_iter: Any = _never,
-    *,
-    max_expansions: int = _MAX_EXPANSIONS,
-) -> IHTRun:
-    """stages/iht.py: active_set_iht over shards (docs/design.md, section 2.4).
-
-    The active set is the global floor(1.5 k) largest entries of the 1/L gradient step from
-    ``start``; each rank holds its own active columns (possibly none) and IHT runs
-    ``sharded_step`` on them (``cols``). The expansion search tries H_k(w - tau g) over all
-    columns for tau = 2^t / (2 L), t = 0..9; the best that lowers f joins the active set and
-    IHT resumes. ``max_iter`` bounds the IHT iterations over all rounds."""
-    comm, prob = shard.comm, shard.prob
-    A, b, w_bar, ridge, kernels = prob.A, prob.b, prob.w_bar, prob.ridge, prob.kernels
-    size = min(comm.p, max(k, (3 * k) // 2))
-    L = _LIPSCHITZ_MARGIN * (sharded_sigma2(shard) + ridge)
-    # 1/L gradient step from the (dense) start.
-    r0 = shard.product(np.arange(prob.p, dtype=np.int64), start) - b
-    g = np.empty(prob.p)
-    kernels.gradient(A, r0, start, w_bar, ridge, g)
-    # L == 0 only when A and ridge are zero: then g is zero too and the step is the start.
-    active = global_topk(comm, start - g / L if L > 0 else start, size)
-
-    # IHT starts from H_k(start) restricted to the active set (ties to the lower global index:
-    # the ranks' active columns in rank order are the global active set in order).
-    support = active[global_topk(comm, np.ascontiguousarray(start[active]), k)]
-    first = Point.at(shard, support, start[support])
-    run = IHTRun(first.support, first.w, first.r, first.f)
-    run.history.append(run.f)
-    it = 0
-    while True:
-        # IHT on the active columns. sharded_step works with the subproblem's objective, which
-        # lacks the constant 0.5 ridge ||w_bar off the active set||^2: summed over the ranks'
-        # inactive columns directly (no difference of squares to cancel).
-        wb_act = w_bar[active]
-        inactive = np.ones(prob.p, dtype=bool)
-        inactive[active] = False
-        wb_off = w_bar[inactive]
-        off = 0.5 * ridge * comm.total(float(wb_off @ wb_off)) if ridge != 0.0 else 0.0
-        w_loc = run.w[active]
-        local = np.searchsorted(active, run.support).astype(np.int64)
-        g_loc = np.zeros(active.size)
-        while it < max_iter:
-            it += 1
-            if active.size:
-                kernels.support_rmatvec(A, active, run.r, g_loc)
-            if ridge != 0.0:
-                g_loc += ridge * (w_loc - wb_act)
-            f_loc, tau, _, changed, local = sharded_step(
-                shard, k, g_loc, w_loc, run.r, local, run.f - off, active
-            )
-            if run.record(it, f_loc + off, tau, changed, tol, on_iter):
-                break
-        run.w[:] = 0.0
-        run.w[active] = w_loc
-        run.support = active[local]
-        if run.stopped or it >= max_iter or run.expansions >= max_expansions or not L > 0:
-            return run
-
-        # Expansion search over all columns.
-        kernels.gradient(A, run.r, run.w, w_bar, ridge, g)
-        best = None
-        for t in range(_EXPANSION_STEPS):
-            v = run.w - (2.0**t / (2.0 * L)) * g
-            cand = global_topk(comm, v, k)
-            point = Point.at(shard, cand, v[cand])
-            if point.f < (run.f if best is None else best.f):
-                best = point
-        if best is None:
-            return run
-        run.expansions += 1
-        run.support, run.w, run.r, run.f = best.support, best.w, best.r, best.f
-        run.history.append(run.f)
-        active = np.union1d(active, run.support)
-
-
 def sharded_sigma2(shard: Any) -> float:
     """_problem._power_sigma2 over shards: the same power iterations on A^T A from the same
     start vector, A v a local partial and one reduction of n, A^T (A v) local, the scaled norms
@@ -278,18 +208,9 @@ def sharded_sigma2(shard: Any) -> float:
     rounding of those sums (bit-identical on every rank)."""
     comm, prob = shard.comm, shard.prob
     every = np.arange(prob.p, dtype=np.int64)
-    v = _start_slice(comm, prob.p)
-    v /= _scaled_norm(comm, v)
-    zeros = np.zeros(prob.p)
-    sigma2 = 0.0
-    for _ in range(_POWER_ITERS):
-        Av = shard.product(every, v)
-        prob.kernels.gradient(prob.A, Av, zeros, zeros, 0.0, v)  # v = A_r^T A v
-        sigma2 = _scaled_norm(comm, v)
-        if sigma2 == 0.0:
-            break
-        v /= sigma2
-    return sigma2
+    return power_iterations(prob, _start_slice(comm, prob.p),
+                            lambda v: shard.product(every, v),
+                            lambda v: _scaled_norm(comm, v))  # fmt: skip
 
 
 def _scaled_norm(comm: Any, v: np.ndarray) -> float:

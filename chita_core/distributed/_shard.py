@@ -26,7 +26,7 @@ from .._problem import Problem
 from ..stages.nspace import _NORMAL_EQ_COND, _SVD_BYTES, refined_values, support_values
 from ._comm import Comm
 from ._greedy import ShardGreedyColumns
-from ._iht import active_set_iht, plain_iht
+from ._iht import ShardIHTColumns
 from ._swaps import ShardColumns
 from ._topk import global_topk
 
@@ -194,11 +194,11 @@ class ShardedContext(Context):
     """The pipeline's ``Context`` over shards (``prob`` a :class:`Shard`, ``start`` the rank's
     slice, points with the rank's support and w and the global r and f): the global top-k
     (ties to the lower global index), supports compared over every rank (one gather, so that
-    ``Context.point`` refits on every rank or on none), the sharded IHT drivers and swap
-    search's and greedy OBS's operations over shards. Every rank then runs the same stages
-    through the same branches."""
+    ``Context.point`` refits on every rank or on none), and the IHT drivers', swap search's
+    and greedy OBS's operations over shards. Every rank then runs the same stages through the
+    same branches."""
 
-    iht_drivers = (plain_iht, active_set_iht)
+    iht_columns = ShardIHTColumns
     swap_columns = ShardColumns
     greedy_columns = ShardGreedyColumns
 

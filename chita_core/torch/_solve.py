@@ -69,46 +69,6 @@ class _Block:
         return self.magnitude[ridge]
 
 
-def _blocks(
-    A: torch.Tensor,
-    w_bar: torch.Tensor,
-    k_total: int,
-    sizes: list[int],
-    sparsity: float,
-    per_layer: bool,
-    backend: str,
-) -> list[_Block]:
-    """The problems of one stage: one global problem, or one per tensor. Built once per stage
-    (b = A_block w_bar_block is one pass over A; the Problem's column norms another)."""
-    if not per_layer:
-        spans = [(0, A.shape[1], k_total)]
-    else:
-        spans, off = [], 0
-        for size in sizes:
-            spans.append((off, off + size, max(1, round((1.0 - sparsity) * size))))
-            off += size
-    out = []
-    for lo, hi, k in spans:
-        As, wbs = A[:, lo:hi], w_bar[lo:hi]
-        # b in A's dtype, or float32 for a 16-bit A (whose storage type would round b)
-        half = A.dtype in (torch.bfloat16, torch.float16)
-        bs = _matvec64(As, wbs).to(torch.float32 if half else A.dtype)
-        out.append(_Block(lo, hi, k, Problem(As, bs, w_bar=wbs, backend=backend)))
-    return out
-
-
-def _final_blocks(
-    blocks: list[_Block], k_total: int, sizes: list[int], sparsity: float, per_layer: bool
-) -> list[_Block]:
-    """The stage's problems with the k of another sparsity: the same prepared Problems (A, b and
-    the column norms do not depend on k) with fresh magnitude points."""
-    if not per_layer:
-        ks = [k_total]
-    else:
-        ks = [max(1, round((1.0 - sparsity) * size)) for size in sizes]
-    return [replace(blk, k=k, magnitude={}, shared=None) for blk, k in zip(blocks, ks, strict=True)]
-
-
 def _mean_loss(model: Any, loss_fn: Any, samples: Any, batch: int = 1024) -> float:
     """Mean of the loss over the samples (in eval mode, without gradients)."""
     was_training = model.training
@@ -146,8 +106,23 @@ class LocalStage:
         per_layer: bool,
         backend: str,
     ) -> LocalStage:
-        return cls(_blocks(A, w_bar, k_total, sizes, sparsity, per_layer, backend), sizes,
-                   per_layer)  # fmt: skip
+        """One global problem, or one per tensor. Built once per stage (b = A_block w_bar_block
+        is one pass over A; the Problem's column norms another)."""
+        if not per_layer:
+            spans = [(0, A.shape[1], k_total)]
+        else:
+            spans, off = [], 0
+            for size in sizes:
+                spans.append((off, off + size, max(1, round((1.0 - sparsity) * size))))
+                off += size
+        blocks = []
+        half = A.dtype in (torch.bfloat16, torch.float16)
+        for lo, hi, k in spans:
+            As, wbs = A[:, lo:hi], w_bar[lo:hi]
+            # b in A's dtype, or float32 for a 16-bit A (whose storage type would round b)
+            bs = _matvec64(As, wbs).to(torch.float32 if half else A.dtype)
+            blocks.append(_Block(lo, hi, k, Problem(As, bs, w_bar=wbs, backend=backend)))
+        return cls(blocks, sizes, per_layer)
 
     def norms(self) -> float:
         """Sum over the columns of ||A[:, j]||^2, from the norms the problems already hold."""
@@ -168,7 +143,14 @@ class LocalStage:
     def final(self, k_total: int, sparsity: float) -> LocalStage:
         """The same problems at another sparsity (``k_total`` weights kept over all tensors, or
         each tensor's share with ``per_layer``)."""
-        blocks = _final_blocks(self.blocks, k_total, self.sizes, sparsity, self.per_layer)
+        if not self.per_layer:
+            ks = [k_total]
+        else:
+            ks = [max(1, round((1.0 - sparsity) * size)) for size in self.sizes]
+        # the same prepared Problems (A, b and the column norms do not depend on k), fresh
+        # magnitude points
+        blocks = [replace(blk, k=k, magnitude={}, shared=None)
+                  for blk, k in zip(self.blocks, ks, strict=True)]  # fmt: skip
         return replace(self, blocks=blocks)
 
 
