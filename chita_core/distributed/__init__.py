@@ -39,7 +39,7 @@ from ._iht import _never
 from ._shard import PlanShape, Shard, ShardedContext
 from ._topk import global_topk
 
-__all__ = ["ShardError", "backsolve", "iht", "objective", "topk"]
+__all__ = ["Shard", "ShardError", "backsolve", "iht", "objective", "solve", "topk"]
 
 
 def iht(
@@ -78,6 +78,33 @@ def iht(
     rank's workspace holds its share of it, at most the single-process workspace)."""
     t0 = time.perf_counter()
     shard = Shard(A_local, b, ridge, w_bar, group, backend)
+    return solve(
+        shard, k, w0=w0, max_iter=max_iter, tol=tol, init=init, active_set=active_set,
+        refine=refine, swaps=swaps, effort=effort, memory_limit=memory_limit, _t0=t0,
+    )  # fmt: skip
+
+
+def solve(
+    shard: Shard,
+    k: int,
+    *,
+    w0: Any = None,
+    max_iter: int | None = None,
+    tol: float = 1e-6,
+    init: str = "auto",
+    active_set: bool = True,
+    refine: bool = True,
+    swaps: bool | int = True,
+    effort: float = DEFAULT_EFFORT,
+    memory_limit: int | None = None,
+    _t0: float | None = None,
+    _magnitude: Any = None,
+) -> Any:
+    """:func:`iht` on a prepared :class:`Shard` (validated once; its ``with_ridge`` siblings
+    share its column norms and sigma_max^2), as ``chita_core._api.solve`` on a prepared
+    Problem. ``_magnitude``: the magnitude + backsolve point over shards (``shard.point`` of
+    the global top-k of |w_bar|) when the caller has it already."""
+    t0 = time.perf_counter() if _t0 is None else _t0
     prob, comm = shard.prob, shard.comm
     error = None
     start = prob.w_bar
@@ -103,7 +130,8 @@ def iht(
     nonzeros = shard.count(int(np.count_nonzero(start)))
     with prob.stream(), np.errstate(all="ignore"):  # (as chita_core.iht: see _api.solve)
         stages = plan(shape, k, start, opts, nonzeros=nonzeros)
-        ctx = ShardedContext(shard, k, start, _never)
+        seed = _magnitude if w0 is None else None
+        ctx = ShardedContext(shard, k, start, _never, seed=seed)
         timings = run(ctx, stages)
     if not np.isfinite(ctx.best.f):
         raise ShardError("the objective is not representable in float64 at this scale")

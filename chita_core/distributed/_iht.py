@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .._problem import _LIPSCHITZ_MARGIN, power_iterations
+from .._problem import power_iterations
 from ..backends import constants as _constants
 from ..stages.iht import IHTColumns
 from ._topk import global_topk
@@ -48,8 +48,8 @@ def _never(*_: Any) -> bool:
 class ShardIHTColumns(IHTColumns):
     """stages/iht.py's IHTColumns over column shards: ``prob`` the Shard (points, residuals and
     objectives of the global problem), ``local`` the rank's block; the global top-k (ties to the
-    lower global index), counts and sums over the ranks, the sharded CHITA step and the
-    Lipschitz constant from sharded power iterations."""
+    lower global index), counts and sums over the ranks and the sharded CHITA step (the
+    Lipschitz constant is the Shard's, from sharded power iterations)."""
 
     def __init__(self, shard: Any) -> None:
         self.prob, self.local, self.comm = shard, shard.prob, shard.comm
@@ -62,9 +62,6 @@ class ShardIHTColumns(IHTColumns):
 
     def total(self, x: float) -> float:
         return self.comm.total(x)
-
-    def lipschitz(self) -> float:
-        return _LIPSCHITZ_MARGIN * (sharded_sigma2(self.prob) + self.local.ridge)
 
     def step(
         self, k: int, g: Any, w: Any, r: Any, support: Any, f: float, w_bar: Any, cols: Any = None

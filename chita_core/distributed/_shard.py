@@ -14,6 +14,7 @@ the comparison of supports, the IHT drivers, swap search's ``ShardColumns``, gre
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,15 +23,23 @@ import numpy as np
 from .._linalg import REFINE_FROM, SPDSystem, least_squares
 from .._pipeline import Context
 from .._point import Point
-from .._problem import Problem
+from .._problem import _LIPSCHITZ_MARGIN, Problem
 from ..stages.nspace import _NORMAL_EQ_COND, _SVD_BYTES, refined_values, support_values
 from ._comm import Comm
 from ._greedy import ShardGreedyColumns
-from ._iht import ShardIHTColumns
+from ._iht import ShardIHTColumns, sharded_sigma2
 from ._swaps import ShardColumns
 from ._topk import global_topk
 
 __all__ = ["PlanShape", "Shard", "ShardedContext"]
+
+
+@dataclass
+class _ShardCache:
+    """What does not depend on the ridge; shared by every ``with_ridge`` sibling of a Shard."""
+
+    sigma2: float | None = None
+    wbar_sq: float | None = None
 
 
 class Shard:
@@ -56,7 +65,21 @@ class Shard:
         comm.same(prob.b, "b")
         comm.same(np.asarray([prob.ridge]), "ridge")
         comm.layout(prob.p)
-        self._wbar_sq: float | None = None
+        self._cache = _ShardCache()
+
+    def with_ridge(self, ridge: float) -> Shard:
+        """The same shard at another ridge (the same on every rank, checked): it shares the
+        block, b, w_bar and what does not depend on the ridge (the column norms, sigma_max^2,
+        ||w_bar||^2), so nothing is validated or computed again."""
+        error = None
+        other = copy.copy(self)
+        try:
+            other.prob = self.prob.with_ridge(ridge)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        self.comm.agree(error)
+        self.comm.same(np.asarray([other.prob.ridge]), "ridge")
+        return other
 
     @property
     def p(self) -> int:
@@ -65,10 +88,26 @@ class Shard:
     @property
     def wbar_sq(self) -> float:
         """||w_bar||^2 of the global problem (a rank-order sum, computed once)."""
-        if self._wbar_sq is None:
+        if self._cache.wbar_sq is None:
             wb = self.prob.w_bar
-            self._wbar_sq = self.comm.total(float(wb @ wb))
-        return self._wbar_sq
+            self._cache.wbar_sq = self.comm.total(float(wb @ wb))
+        return self._cache.wbar_sq
+
+    @property
+    def sigma2(self) -> float:
+        """sigma_max(A)^2 of the global A (sharded power iterations, computed once)."""
+        if self._cache.sigma2 is None:
+            self._cache.sigma2 = sharded_sigma2(self)
+        return self._cache.sigma2
+
+    @property
+    def sigma2_known(self) -> bool:
+        return self._cache.sigma2 is not None
+
+    @property
+    def lipschitz(self) -> float:
+        """Problem.lipschitz of the global problem."""
+        return _LIPSCHITZ_MARGIN * (self.sigma2 + self.prob.ridge)
 
     def local_support(self, support: Any) -> np.ndarray:
         """Validated sorted local indices (may be empty on a rank), agreed on every rank."""
@@ -213,8 +252,8 @@ class ShardedContext(Context):
 class PlanShape:
     """What ``_pipeline.plan`` reads of a problem, for the global problem over shards: the
     global shape, the storage (one dtype and layout on every rank, agreed) and the ridge. The
-    sharded solver works on host arrays (``where``), and each solve runs its own power
-    iterations (``sigma2_known``), as ``chita_core.iht`` does on a new problem."""
+    sharded solver works on host arrays (``where``); ``sigma2_known`` as for a Problem: whether
+    the Shard (or a ``with_ridge`` sibling) ran its power iterations already."""
 
     n: int
     p: int
@@ -229,4 +268,5 @@ class PlanShape:
         prob = shard.prob
         storage = np.asarray([prob.itemsize, prob.f_order], dtype=np.int64)
         shard.comm.same(storage, "the dtype and layout of `A_local`")
-        return cls(prob.n, shard.comm.p, prob.itemsize, prob.f_order, prob.ridge)
+        return cls(prob.n, shard.comm.p, prob.itemsize, prob.f_order, prob.ridge,
+                   sigma2_known=shard.sigma2_known)  # fmt: skip

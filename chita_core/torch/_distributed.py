@@ -38,8 +38,8 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import distributed
-from .._problem import Problem
-from ..distributed import ShardError
+from .._point import Point
+from ..distributed import Shard, ShardError
 from ..distributed._comm import Comm
 from ._gradients import _draw, _gradient_matrix
 from ._memory import CHUNK_BYTES, DEFAULT_SHARE, available_bytes, plan_memory
@@ -279,15 +279,16 @@ class _Shards:
 
 @dataclass
 class _GlobalShards(_Shards):
-    """One global problem over the column blocks (this rank's ``A``, ``w_bar`` slice and the
-    same b on every rank), solved by :mod:`chita_core.distributed`."""
+    """One global problem over the column blocks, solved by :mod:`chita_core.distributed`:
+    ``shard`` is this rank's block as a :class:`~chita_core.distributed.Shard` (validated once
+    per stage, its column norms and sigma_max^2 shared by every ridge of the path), and the
+    magnitude + backsolve point of the last ridge asked for, which chita starts from (as the
+    single-process ``_Block``)."""
 
-    A: torch.Tensor | None = None
-    b: torch.Tensor | None = None
-    w_bar: torch.Tensor | None = None
+    shard: Shard | None = None
     k: int = 0
-    backend: str = "auto"
     magnitude: np.ndarray | None = None  #: local support of the k largest |w_bar|
+    point: tuple[float, Any] | None = None  #: (ridge, its magnitude + backsolve point)
 
     @classmethod
     def build(
@@ -300,46 +301,51 @@ class _GlobalShards(_Shards):
         backend: str,
     ) -> _GlobalShards:
         """b = A w_bar (the ranks' float64 partials added in rank order, then stored as the
-        single-process b is) and the column norms, from one validated local Problem."""
+        single-process b is) and the validated Shard with its column norms."""
         lo, hi = int(edges[comm.rank]), int(edges[comm.rank + 1])
         wbs = w_bar[lo:hi]
         b = torch.from_numpy(comm.total(_matvec64(A, wbs).cpu().numpy()))
         b = b.to(torch.float32 if A.dtype in (torch.bfloat16, torch.float16) else A.dtype)
-        error = h = None
-        try:
-            h = float(Problem(A, b, w_bar=wbs, backend=backend).h.sum())
-        except (TypeError, ValueError) as exc:
-            error = exc
-        comm.agree(error)
-        return cls(comm, lo, hi, int(edges[-1]), comm.total(h), A, b, wbs, k, backend)
+        shard = Shard(A, b, 0.0, wbs, comm.group, backend)
+        h = comm.total(float(shard.prob.h.sum()))
+        return cls(comm, lo, hi, int(edges[-1]), h, shard, k)
 
     def final(self, k_total: int, sparsity: float) -> _GlobalShards:
         """The same problem keeping ``k_total`` weights."""
-        return replace(self, k=k_total, magnitude=None)
+        return replace(self, k=k_total, magnitude=None, point=None)
+
+    def _support(self) -> np.ndarray:
+        if self.magnitude is None:  # the same support at every ridge
+            w_bar = self.shard.prob.w_bar
+            self.magnitude = distributed.topk(w_bar, self.k, group=self.comm.group)
+        return self.magnitude
+
+    def _magnitude_point(self, shard: Shard, ridge: float) -> Any:
+        """The exact refit on the magnitude support at ``ridge`` (one ridge's point held)."""
+        if self.point is None or self.point[0] != ridge:
+            self.point = None  # (before the new point: one at a time)
+            self.point = (ridge, shard.point(self._support(), keep_inverse=True))
+        return self.point[1]
 
     def solve(
         self, w_bar: torch.Tensor, how: str, ridge: float, options: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor, float, list[Any]]:
         """_solve's (w, kept, objective, results) for ``how`` at ``ridge``, over the shards."""
-        common = {"ridge": ridge, "w_bar": self.w_bar, "group": self.comm.group,
-                  "backend": self.backend}  # fmt: skip
+        shard = self.shard.with_ridge(ridge)
+        local = shard.prob
         results = []
-        if how == "chita":
-            res = distributed.iht(self.A, self.b, self.k, **common, **options)
-            w, support, f = res.w, res.support, res.objective
-            results.append(replace(res, w=None, support=None))
+        if how == "magnitude":
+            support = self._support()
+            point = Point.at(shard, support, local.w_bar[support])
+            w, f = point.w, point.f
         else:
-            if self.magnitude is None:  # the same support at every ridge
-                self.magnitude = distributed.topk(self.w_bar.double().numpy(), self.k,
-                                                  group=self.comm.group)  # fmt: skip
-            support = self.magnitude
-            if how == "magnitude":
-                w = torch.zeros_like(self.w_bar)
-                idx = torch.from_numpy(support)
-                w[idx] = self.w_bar[idx]
+            point = self._magnitude_point(shard, ridge)
+            if how == "chita":
+                res = distributed.solve(shard, self.k, _magnitude=point, **options)
+                w, support, f = res.w, res.support, res.objective
+                results.append(replace(res, w=None, support=None))
             else:
-                w = distributed.backsolve(self.A, self.b, support, **common)
-            f = distributed.objective(self.A, self.b, w, **common)
+                w, support, f = point.w, point.support, point.f
         mask = np.zeros(self.hi - self.lo, dtype=bool)
         mask[np.asarray(support, dtype=np.int64)] = True
         return *self._whole(w, mask, w_bar), f, results
