@@ -257,6 +257,22 @@ def run(case: str, rank: int, world: int) -> dict:
                     cd.objective(A[:, lo:hi], b, w, ridge=ridge, w_bar=w_bar[lo:hi])
                 )
         return out
+    if case == "groups":
+        # A group that is not a process group, and one this rank is not in: clear errors; the
+        # subgroup of rank 0 alone solves as one process.
+        import torch.distributed as dist
+
+        for key, group in {"str": "WORLD", "int": 3}.items():
+            try:
+                cd.iht(A, b, 5, group=group)
+            except TypeError as exc:
+                out[f"err_{key}"] = np.asarray(str(exc))
+        sub = dist.new_group([0])  # (a collective: every rank calls it)
+        try:
+            out["sub"] = np.asarray(cd.iht(A, b, 5, group=sub).objective)
+        except ValueError as exc:
+            out["sub_err"] = np.asarray(str(exc))
+        return out
     # Error cases: every rank must raise (none may wait in a collective).
     bad_b, bad_A = b.copy(), A[:, lo:hi].copy(order="F")
     if case == "b_differs" and rank == world - 1:
@@ -265,6 +281,8 @@ def run(case: str, rank: int, world: int) -> dict:
         bad_A, bad_b = np.asfortranarray(bad_A[:-1]), bad_b[:-1]
     if case == "nan" and rank == 0:
         bad_A[2, 0] = np.nan
+    if case == "no_columns" and rank == 2:
+        bad_A = np.asfortranarray(bad_A[:, :0])
     if case == "bad_support" and rank == 1:
         S = np.asarray([hi - lo + 5])  # outside the rank's block
     else:

@@ -119,12 +119,26 @@ def test_backsolve_and_objective_equal_the_single_process_solve(world, tmp_path)
             assert f_single == pytest.approx(f_ref, rel=1e-9, abs=1e-12)
 
 
+def test_groups_that_are_not_process_groups_or_lack_the_rank_raise(tmp_path):
+    ranks = _launch("groups", 2, tmp_path)
+    assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]
+    A, b, _ = problem(3, 40, 301)
+    for r in ranks:
+        for key in ("str", "int"):
+            assert "`group` must be a torch.distributed process group" in str(r[f"err_{key}"])
+            assert f"got {key}" in str(r[f"err_{key}"])
+    single = chita_core.iht(A, b, 5).objective
+    assert float(ranks[0]["sub"]) == pytest.approx(single, rel=1e-9)
+    assert "`group` does not contain this process" in str(ranks[1]["sub_err"])
+
+
 @pytest.mark.parametrize(
     ("case", "match"),
     [
         ("b_differs", r"`b` must be the same on every rank"),
         ("n_differs", r"number of rows"),
         ("nan", r"rank 0: ValueError: .*`A`"),
+        ("no_columns", r"rank 2: ValueError: `A_local` has no columns"),
         ("bad_support", r"rank 1: ValueError: .*`support`"),
     ],
 )

@@ -132,6 +132,13 @@ def run(case: str, rank: int, world: int) -> dict:
         rep = ct.prune(model(), LOSS, rank_data([30] * world, rank), 0.5, progress=False,
                        group=group, per_layer=True, time_limit=60.0)  # fmt: skip
         out["per_layer_options"] = np.asarray(rep.sparsity)
+        # Fewer weights than ranks: the global problem cannot give every rank a column.
+        torch.manual_seed(0)
+        try:
+            ct.prune(nn.Linear(1, 1, bias=False), nn.MSELoss(), [(torch.ones(4, 1),) * 2], 0.0,
+                     progress=False, group=group)  # fmt: skip
+        except ValueError as exc:
+            out["narrow"] = np.asarray(str(exc))
         # Rank 0's data has 30 samples, one fewer than its share of n_grads: raised everywhere.
         try:
             ct.prune(model(), LOSS, rank_data([30] * world, rank), 0.5, n_grads=30 * world + 1,

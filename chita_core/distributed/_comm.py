@@ -47,8 +47,25 @@ class Comm:
                 "chita_core.distributed needs an initialised torch.distributed process group "
                 "(torch.distributed.init_process_group, e.g. under torchrun)"
             )
+        if group is getattr(dist.GroupMember, "NON_GROUP_MEMBER", object()):
+            raise ValueError(
+                "`group` does not contain this process (new_group returned NON_GROUP_MEMBER "
+                "here): call chita_core.distributed (and prune with `group`) only on the ranks "
+                "of the group"
+            )
+        if group is not None and not isinstance(group, dist.ProcessGroup):
+            raise TypeError(
+                "`group` must be a torch.distributed process group (e.g. "
+                "torch.distributed.group.WORLD or one from torch.distributed.new_group) or None "
+                f"for the default group, got {type(group).__name__}"
+            )
         self.group = group
         self.rank = dist.get_rank(group)
+        if self.rank < 0:
+            raise ValueError(
+                "`group` does not contain this process: call chita_core.distributed (and prune "
+                "with `group`) only on the ranks of the group"
+            )
         self.size = dist.get_world_size(group)
         backend = dist.get_backend(group)
         # NCCL reduces device tensors; the host partials go to the GPU and back.

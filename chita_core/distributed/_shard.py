@@ -56,6 +56,12 @@ class Shard:
         self.comm = comm = Comm(group)
         error = None
         try:
+            if len(getattr(A_local, "shape", ())) == 2 and A_local.shape[1] == 0:
+                raise ValueError(
+                    f"`A_local` has no columns (shape {tuple(A_local.shape)}): every rank of the "
+                    "group must hold at least one column of the global problem (split the "
+                    "columns over fewer ranks)"
+                )
             self.prob = Problem(A_local, b, ridge=ridge, w_bar=w_bar, backend=backend)
         except (TypeError, ValueError) as exc:
             error = exc

@@ -89,6 +89,12 @@ def prune_sharded(
             "chita_core.torch.prune with `group`: the sharded solver works on host arrays, so "
             f"the model must be on the CPU (over gloo); it is on {par0.device}"
         )
+    if p < comm.size and not per_layer:
+        raise ValueError(
+            f"the selected tensors hold {p} weights, fewer than the {comm.size} ranks of "
+            "`group`: every rank needs a column of the global problem (use fewer ranks, or "
+            "per_layer=True, where a rank may own no tensor)"
+        )
     _same_model(comm, model)
     options = _sharded_options(method, per_layer, solver_options)
     edges = column_edges(p, comm.size, sizes if per_layer else None)
