@@ -56,7 +56,47 @@ class _Cache:
     wbar_sq: float | None = None  # ||w_bar||^2
 
 
-class Problem:
+class RidgeFree:
+    """What a problem derives once and shares with its ``with_ridge`` siblings (in ``_cache``,
+    with ``sigma2`` and ``wbar_sq`` fields): sigma_max(A)^2 and ||w_bar||^2, computed by the
+    subclass's ``_sigma2`` and ``_wbar_sq`` (a Problem's, or over column shards a
+    ``distributed.Shard``'s), and the Lipschitz constant at its ``ridge``."""
+
+    _cache: Any
+    ridge: float
+
+    def _sigma2(self) -> float:
+        raise NotImplementedError
+
+    def _wbar_sq(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def sigma2(self) -> float:
+        """sigma_max(A)^2 from a few power iterations on A^T A (cached)."""
+        if self._cache.sigma2 is None:
+            self._cache.sigma2 = self._sigma2()
+        return self._cache.sigma2
+
+    @property
+    def sigma2_known(self) -> bool:
+        """Whether sigma_max^2 is cached (the planner then does not price its power iterations)."""
+        return self._cache.sigma2 is not None
+
+    @property
+    def lipschitz(self) -> float:
+        """Upper estimate of the gradient's Lipschitz constant: 1.05 (sigma_max^2 + ridge)."""
+        return _LIPSCHITZ_MARGIN * (self.sigma2 + self.ridge)
+
+    @property
+    def wbar_sq(self) -> float:
+        """||w_bar||^2 (cached)."""
+        if self._cache.wbar_sq is None:
+            self._cache.wbar_sq = self._wbar_sq()
+        return self._cache.wbar_sq
+
+
+class Problem(RidgeFree):
     """``minimise 0.5 ||A w - b||^2 + 0.5 ridge ||w - w_bar||^2`` on one validated ``A``.
 
     Build it once and call :meth:`iht`, :meth:`backsolve` and :meth:`objective` as often as
@@ -178,28 +218,11 @@ class Problem:
             self._cache.h = h
         return self._cache.h
 
-    @property
-    def sigma2(self) -> float:
-        """sigma_max(A)^2 from a few power iterations on A^T A (cached)."""
-        if self._cache.sigma2 is None:
-            self._cache.sigma2 = _power_sigma2(self)
-        return self._cache.sigma2
+    def _sigma2(self) -> float:
+        return _power_sigma2(self)
 
-    @property
-    def sigma2_known(self) -> bool:
-        """Whether sigma_max^2 is cached (the planner then does not price its power iterations)."""
-        return self._cache.sigma2 is not None
-
-    @property
-    def lipschitz(self) -> float:
-        """Upper estimate of the gradient's Lipschitz constant: 1.05 (sigma_max^2 + ridge)."""
-        return _LIPSCHITZ_MARGIN * (self.sigma2 + self.ridge)
-
-    @property
-    def wbar_sq(self) -> float:
-        if self._cache.wbar_sq is None:
-            self._cache.wbar_sq = float(self.w_bar @ self.w_bar)
-        return self._cache.wbar_sq
+    def _wbar_sq(self) -> float:
+        return float(self.w_bar @ self.w_bar)
 
     # ------------------------------------------------------------------ inputs and outputs
     def vector(self, x: Any, name: str, check_finite: bool | None = None) -> Any:

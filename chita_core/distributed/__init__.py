@@ -26,6 +26,7 @@ Needs torch (``pip install torch``); gloo for CPU processes, NCCL for GPUs.
 
 from __future__ import annotations
 
+import inspect
 import operator
 import time
 from typing import Any
@@ -78,39 +79,36 @@ def iht(
     rank's workspace holds its share of it, at most the single-process workspace)."""
     t0 = time.perf_counter()
     shard = Shard(A_local, b, ridge, w_bar, group, backend)
-    return solve(
-        shard, k, w0=w0, max_iter=max_iter, tol=tol, init=init, active_set=active_set,
-        refine=refine, swaps=swaps, effort=effort, memory_limit=memory_limit, _t0=t0,
-    )  # fmt: skip
+    options = {name: value for name, value in locals().items() if name in _SOLVE_OPTIONS}
+    return solve(shard, k, _t0=t0, **options)
+
+
+#: iht's solver options (what it takes besides the problem): ``solve`` takes the same ones.
+_SOLVE_OPTIONS = ("w0", "max_iter", "tol", "init", "active_set", "refine", "swaps", "effort",
+                  "memory_limit")  # fmt: skip
 
 
 def solve(
-    shard: Shard,
-    k: int,
-    *,
-    w0: Any = None,
-    max_iter: int | None = None,
-    tol: float = 1e-6,
-    init: str = "auto",
-    active_set: bool = True,
-    refine: bool = True,
-    swaps: bool | int = True,
-    effort: float = DEFAULT_EFFORT,
-    memory_limit: int | None = None,
-    _t0: float | None = None,
-    _magnitude: Any = None,
+    shard: Shard, k: int, *, _t0: float | None = None, _magnitude: Any = None, **options: Any
 ) -> Any:
     """:func:`iht` on a prepared :class:`Shard` (validated once; its ``with_ridge`` siblings
     share its column norms and sigma_max^2), as ``chita_core._api.solve`` on a prepared
-    Problem. ``_magnitude``: the magnitude + backsolve point over shards (``shard.point`` of
-    the global top-k of |w_bar|) when the caller has it already."""
+    Problem; ``options`` are iht's (its defaults where absent). ``_magnitude``: the magnitude +
+    backsolve point over shards (``shard.point`` of the global top-k of |w_bar|) when the
+    caller has it already."""
     t0 = time.perf_counter() if _t0 is None else _t0
+    unknown = sorted(set(options) - set(_SOLVE_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; iht takes {_SOLVE_OPTIONS}")
+    o = {**_DEFAULTS, **options}
+    w0 = o["w0"]
     prob, comm = shard.prob, shard.comm
     error = None
     start = prob.w_bar
     try:
         k = _integer(k, "k")
-        opts = _options(max_iter, tol, init, active_set, refine, swaps, effort, None, memory_limit)
+        opts = _options(o["max_iter"], o["tol"], o["init"], o["active_set"], o["refine"],
+                        o["swaps"], o["effort"], None, o["memory_limit"])  # fmt: skip
         if w0 is not None:
             start = prob.vector(w0, "w0")
     except (TypeError, ValueError) as exc:
@@ -136,6 +134,13 @@ def solve(
     if not np.isfinite(ctx.best.f):
         raise ShardError("the objective is not representable in float64 at this scale")
     return _result(ctx, prob, timings, t0)
+
+
+_DEFAULTS = {
+    name: par.default
+    for name, par in inspect.signature(iht).parameters.items()
+    if name in _SOLVE_OPTIONS
+}
 
 
 def objective(

@@ -23,7 +23,7 @@ import numpy as np
 from .._linalg import REFINE_FROM, SPDSystem, least_squares
 from .._pipeline import Context
 from .._point import Point
-from .._problem import _LIPSCHITZ_MARGIN, Problem
+from .._problem import Problem, RidgeFree, _Cache
 from ..stages.nspace import _NORMAL_EQ_COND, _SVD_BYTES, refined_values, support_values
 from ._comm import Comm
 from ._greedy import ShardGreedyColumns
@@ -34,15 +34,7 @@ from ._topk import global_topk
 __all__ = ["PlanShape", "Shard", "ShardedContext"]
 
 
-@dataclass
-class _ShardCache:
-    """What does not depend on the ridge; shared by every ``with_ridge`` sibling of a Shard."""
-
-    sigma2: float | None = None
-    wbar_sq: float | None = None
-
-
-class Shard:
+class Shard(RidgeFree):
     """This rank's validated block of the global problem (``prob``: a single-process
     ``Problem`` on the rank's columns, its slice of ``w_bar`` and the same ``b``) and the
     group's layout (``comm``). ``p`` is the rank's number of columns, the length of its vectors
@@ -71,7 +63,7 @@ class Shard:
         comm.same(prob.b, "b")
         comm.same(np.asarray([prob.ridge]), "ridge")
         comm.layout(prob.p)
-        self._cache = _ShardCache()
+        self._cache = _Cache()  # (sigma2 and wbar_sq; the column norms are the block's)
 
     def with_ridge(self, ridge: float) -> Shard:
         """The same shard at another ridge (the same on every rank, checked): it shares the
@@ -92,28 +84,17 @@ class Shard:
         return self.prob.p
 
     @property
-    def wbar_sq(self) -> float:
-        """||w_bar||^2 of the global problem (a rank-order sum, computed once)."""
-        if self._cache.wbar_sq is None:
-            wb = self.prob.w_bar
-            self._cache.wbar_sq = self.comm.total(float(wb @ wb))
-        return self._cache.wbar_sq
+    def ridge(self) -> float:
+        return self.prob.ridge
 
-    @property
-    def sigma2(self) -> float:
-        """sigma_max(A)^2 of the global A (sharded power iterations, computed once)."""
-        if self._cache.sigma2 is None:
-            self._cache.sigma2 = sharded_sigma2(self)
-        return self._cache.sigma2
+    def _wbar_sq(self) -> float:
+        """||w_bar||^2 of the global problem (a rank-order sum)."""
+        wb = self.prob.w_bar
+        return self.comm.total(float(wb @ wb))
 
-    @property
-    def sigma2_known(self) -> bool:
-        return self._cache.sigma2 is not None
-
-    @property
-    def lipschitz(self) -> float:
-        """Problem.lipschitz of the global problem."""
-        return _LIPSCHITZ_MARGIN * (self.sigma2 + self.prob.ridge)
+    def _sigma2(self) -> float:
+        """sigma_max(A)^2 of the global A (sharded power iterations)."""
+        return sharded_sigma2(self)
 
     def local_support(self, support: Any) -> np.ndarray:
         """Validated sorted local indices (may be empty on a rank), agreed on every rank."""

@@ -130,11 +130,8 @@ def prune_sharded(
         del rows
         w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
         t1 = time.perf_counter()
-        if per_layer:
-            stage = _LayerShards.build(comm, A_local, w_bar, edges, local_sizes, target, backend)
-        else:
-            stage = _GlobalShards.build(comm, A_local, w_bar, edges, k, backend)
-        return stage, t1 - t0
+        kind = _LayerShards if per_layer else _GlobalShards
+        return kind.build(comm, A_local, w_bar, edges, k, target, local_sizes, backend), t1 - t0
 
     kept, reports, one_shot = _stages(model, loss_fn, held, selected, targets, method, ridge,
                                       options, build, n, show)  # fmt: skip
@@ -261,6 +258,28 @@ class _Shards:
     p: int  #: columns over all ranks
     h_total: float  #: sum over all columns of ||A[:, j]||^2
 
+    @classmethod
+    def build(
+        cls,
+        comm: Comm,
+        A: torch.Tensor,
+        w_bar: torch.Tensor,
+        edges: np.ndarray,
+        k: int,
+        sparsity: float,
+        sizes: list[int],
+        backend: str,
+    ) -> _Shards:
+        """The stage's problems on this rank's block ``A`` (columns ``edges[rank]:edges[rank +
+        1]``): ``k`` weights kept over all tensors or, with ``per_layer``, each tensor of
+        ``sizes`` (those in the block) at ``sparsity``."""
+        lo, hi = int(edges[comm.rank]), int(edges[comm.rank + 1])
+        stage = cls(comm, lo, hi, int(edges[-1]), 0.0)
+        return stage.prepared(A, w_bar[lo:hi], k, sparsity, sizes, backend)
+
+    def prepared(self, A: Any, w_bar: Any, k: int, sparsity: float, sizes: Any, backend: str):
+        raise NotImplementedError
+
     def curvature(self) -> float:
         """The mean squared column norm of A (the ridge path's unit)."""
         return self.h_total / self.p
@@ -296,25 +315,18 @@ class _GlobalShards(_Shards):
     magnitude: np.ndarray | None = None  #: local support of the k largest |w_bar|
     point: tuple[float, Any] | None = None  #: (ridge, its magnitude + backsolve point)
 
-    @classmethod
-    def build(
-        cls,
-        comm: Comm,
-        A: torch.Tensor,
-        w_bar: torch.Tensor,
-        edges: np.ndarray,
-        k: int,
+    def prepared(
+        self, A: torch.Tensor, w_bar: torch.Tensor, k: int, sparsity: float, sizes: Any,
         backend: str,
-    ) -> _GlobalShards:
+    ) -> _GlobalShards:  # fmt: skip
         """b = A w_bar (the ranks' float64 partials added in rank order, then stored as the
         single-process b is) and the validated Shard with its column norms."""
-        lo, hi = int(edges[comm.rank]), int(edges[comm.rank + 1])
-        wbs = w_bar[lo:hi]
-        b = torch.from_numpy(comm.total(_matvec64(A, wbs).cpu().numpy()))
+        comm = self.comm
+        b = torch.from_numpy(comm.total(_matvec64(A, w_bar).cpu().numpy()))
         b = b.to(torch.float32 if A.dtype in (torch.bfloat16, torch.float16) else A.dtype)
-        shard = Shard(A, b, 0.0, wbs, comm.group, backend)
+        shard = Shard(A, b, 0.0, w_bar, comm.group, backend)
         h = comm.total(float(shard.prob.h.sum()))
-        return cls(comm, lo, hi, int(edges[-1]), h, shard, k)
+        return replace(self, h_total=h, shard=shard, k=k)
 
     def final(self, k_total: int, sparsity: float) -> _GlobalShards:
         """The same problem keeping ``k_total`` weights."""
@@ -366,25 +378,19 @@ class _LayerShards(_Shards):
 
     local: LocalStage | None = None
 
-    @classmethod
-    def build(
-        cls,
-        comm: Comm,
-        A: torch.Tensor,
-        w_bar: torch.Tensor,
-        edges: np.ndarray,
-        sizes: list[int],
-        sparsity: float,
+    def prepared(
+        self, A: torch.Tensor, w_bar: torch.Tensor, k: int, sparsity: float, sizes: Any,
         backend: str,
-    ) -> _LayerShards:
-        lo, hi = int(edges[comm.rank]), int(edges[comm.rank + 1])
+    ) -> _LayerShards:  # fmt: skip
+        """Each tensor's problem in the block (its own k at ``sparsity``), validated on every
+        rank before any solve."""
         error = local = None
         try:
-            local = LocalStage.build(A, w_bar[lo:hi], 0, sizes, sparsity, True, backend)
+            local = LocalStage.build(A, w_bar, 0, sizes, sparsity, True, backend)
         except (TypeError, ValueError) as exc:
             error = exc
-        comm.agree(error)
-        return cls(comm, lo, hi, int(edges[-1]), comm.total(local.norms()), local)
+        self.comm.agree(error)
+        return replace(self, h_total=self.comm.total(local.norms()), local=local)
 
     def final(self, k_total: int, sparsity: float) -> _LayerShards:
         """The same problems at another sparsity (each tensor's share)."""
