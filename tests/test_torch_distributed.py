@@ -107,6 +107,10 @@ def test_all_to_all_leaves_each_rank_its_column_block(world, tmp_path):
         assert bool(out["f_order"]) and int(out["calls"]) > 5
         np.testing.assert_allclose(out["A_local"], A[:, edges[r] : edges[r + 1]].numpy(),
                                    rtol=1e-6, atol=1e-7)  # fmt: skip
+        # computed and exchanged in rounds of 3 samples: the same block
+        assert bool(out["streamed_f_order"])
+        np.testing.assert_allclose(out["streamed"], A[:, edges[r] : edges[r + 1]].numpy(),
+                                   rtol=1e-6, atol=1e-7)  # fmt: skip
 
 
 def test_models_that_differ_raise_on_every_rank(tmp_path):

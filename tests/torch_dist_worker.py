@@ -112,6 +112,12 @@ def run(case: str, rank: int, world: int) -> dict:
         A_local = cdt.to_columns(comm, rows, np.asarray(sizes), edges)
         out["A_local"], out["calls"] = A_local.numpy(), np.asarray(comm.stats.calls)
         out["f_order"] = np.asarray(A_local.t().is_contiguous())
+        # The rows computed and exchanged 3 samples per round (up to 4 rounds, uneven counts).
+        cdt.CHUNK_BYTES = 3 * 224 * 4
+        streamed = cdt.sharded_gradients(comm, net, LOSS, samples, selected, None, False, None,
+                                         np.asarray(sizes), edges)  # fmt: skip
+        out["streamed"] = streamed.numpy()
+        out["streamed_f_order"] = np.asarray(streamed.t().is_contiguous())
         return out
     if case == "differ":
         net = model()

@@ -7,12 +7,12 @@ On every rank r of R, each calling ``prune`` with the same model and arguments a
    so that a mismatch raises on every rank instead of leaving the others in a collective;
 2. rank r draws its n_r samples (``n_grads`` split as evenly as possible in rank order) and
    computes their per-sample gradients with the single-process code: its rows of A (n_r x p, F
-   order, scaled by 1 / sqrt(n) with the global n = sum n_r);
-3. an all-to-all (``torch.distributed.all_to_all_single``, gloo and NCCL) turns the rows into
-   column blocks: rank r ends with A_local = the rows of all n samples (rank order) on its
-   columns ``edges[r]:edges[r + 1]`` (p split as evenly as possible, in parameter order; with
-   ``per_layer`` at the tensor boundaries nearest that split), in rounds that move at most
-   about CHUNK_BYTES each; its rows are then dropped;
+   order, scaled by 1 / sqrt(n) with the global n = sum n_r), a round of rows at a time;
+3. an all-to-all (``torch.distributed.all_to_all_single``, gloo and NCCL) turns each round's
+   rows into column blocks: rank r ends with A_local = the rows of all n samples (rank order) on
+   its columns ``edges[r]:edges[r + 1]`` (p split as evenly as possible, in parameter order; with
+   ``per_layer`` at the tensor boundaries nearest that split), each round moving about
+   CHUNK_BYTES, so no rank holds all of its rows;
 4. the solve runs over the shards through :mod:`chita_core.distributed` (b = A w_bar is a
    reduction of the ranks' partial products), or with ``per_layer`` each tensor's problem on
    the rank that holds it; each candidate of the ridge path is judged by the loss on the
@@ -41,8 +41,8 @@ from .. import distributed
 from .._point import Point
 from ..distributed import Shard, ShardError
 from ..distributed._comm import Comm
-from ._gradients import _draw, _gradient_matrix
-from ._memory import CHUNK_BYTES, DEFAULT_SHARE, available_bytes, plan_memory
+from ._gradients import _draw, _gradient_matrix, _Progress
+from ._memory import CHUNK_BYTES, DEFAULT_SHARE, GiB, available_bytes, plan_memory
 from ._prune import _METHODS, PruneReport, _finish, _stages, _workspace
 from ._solve import LocalStage, _matvec64, _mean_loss
 
@@ -109,7 +109,7 @@ def prune_sharded(
     counts = comm.gather(np.asarray([samples.n], dtype=np.int64))[:, 0]
     n = int(counts.sum())
     if n < memory.n_grads:  # the data had fewer (n_grads=None): the plan for those
-        memory = plan_memory(n, _entries(p, edges), itemsize, par0.device, memory.limit)
+        memory = _rank_plan(n, p, edges, itemsize, par0.device, memory.limit)
     options["memory_limit"] = _workspace(memory, len(targets), method, selected)
     lo, hi = int(edges[comm.rank]), int(edges[comm.rank + 1])
     if "w0" in options and not per_layer:  # the rank's slice of a whole start
@@ -119,15 +119,8 @@ def prune_sharded(
 
     def build(k: int, target: float) -> tuple[_Shards, float]:
         t0 = time.perf_counter()
-        error = rows = None
-        try:
-            rows = _gradient_matrix(model, loss_fn, samples, selected, chunk_size, show,
-                                    a_dtype, total=n)  # fmt: skip
-        except Exception as exc:  # (agreed: every rank raises, none waits in the all-to-all)
-            error = exc
-        comm.agree(error)
-        A_local = to_columns(comm, rows, counts, edges)
-        del rows
+        A_local = sharded_gradients(comm, model, loss_fn, samples, selected, chunk_size, show,
+                                    a_dtype, counts, edges)  # fmt: skip
         w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
         t1 = time.perf_counter()
         kind = _LayerShards if per_layer else _GlobalShards
@@ -166,12 +159,12 @@ def column_edges(p: int, ranks: int, sizes: list[int] | None = None) -> np.ndarr
     return bounds[np.maximum.accumulate(nearer)]
 
 
-def _entries(p: int, edges: np.ndarray) -> int:
-    """Entries of A that one sample costs a rank, at most: its gradient row (p, on the rank that
-    has the sample, n / ranks samples each) and the widest rank's column block: p / ranks +
-    the widest block (2 p / ranks for the even split), the plan's "weights" per sample."""
-    ranks = edges.size - 1
-    return -(-p // ranks) + int(np.diff(edges).max())
+#: Bytes a rank holds beside its block and the solver (the single-process plan's): one round's
+#: gradient rows, the exchange's send and receive buffers (about CHUNK_BYTES each), and per
+#: weight the adapter's whole vectors (w_bar, a candidate's w gathered in float64 and in the
+#: model's dtype, its mask, the one-shot candidate's weights and mask).
+EXCHANGE_BUFFERS = 3
+WHOLE_BYTES_PER_WEIGHT = 24
 
 
 def _plan(
@@ -183,20 +176,21 @@ def _plan(
     device: torch.device,
     memory_limit: int | None,
 ) -> tuple[Any, int]:
-    """(the memory plan, this rank's sample count): the single-process plan with a sample
-    costing :func:`_entries` per rank, within the smallest rank's limit (so the plan is the same
-    on every rank), and the planned n split as evenly as possible in rank order."""
+    """(the memory plan, this rank's sample count): the single-process plan of the widest
+    rank's block (a sample costs every rank its block's width in entries), within the smallest
+    rank's limit less what the exchange and the whole vectors hold (so the plan is the same on
+    every rank), and the planned n split as evenly as possible in rank order."""
     limit = memory_limit
     if limit is None:
         limit = int(DEFAULT_SHARE * available_bytes(device))
     limit = int(comm.gather(np.asarray([limit], dtype=np.int64)).min())
-    entries = _entries(p, edges)
     try:
-        memory = plan_memory(n_grads, entries, itemsize, device, limit)
+        memory = _rank_plan(n_grads, p, edges, itemsize, device, limit)
     except ValueError as exc:  # the same on every rank (the same inputs)
         raise ValueError(
-            f"with `group`, per rank, where one sample costs {entries:,} entries of A (its "
-            f"gradient row on the rank that has it and the widest column block): {exc}"
+            f"with `group`, per rank (its block of {int(np.diff(edges).max()):,} columns at "
+            f"the widest, {_beside(p) / GiB:.2f} GiB for the exchange buffers and the whole "
+            f"vectors): {exc}"
         ) from None
     n = memory.n_grads
     if n < comm.size:
@@ -206,11 +200,80 @@ def _plan(
     return memory, n // comm.size + int(comm.rank < n % comm.size)
 
 
-def to_columns(
-    comm: Comm, rows: torch.Tensor, counts: np.ndarray, edges: np.ndarray
+def _beside(p: int) -> int:
+    """Bytes a rank holds beside its block and the solver (EXCHANGE_BUFFERS,
+    WHOLE_BYTES_PER_WEIGHT)."""
+    return EXCHANGE_BUFFERS * CHUNK_BYTES + WHOLE_BYTES_PER_WEIGHT * p
+
+
+def _rank_plan(
+    n: int | None, p: int, edges: np.ndarray, itemsize: int, device: torch.device, limit: int
+) -> Any:
+    """The single-process plan for the widest block within ``limit`` less :func:`_beside`,
+    reporting ``limit`` itself."""
+    width = int(np.diff(edges).max())
+    memory = plan_memory(n, width, itemsize, device, max(1, limit - _beside(p)))
+    return replace(memory, limit=limit)
+
+
+def sharded_gradients(
+    comm: Comm,
+    model: nn.Module,
+    loss_fn: Any,
+    samples: Any,
+    selected: Any,
+    chunk_size: int | None,
+    progress: bool,
+    a_dtype: torch.dtype | None,
+    counts: np.ndarray,
+    edges: np.ndarray,
 ) -> torch.Tensor:
-    """This rank's column block of A (n x p_r, F order: rank 0's rows first) from every rank's
-    rows (``rows``: this rank's counts[rank] x p, F order), by all-to-all rounds.
+    """This rank's column block of A (n x p_r, F order, rank 0's samples first), from every
+    rank's per-sample gradients (rank r has ``counts[r]`` samples), in rounds: in round t each
+    rank computes the rows of its samples t m .. (t + 1) m (m of them about CHUNK_BYTES) with the
+    single-process ``_gradient_matrix`` and :func:`to_columns` places every rank's rows in the
+    blocks. A rank holds its block, one round's rows and the exchange buffers, never all of its
+    rows. Errors computing the rows are agreed before each exchange."""
+    par0 = selected[0][3]
+    dtype = a_dtype or par0.dtype
+    p, n = int(edges[-1]), int(counts.sum())
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    m = max(1, CHUNK_BYTES // (p * dtype.itemsize))
+    block = torch.empty((int(edges[comm.rank + 1] - edges[comm.rank]), n), dtype=dtype,
+                        device=par0.device)  # fmt: skip
+    bar = _Progress(progress, samples.n, "per-sample gradients")
+    try:
+        for t in range(-(-int(counts.max()) // m)):
+            part = samples.part(t * m, (t + 1) * m)
+            error = rows = None
+            try:
+                rows = _gradient_matrix(model, loss_fn, part, selected, chunk_size, False,
+                                        a_dtype, total=n)  # fmt: skip
+            except Exception as exc:  # (agreed: every rank raises, none waits in the exchange)
+                error = exc
+            comm.agree(error)
+            now = np.clip(counts - t * m, 0, m)
+            to_columns(comm, rows, now, edges, out=block, starts=starts + t * m)
+            del rows
+            bar.update(part.n)
+    finally:
+        bar.close()
+    return block.t()
+
+
+def to_columns(
+    comm: Comm,
+    rows: torch.Tensor,
+    counts: np.ndarray,
+    edges: np.ndarray,
+    out: torch.Tensor | None = None,
+    starts: np.ndarray | None = None,
+) -> torch.Tensor:
+    """This rank's column block of A (F order) from every rank's rows (``rows``: this rank's
+    counts[rank] x p, F order), by all-to-all rounds: rank s's rows land at rows
+    ``starts[s]:starts[s] + counts[s]`` of the block (default: the rows in rank order, the
+    block n = sum(counts) rows). ``out``: the block's (p_r, n) C-order storage to fill (default:
+    a new one).
 
     In F order the rows' entries of a column range are contiguous, so a rank sends each other
     rank one contiguous piece per round and places what it receives (the piece of each rank's
@@ -218,15 +281,17 @@ def to_columns(
     every rank), each moving at most about CHUNK_BYTES into and out of a rank."""
     size, rank, item = comm.size, comm.rank, rows.element_size()
     src = rows.t()  # (p, n_r), C order
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    n, widths = int(starts[-1]), np.diff(edges)
+    if starts is None:
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    n, widths = int(counts.sum()), np.diff(edges)
     moved = max(int(widths.sum()) * int(counts.max()), int(widths.max()) * n) * item
     rounds = max(1, -(-moved // CHUNK_BYTES))
 
     def cut(q: int, t: int) -> int:  # round t of rank q's block starts at this column
         return int(edges[q] + widths[q] * t // rounds)
 
-    out = torch.empty((int(widths[rank]), n), dtype=rows.dtype, device=rows.device)
+    if out is None:
+        out = torch.empty((int(widths[rank]), n), dtype=rows.dtype, device=rows.device)
     for t in range(rounds):
         pieces = [src[cut(q, t) : cut(q, t + 1)].reshape(-1) for q in range(size)]
         send = torch.cat(pieces).view(torch.uint8)
@@ -238,8 +303,9 @@ def to_columns(
         comm.stats.calls += 1
         comm.stats.bytes += send.numel()
         for s, piece in enumerate(recv.split(sizes_in)):
-            block = piece.view(rows.dtype).view(c1 - c0, int(counts[s]))
-            out[c0 - edges[rank] : c1 - edges[rank], starts[s] : starts[s + 1]] = block
+            got = piece.view(rows.dtype).view(c1 - c0, int(counts[s]))
+            j0 = int(starts[s])
+            out[c0 - edges[rank] : c1 - edges[rank], j0 : j0 + int(counts[s])] = got
         del pieces, send, recv
     return out.t()
 

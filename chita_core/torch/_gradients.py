@@ -124,6 +124,16 @@ class _Samples:
                 yield at + i0, b.cut(i0, i1)
             at += b.size
 
+    def part(self, i0: int, i1: int) -> _Samples:
+        """Samples i0..i1 (views of the batches, no copy)."""
+        batches, at = [], 0
+        for b in self.batches:
+            lo, hi = max(i0, at), min(i1, at + b.size)
+            if lo < hi:
+                batches.append(b.cut(lo - at, hi - at))
+            at += b.size
+        return _Samples(batches, max(0, min(i1, self.n) - i0))
+
 
 def _as_batch(batch: Any, name: str, device: torch.device) -> _Batch:
     """One batch of ``data`` on ``device``: an (input, target) pair (input a tensor, a tuple of

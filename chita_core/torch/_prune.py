@@ -283,8 +283,9 @@ def prune(
         Prune on every rank of ``group`` (``torch.distributed.group.WORLD`` for all of them,
         e.g. under torchrun), each rank calling ``prune`` with the same model and arguments and
         its own ``data``: rank r computes the per-sample gradients of its n_r samples, an
-        all-to-all turns the rows into column shards (rank r ends with the gradients of all
-        n = sum n_r samples on its block of about p / ranks columns, never all of A), and the
+        all-to-all turns the rows into column shards as they are computed (rank r ends with the
+        gradients of all n = sum n_r samples on its block of about p / ranks columns, never all
+        of A nor all of its rows), and the
         solve runs over the shards (:mod:`chita_core.distributed`); every rank then writes the
         same weights and masks. ``n_grads`` is the global n, split as evenly as possible over
         the ranks in rank order (None: each rank takes up to its share of the planned default,
