@@ -2,7 +2,9 @@
 magnitude + backsolve, chita (one stage) and CHITA++ (several stages), A in float32 and bfloat16.
 
 Run ``python -m bench.global_scale [--model mlp|lm] [--quick] [--n-grads N] [--out PATH]``
-(``--sparsities``, ``--methods``, ``--dtypes`` run a subset of the plan).
+(``--sparsities``, ``--methods``, ``--dtypes`` run a subset of the plan; ``--ranks R`` prunes
+with ``group`` on R gloo processes under torchrun, each holding a column block of A, against a
+``memory_limit`` of its block + 3 GiB: the exchange buffers and the whole vectors beside).
 
 The networks, trained here once and cached in ``bench/results/cache``:
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -218,10 +221,31 @@ class _Setup:
                 print(f"  step {step}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
 
 
+def _skip(batches: list[Any], first: int) -> list[Any]:
+    """The batches without their first ``first`` samples."""
+    out = []
+    for x, y in batches:
+        if first >= len(y):
+            first -= len(y)
+            continue
+        out.append((x[first:], y[first:]))
+        first = 0
+    return out
+
+
 def run_one(
-    kind: str, sparsity: float, label: str, a_dtype: str, n_grads: int, val: bool = False
-) -> dict[str, Any]:
-    """One configuration, in this process (the parent runs it in a subprocess)."""
+    kind: str,
+    sparsity: float,
+    label: str,
+    a_dtype: str,
+    n_grads: int,
+    val: bool = False,
+    ranks: int = 1,
+) -> dict[str, Any] | None:
+    """One configuration, in this process (the parent runs it in a subprocess). ``ranks > 1``:
+    this process is one rank of a torchrun group (gloo); rank r takes its share of the
+    n_grads samples (the single process's first n_grads, in rank order) and prunes with
+    ``group``; rank 0 returns the record (the peak: the largest rank's), the others None."""
     import resource
     import warnings
 
@@ -238,21 +262,39 @@ def run_one(
     dt = getattr(torch, a_dtype)
     a_bytes = n_grads * p * dt.itemsize
     method, stages = METHODS[label]
+    group, limit, rank = None, a_bytes + (2 << 30), 0
+    if ranks > 1:
+        import torch.distributed as dist
+
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo")
+        group, rank = dist.group.WORLD, dist.get_rank()
+        data = _skip(data, rank * (n_grads // ranks) + min(rank, n_grads % ranks))
+        limit = -(-a_bytes // ranks) + (3 << 30)  # a rank's block + 3 GiB (the exchange)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         rep = ct.prune(
             model, setup.loss_fn(), data, sparsity, n_grads=n_grads, method=method,
-            stages=stages, a_dtype=dt, memory_limit=a_bytes + (2 << 30), progress=False,
-            val_data=setup.validation() if val else None,
+            stages=stages, a_dtype=dt, memory_limit=limit, progress=False,
+            val_data=setup.validation() if val else None, group=group,
         )  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peaks = [peak - before]
+    if ranks > 1:
+        peaks = [None] * ranks
+        dist.all_gather_object(peaks, peak - before)
+        dist.barrier()
+        dist.destroy_process_group()
+        if rank != 0:
+            return None
     loss, second = setup.quality(model, held)
     return {
         "kind": "global_scale", "model": kind, "sparsity": sparsity, "method": label, "val": val,
+        "ranks": ranks, "peaks_above_start": peaks,
         "a_dtype": a_dtype, "n_grads": rep.n_grads, "p": p, "achieved_sparsity": rep.sparsity,
         "test_loss": loss, setup.second: second, "grad_seconds": rep.grad_seconds,
-        "solve_seconds": rep.solve_seconds, "a_bytes": a_bytes, "peak_above_start": peak - before,
+        "solve_seconds": rep.solve_seconds, "a_bytes": a_bytes, "peak_above_start": max(peaks),
         "chosen": [s.chosen for s in rep.stages],
         "gain_over_backsolve": [s.gain_over_backsolve for s in rep.stages],
         "k_over_n": [s.k_over_n for s in rep.stages],
@@ -274,11 +316,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--val", action="store_true", help="choose ridges on training samples outside A"
     )
+    ap.add_argument(
+        "--ranks", type=int, default=1,
+        help="prune with `group` on this many gloo processes (torchrun), each holding a column "
+        "block of A; the peak is a rank's, against its block",
+    )  # fmt: skip
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child's configuration
     args = ap.parse_args(argv)
+    if args.ranks > 1 and args.val:
+        ap.error("--val with --ranks is not supported")
     if args.one is not None:
         sp, label, dt = json.loads(args.one)
-        print(json.dumps(run_one(args.model, sp, label, dt, args.n_grads, args.val)))
+        rec = run_one(args.model, sp, label, dt, args.n_grads, args.val, args.ranks)
+        if rec is not None:
+            print(json.dumps(rec))
         return 0
     setup = _Setup(args.model)
     setup.trained()
@@ -313,12 +364,17 @@ def main(argv: list[str] | None = None) -> int:
         n_grads=args.n_grads,
         model=args.model,
     ) as out:
+        launch = [sys.executable]
+        if args.ranks > 1:
+            launch += ["-m", "torch.distributed.run", "--standalone",
+                       f"--nproc-per-node={args.ranks}"]  # fmt: skip
         for cfg in configs:
             proc = subprocess.run(
-                [sys.executable, "-m", "bench.global_scale", "--n-grads", str(args.n_grads),
+                [*launch, "-m", "bench.global_scale", "--n-grads", str(args.n_grads),
                  "--model", args.model, *(["--val"] if args.val else []),
-                 "--one", json.dumps(cfg)],
+                 "--ranks", str(args.ranks), "--one", json.dumps(cfg)],
                 capture_output=True, text=True, check=False,
+                env={**os.environ, **({"OMP_NUM_THREADS": "1"} if args.ranks > 1 else {})},
             )  # fmt: skip
             if proc.returncode != 0:
                 print(f"{cfg}: failed\n{proc.stderr[-2000:]}")
@@ -330,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{rec['sparsity']:.0%} {rec['method']:<20} A {rec['a_dtype']:<8} "
                 f"loss {rec['test_loss']:.4f} {setup.second} {rec[setup.second]:.4f}  gradients "
                 f"{rec['grad_seconds']:6.1f} s, solve {rec['solve_seconds']:6.1f} s, peak "
-                f"A + {(rec['peak_above_start'] - rec['a_bytes']) / GiB:.2f} GiB "
-                f"(A {rec['a_bytes'] / GiB:.2f} GiB)",
+                f"A / ranks + {(rec['peak_above_start'] - rec['a_bytes'] / args.ranks) / GiB:.2f} "
+                f"GiB (A {rec['a_bytes'] / GiB:.2f} GiB, {args.ranks} rank(s))",
                 flush=True,
             )
     print(f"\nrecords: {out_path}")

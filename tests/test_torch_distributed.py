@@ -130,6 +130,8 @@ def test_options_not_sharded_and_too_few_samples_raise_on_every_rank(tmp_path):
     for out in ranks:
         assert float(out["per_layer_options"]) >= 0.5
         assert "hold 1 weights, fewer than the 2 ranks" in str(out["narrow"])
+        assert "with `group`, per rank: of its 0.00 GiB" in str(out["memory"])
+        assert "go to the exchange buffers" in str(out["memory"])
         assert "option(s) callback are not supported" in str(out["unbuilt_callback"])
         assert "option(s) verbose are not supported" in str(out["unbuilt_verbose"])
         assert "rank 0: ValueError: `data` yielded 30 samples but n_grads=31" in str(out["few"])

@@ -145,6 +145,12 @@ def run(case: str, rank: int, world: int) -> dict:
                      progress=False, group=group)  # fmt: skip
         except ValueError as exc:
             out["narrow"] = np.asarray(str(exc))
+        # A memory_limit below the exchange buffers: the plan's error, on every rank.
+        try:
+            ct.prune(model(), LOSS, rank_data([30] * world, rank), 0.5, progress=False,
+                     group=group, memory_limit=1 << 20)  # fmt: skip
+        except ValueError as exc:
+            out["memory"] = np.asarray(str(exc))
         # Rank 0's data has 30 samples, one fewer than its share of n_grads: raised everywhere.
         try:
             ct.prune(model(), LOSS, rank_data([30] * world, rank), 0.5, n_grads=30 * world + 1,

@@ -188,9 +188,9 @@ def _plan(
         memory = _rank_plan(n_grads, p, edges, itemsize, device, limit)
     except ValueError as exc:  # the same on every rank (the same inputs)
         raise ValueError(
-            f"with `group`, per rank (its block of {int(np.diff(edges).max()):,} columns at "
-            f"the widest, {_beside(p) / GiB:.2f} GiB for the exchange buffers and the whole "
-            f"vectors): {exc}"
+            f"with `group`, per rank: of its {limit / GiB:.2f} GiB, {_beside(p) / GiB:.2f} GiB "
+            "go to the exchange buffers and the whole vectors, and the rest must hold its block "
+            f"of A ({int(np.diff(edges).max()):,} columns at the widest) and the solver: {exc}"
         ) from None
     n = memory.n_grads
     if n < comm.size:
