@@ -257,6 +257,18 @@ def run(case: str, rank: int, world: int) -> dict:
                     cd.objective(A[:, lo:hi], b, w, ridge=ridge, w_bar=w_bar[lo:hi])
                 )
         return out
+    if case == "prepared":
+        # One Shard, solved at several ridges and k: what iht gives on the block each time.
+        shard = cd.Shard(A[:, lo:hi], b, w_bar=w_bar[lo:hi])
+        for ridge in (0.0, 0.3):
+            for k in (5, 60):
+                res = cd.solve(shard.with_ridge(ridge), k, swaps=False)
+                again = cd.iht(A[:, lo:hi], b, k, ridge=ridge, w_bar=w_bar[lo:hi], swaps=False)
+                out[f"f_{ridge}_{k}"] = np.asarray([res.objective, again.objective])
+                out[f"s_{ridge}_{k}"] = res.support + lo
+                out[f"same_{ridge}_{k}"] = np.asarray(np.array_equal(res.support, again.support))
+        out["known"] = np.asarray(shard.sigma2_known)
+        return out
     if case == "groups":
         # A group that is not a process group, and one this rank is not in: clear errors; the
         # subgroup of rank 0 alone solves as one process.

@@ -119,6 +119,27 @@ def test_backsolve_and_objective_equal_the_single_process_solve(world, tmp_path)
             assert f_single == pytest.approx(f_ref, rel=1e-9, abs=1e-12)
 
 
+def test_a_prepared_shard_solves_as_iht_at_every_ridge(tmp_path):
+    """distributed.solve on one Shard (and its with_ridge siblings, sharing its column norms and
+    sigma_max^2) gives iht's supports and objectives on the same block, and the single
+    process's."""
+    ranks = _launch("prepared", 2, tmp_path)
+    assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]
+    A, b, w_bar = problem(3, 40, 301)
+    for ridge in (0.0, 0.3):
+        for k in (5, 60):
+            single = chita_core.iht(A, b, k, ridge=ridge, w_bar=w_bar, swaps=False)
+            support = np.concatenate([r[f"s_{ridge}_{k}"] for r in ranks])
+            np.testing.assert_array_equal(support, single.support)
+            for r in ranks:
+                assert bool(r[f"same_{ridge}_{k}"])
+                f_solve, f_iht = r[f"f_{ridge}_{k}"]
+                assert f_solve == pytest.approx(f_iht, rel=1e-12)
+                assert f_solve == pytest.approx(single.objective, rel=1e-9)
+    # the siblings' power iterations filled the shard's cache (shared, not recomputed)
+    assert all(bool(r["known"]) for r in ranks)
+
+
 def test_groups_that_are_not_process_groups_or_lack_the_rank_raise(tmp_path):
     ranks = _launch("groups", 2, tmp_path)
     assert all(str(r["error"]) == "" for r in ranks), [str(r["error"]) for r in ranks]

@@ -43,7 +43,13 @@ class Shard(RidgeFree):
     xp = np  # (the sharded solver works on host arrays)
 
     def __init__(
-        self, A_local: Any, b: Any, ridge: float, w_bar: Any, group: Any, backend: str
+        self,
+        A_local: Any,
+        b: Any,
+        ridge: float = 0.0,
+        w_bar: Any = None,
+        group: Any = None,
+        backend: str = "auto",
     ) -> None:
         self.comm = comm = Comm(group)
         error = None
