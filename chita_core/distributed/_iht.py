@@ -11,9 +11,11 @@ numbers that are the same bits on every rank, so every rank follows the same pat
 same collectives.
 
 Per step, each rank reads its block of A (or its active columns) once for the gradient (local,
-no communication) and the changed support columns once per candidate; communication is a few
-scalars, one n-vector per mat-vec (the step's A d, and each candidate's entering / leaving
-columns) and the top-k's histogram rounds (at most 9 gathers of 256 integers) per candidate.
+no communication) and the changed support columns once per candidate; communication is two
+gathers (the largest |g| off the support; then the step's A d with ||d||^2, max |d|, the
+step bound and ||w_bar||^2 together), the objective's ridge term where a step is taken, and
+per candidate the top-k's histogram rounds (at most 9 gathers of 256 integers) and one gather
+of its moved columns' product with their count and ridge term.
 
 The active set's step size 1/L needs ``Problem.lipschitz``: ``sharded_sigma2`` runs the power
 iterations of ``_problem._power_sigma2`` (``_problem.power_iterations``) on sharded mat-vecs
@@ -75,8 +77,18 @@ def _max(comm: Any, x: float) -> float:
     return float(comm.gather(np.asarray([x])).max())
 
 
-def _min(comm: Any, x: float) -> float:
-    return float(comm.gather(np.asarray([x])).min())
+def _reduce(
+    comm: Any, sums: list[Any], maximum: float = 0.0, minimum: float = 0.0
+) -> tuple[np.ndarray, float, float]:
+    """One gather for several reductions: the rank-order sums of the concatenated ``sums``
+    (each entry the bits ``Comm.total`` gives it alone), the maximum of the local ``maximum``
+    and the minimum of the local ``minimum``."""
+    local = np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in sums])
+    parts = comm.gather(np.concatenate([local, [maximum, minimum]]))
+    acc = parts[0, : local.size].copy()
+    for part in parts[1:]:
+        acc += part[: local.size]
+    return acc, float(parts[:, -2].max()), float(parts[:, -1].min())
 
 
 def _count(comm: Any, m: int) -> int:
@@ -115,8 +127,9 @@ def sharded_step(
     part = [float(np.abs(g[off]).max()) if off.any() else 0.0, float(off.any())]
     both = comm.gather(np.asarray(part))
     mx = float(both[:, 0].max())
-    # The support-preserving step bound tau_chg.
-    tau_chg = inf
+    # The support-preserving step bound tau_chg (its local part), and A d, ||d||^2, max |d| and
+    # ||w_bar||^2 (needed if candidates are tried) for d = g restricted to S: one gather.
+    bound = inf
     if both[:, 1].any():
         wi, gi = w[support], g[support]
         agi = np.abs(gi)
@@ -125,21 +138,22 @@ def sharded_step(
         denom = np.where(toward, agi + mx, mx - agi)
         ok = (toward | away) & (denom > 0.0)
         bound = float((np.abs(wi[ok]) / denom[ok]).min()) if ok.any() else inf
-        tau_chg = _min(comm, bound)
-    # Exact minimiser along d = g restricted to S.
     d = np.ascontiguousarray(g[support])
-    Ad = shard.product(columns(support), d)
-    dd = comm.total(float(d @ d))
+    wbs = float(w_bar @ w_bar) if ridge != 0.0 else 0.0
+    sums, dmax, tau_chg = _reduce(
+        comm, [shard.partial(columns(support), d), [float(d @ d), wbs]],
+        float(np.abs(d).max()) if d.size else 0.0, bound,
+    )  # fmt: skip
+    n = prob.n
+    Ad, dd, wbar_sq = sums[:n], float(sums[n]), float(sums[n + 1])
+    # Exact minimiser along d.
     curv = float(Ad @ Ad) + ridge * dd
-    dmax = _max(comm, float(np.abs(d).max()) if d.size else 0.0)
     stationary = dmax <= _constants.STATIONARY * mx
     tau_star = dd / curv if (not stationary and dd > 0.0 and curv > 0.0) else 0.0
     if 0.0 < tau_star < tau_chg:
         w[support] -= tau_star * d
         r -= tau_star * Ad
         return shard.value(r, w, w_bar), tau_star, 0, False, support
-
-    wbar_sq = comm.total(float(w_bar @ w_bar)) if ridge != 0.0 else 0.0
 
     def candidate(tau: float) -> tuple[float, bool, np.ndarray, np.ndarray, np.ndarray]:
         v = w - tau * g
@@ -151,18 +165,24 @@ def sharded_step(
         order = np.argsort(didx, kind="stable")
         didx = didx[order].astype(np.int64)
         dval = np.concatenate([-v[leaving], v[entering]])[order]
-        nd = _count(comm, didx.size)
-        if nd == 0:
-            cr = r - tau * Ad
-        elif nd < k:
-            cr = r - tau * Ad + shard.product(columns(didx), dval)
-        else:
-            cr = shard.product(columns(cidx), cx) - b
-        fc = 0.5 * float(cr @ cr)
+        # The moved columns' product, their count and the ridge term's change: one gather.
+        ridge_part = 0.0
         if ridge != 0.0:
             wb = w_bar[cidx]
             dl = cx - wb
-            fc += 0.5 * ridge * (wbar_sq + comm.total(float(dl @ dl) - float(wb @ wb)))
+            ridge_part = float(dl @ dl) - float(wb @ wb)
+        parts = [shard.partial(columns(didx), dval), [float(didx.size), ridge_part]]
+        sums = _reduce(comm, parts)[0]
+        nd = int(sums[n])
+        if nd == 0:
+            cr = r - tau * Ad
+        elif nd < k:
+            cr = r - tau * Ad + sums[:n]
+        else:  # (every column moved: the new support's product instead)
+            cr = shard.product(columns(cidx), cx) - b
+        fc = 0.5 * float(cr @ cr)
+        if ridge != 0.0:
+            fc += 0.5 * ridge * (wbar_sq + float(sums[n + 1]))
         return fc, nd > 0, cidx, cx, cr
 
     n_cand = 0

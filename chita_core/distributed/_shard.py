@@ -126,13 +126,17 @@ class Shard(RidgeFree):
         equal = a.size == b.size and bool(np.array_equal(a, b))
         return self.count(int(not equal)) == 0
 
-    def product(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """A[:, S] values over all ranks (n,): local partial, then one reduction."""
+    def partial(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """This rank's part of A[:, S] values (n,): its columns ``idx``."""
         prob = self.prob
         part = np.zeros(prob.n)
         if idx.size:
             prob.kernels.support_matvec(prob.A, idx, np.ascontiguousarray(values), part)
-        return self.comm.total(part)
+        return part
+
+    def product(self, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """A[:, S] values over all ranks (n,): local partial, then one reduction."""
+        return self.comm.total(self.partial(idx, values))
 
     # -- the problem as the stages see it ----------------------------------------------------
 
