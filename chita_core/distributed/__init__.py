@@ -201,7 +201,7 @@ def backsolve(
 def topk(v_local: Any, k: int, *, group: Any = None) -> np.ndarray:
     """Sorted local indices of this rank's share of the k largest |v| over all ranks' slices
     (in rank order), ties to the lower global index: the single-process selection. Local work
-    O(p_r) per round; 9 small gathers (256 integers each)."""
+    O(p_r) per round; at most 7 small gathers (4,096 integers at most)."""
     comm = Comm(group)
     error = None
     v = np.zeros(0)

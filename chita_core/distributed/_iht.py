@@ -14,7 +14,7 @@ Per step, each rank reads its block of A (or its active columns) once for the gr
 no communication) and the changed support columns once per candidate; communication is two
 gathers (the largest |g| off the support; then the step's A d with ||d||^2, max |d|, the
 step bound and ||w_bar||^2 together), the objective's ridge term where a step is taken, and
-per candidate the top-k's histogram rounds (at most 9 gathers of 256 integers) and one gather
+per candidate the top-k's histogram rounds (at most 7 small gathers) and one gather
 of its moved columns' product with their count and ridge term.
 
 The active set's step size 1/L needs ``Problem.lipschitz``: ``sharded_sigma2`` runs the power
