@@ -117,11 +117,10 @@ def prune_sharded(
     local_sizes = _sizes_within(sizes, lo, hi) if per_layer else []
     show = progress and comm.rank == 0
 
-    def build(k: int, target: float) -> tuple[_Shards, float]:
+    def build(k: int, target: float, w_bar: torch.Tensor) -> tuple[_Shards, float]:
         t0 = time.perf_counter()
         A_local = sharded_gradients(comm, model, loss_fn, samples, selected, chunk_size, show,
                                     a_dtype, counts, edges)  # fmt: skip
-        w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
         t1 = time.perf_counter()
         kind = _LayerShards if per_layer else _GlobalShards
         return kind.build(comm, A_local, w_bar, edges, k, target, local_sizes, backend), t1 - t0

@@ -383,10 +383,9 @@ def prune(
     }
     held = samples if val_data is None else _draw(val_data, None, device, "val_data")
 
-    def build(k: int, target: float) -> tuple[LocalStage, float]:
+    def build(k: int, target: float, w_bar: torch.Tensor) -> tuple[LocalStage, float]:
         t0 = time.perf_counter()
         A = _gradient_matrix(model, loss_fn, samples, selected, chunk_size, progress, a_dtype)
-        w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
         t1 = time.perf_counter()
         return LocalStage.build(A, w_bar, k, sizes, target, per_layer, backend), t1 - t0
 
@@ -414,13 +413,13 @@ def _stages(
     method: str,
     ridge: float | None,
     solver_options: dict[str, Any],
-    build: Callable[[int, float], tuple[Any, float]],
+    build: Callable[[int, float, torch.Tensor], tuple[Any, float]],
     n: int,
     progress: bool,
 ) -> tuple[torch.Tensor, list[StageReport], bool]:
     """The stages of :func:`prune` (one, or CHITA++'s schedule ``targets``): each builds its
-    problems at the current weights (``build(k, target)`` -> (stage, seconds spent on the
-    gradients); a :class:`~chita_core.torch._solve.LocalStage`, or the sharded prune's), solves
+    problems at the current weights (``build(k, target, w_bar)`` -> (stage, seconds spent on
+    the gradients); a :class:`~chita_core.torch._solve.LocalStage`, or the sharded prune's), solves
     the ridge path, keeps the candidate with the lowest selection loss and writes it back.
     Returns (the last stage's support, the stage reports, whether the one-shot candidate was
     kept)."""
@@ -432,8 +431,8 @@ def _stages(
         for target in targets:
             t0 = time.perf_counter()
             k = max(1, round((1.0 - target) * p))
-            stage, grad_seconds = build(k, target)
             w_bar = torch.cat([par.detach().reshape(-1) for *_, par in selected])
+            stage, grad_seconds = build(k, target, w_bar)  # (its problems view this w_bar)
             runs = _runs(method, ridge, stage.curvature)
             if len(targets) > 1 and not reports and method != "magnitude":
                 # The schedule is a heuristic: the one-shot solve to the final target, on this

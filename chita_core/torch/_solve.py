@@ -3,6 +3,7 @@ the solve of each candidate of the ridge path and the loss that chooses among th
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -83,6 +84,14 @@ def _mean_loss(model: Any, loss_fn: Any, samples: Any, batch: int = 1024) -> flo
     return total / samples.n
 
 
+def _ks(k_total: int, sizes: list[int], sparsity: float, per_layer: bool) -> list[int]:
+    """The k of each problem of a stage: ``k_total`` for the global one, or each tensor's share
+    at ``sparsity`` (at least 1)."""
+    if not per_layer:
+        return [k_total]
+    return [max(1, round((1.0 - sparsity) * size)) for size in sizes]
+
+
 @dataclass
 class LocalStage:
     """The problems of one stage in this process (one global problem over A's columns, or one
@@ -108,16 +117,11 @@ class LocalStage:
     ) -> LocalStage:
         """One global problem, or one per tensor. Built once per stage (b = A_block w_bar_block
         is one pass over A; the Problem's column norms another)."""
-        if not per_layer:
-            spans = [(0, A.shape[1], k_total)]
-        else:
-            spans, off = [], 0
-            for size in sizes:
-                spans.append((off, off + size, max(1, round((1.0 - sparsity) * size))))
-                off += size
+        bounds = [0, *itertools.accumulate(sizes)] if per_layer else [0, A.shape[1]]
+        ks = _ks(k_total, sizes, sparsity, per_layer)
         blocks = []
         half = A.dtype in (torch.bfloat16, torch.float16)
-        for lo, hi, k in spans:
+        for lo, hi, k in zip(bounds[:-1], bounds[1:], ks, strict=True):
             As, wbs = A[:, lo:hi], w_bar[lo:hi]
             # b in A's dtype, or float32 for a 16-bit A (whose storage type would round b)
             bs = _matvec64(As, wbs).to(torch.float32 if half else A.dtype)
@@ -143,10 +147,7 @@ class LocalStage:
     def final(self, k_total: int, sparsity: float) -> LocalStage:
         """The same problems at another sparsity (``k_total`` weights kept over all tensors, or
         each tensor's share with ``per_layer``)."""
-        if not self.per_layer:
-            ks = [k_total]
-        else:
-            ks = [max(1, round((1.0 - sparsity) * size)) for size in self.sizes]
+        ks = _ks(k_total, self.sizes, sparsity, self.per_layer)
         # the same prepared Problems (A, b and the column norms do not depend on k), fresh
         # magnitude points
         blocks = [replace(blk, k=k, magnitude={}, shared=None)
